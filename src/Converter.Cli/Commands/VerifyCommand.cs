@@ -84,7 +84,7 @@ public static class VerifyCommand
                 options = new RunnerOptions(nThreads, provider);
                 goldenSet = GoldenSet.Load(pr.GetValue(golden)!);
                 var modelDir = pr.GetValue(model) ?? (Directory.Exists(path) && File.Exists(Path.Combine(path, "config.json")) ? path : null);
-                if (modelDir != null) goldenSet.CheckModel(ArchitectureRegistry.Load(modelDir));
+                if (modelDir != null) goldenSet.CheckModel(ConfigJson.Load(modelDir));
             }
             catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or KeyNotFoundException or FormatException)
             {

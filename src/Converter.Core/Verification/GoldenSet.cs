@@ -184,6 +184,23 @@ public sealed class GoldenSet
             moe, arch.NumExpertsPerToken);
     }
 
+    /// <summary>
+    /// Checks the golden against a config.json of any model family, through the keys Hugging Face configs share
+    /// (vocab_size, max_position_embeddings, hidden_size, num_hidden_layers, num_experts_per_tok); an architecture
+    /// this project maps is checked through <see cref="CheckModel(Converter.Models.ModelArchitecture)"/> instead,
+    /// which also knows its MoE layer count.
+    /// </summary>
+    public void CheckModel(Converter.Models.ConfigJson config)
+    {
+        if (config.ModelType is { } type && Converter.Models.ArchitectureRegistry.Supported.Contains(type))
+        {
+            CheckModel(Converter.Models.ArchitectureRegistry.FromConfig(config));
+            return;
+        }
+        CheckModel(config.Int("vocab_size"), config.IntOrNull("max_position_embeddings"), config.IntOrNull("hidden_size"),
+            config.IntOrNull("num_hidden_layers"), null, config.IntOrNull("num_experts_per_tok"));
+    }
+
     /// <summary>Checks that an artifact's outputs have the golden's shapes; names the artifact on mismatch.</summary>
     public void CheckOutputs(ArtifactOutputs outputs, string artifact)
     {

@@ -28,7 +28,11 @@ public static class VerificationReportWriter
 
     public static void WriteJson(VerificationReport r, Stream stream, bool indented = true)
     {
-        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = indented });
+        using var w = new Utf8JsonWriter(stream, new JsonWriterOptions
+        {
+            Indented = indented,
+            Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping, // "<=" stays readable; never embedded in HTML
+        });
         w.WriteStartObject();
         w.WriteNumber("positions", r.Positions);
         w.WriteNumber("stable_positions", r.StablePositions);
@@ -64,6 +68,8 @@ public static class VerificationReportWriter
             Num(w, "max_abs_logit_diff", p.MaxAbsLogitDiff);
             Num(w, "kl", p.Kl);
             w.WriteBoolean("top1_match", p.Top1Match);
+            w.WriteNumber("golden_top1", p.GoldenTop1);
+            w.WriteNumber("artifact_top1", p.ArtifactTop1);
             w.WriteEndObject();
         }
         w.WriteEndArray();

@@ -77,12 +77,14 @@ public class GoldenComparerTests
         r.Passed.Should().BeTrue();
     }
 
-    [Fact]
-    public void ConstantShiftLeavesKlAndTop1Unchanged()
+    [Theory]
+    [InlineData(0.5f)]
+    [InlineData(-0.5f)]
+    public void ConstantShiftLeavesKlAndTop1Unchanged(float shift)
     {
         var g = Dsv3.Value;
         var a = new float[g.Logits.Length];
-        for (int i = 0; i < a.Length; i++) a[i] = g.Logits[i] + 0.5f;
+        for (int i = 0; i < a.Length; i++) a[i] = g.Logits[i] + shift;
         var r = GoldenComparer.Compare(g, new ArtifactOutputs(a, null, null), VerificationTolerances.ReportOnly);
         r.KlMax.Should().BeLessThan(1e-12);     // softmax is shift-invariant; only float32 rounding of the shift remains
         r.Top1Agreement.Should().Be(1);

@@ -72,6 +72,17 @@ public class GoldenSetTests
     }
 
     [Fact]
+    public void ChecksAgainstAConfigOfAnUnmappedFamily()
+    {
+        var qwenConfig = ConfigJson.Load(TestData.Model("tiny-qwen3moe"));
+        GoldenSet.Load(Eval("tiny-qwen3moe")).CheckModel(qwenConfig);
+        var act = () => GoldenSet.Load(Eval("tiny-dsv3")).CheckModel(qwenConfig);
+        act.Should().Throw<InvalidDataException>().WithMessage("*'hidden_states_seq0' has hidden size 256*hidden_size is 192*");
+        var dsv3 = () => GoldenSet.Load(Eval("tiny-qwen3moe")).CheckModel(ConfigJson.Load(TestData.Model("tiny-dsv3")));
+        dsv3.Should().Throw<InvalidDataException>().WithMessage("*hidden size 192*hidden_size is 256*");
+    }
+
+    [Fact]
     public void RejectsArtifactOutputsOfTheWrongVocabulary()
     {
         var g = GoldenSet.Load(Eval("tiny-dsv3-fp8"));
