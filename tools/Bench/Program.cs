@@ -4,6 +4,7 @@ using Converter.Tools.Bench;
 var benches = new Dictionary<string, (string Help, Func<string[], int> Run)>
 {
     ["quantize"] = ("quantize fp8-block and bf16 on a synthetic checkpoint against cp of the output bytes", QuantizeBench.Run),
+    ["verify"] = ("golden comparison (softmax/KL) throughput", VerifyBench.Run),
 };
 if (args.Length == 0 || !benches.TryGetValue(args[0], out var bench))
 {
