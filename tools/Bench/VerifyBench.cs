@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Converter.Verification;
 
-namespace Converter.Bench;
+namespace Converter.Tools.Bench;
 
 /// <summary>
 /// Golden comparison throughput (logits compared per second) on synthetic goldens, vectorised parallel kernel vs
