@@ -13,7 +13,7 @@ namespace Converter.Numerics;
 /// <para>An all-zero block (amax = 0; the reference has none) stores the scale DeepGEMM's quantizer would
 /// (amax floored at 1e-4: 1e-4f / 448) and zero codes, so no consumer ever sees a zero or NaN scale.
 /// Non-finite inputs throw <see cref="ArgumentException"/> naming the block.</para>
-/// All methods run block rows in parallel (<paramref name="maxDegreeOfParallelism"/> -1 = all cores).
+/// All methods run block rows in parallel (<c>maxDegreeOfParallelism</c>: -1 = all cores, 1 = the calling thread only).
 /// </summary>
 public static class Fp8BlockQuantizer
 {
