@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Converter.Numerics;
 
-namespace Converter.Bench;
+namespace Converter.Tools.Bench;
 
 /// <summary>
 /// Throughput of DeepSeek-layout FP8 block quantization (bf16 -> e4m3 + scales) and dequantization
