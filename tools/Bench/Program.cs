@@ -5,6 +5,7 @@ var benches = new Dictionary<string, (string Help, Func<string[], int> Run)>
 {
     ["quantize"] = ("quantize fp8-block and bf16 on a synthetic checkpoint against cp of the output bytes", QuantizeBench.Run),
     ["verify"] = ("golden comparison (softmax/KL) throughput", VerifyBench.Run),
+    ["int4-quant"] = ("INT4 RTN (MSE clip) and GPTQ throughput on a 2048x7168 expert weight, 1 and 2 threads", Int4QuantBench.Run),
     ["fp8-codec"] = ("FP8 block quantize (bf16->fp8) and dequantize (fp8->bf16) of a 7168x2048 weight, 1 and 2 threads, against Span copy", Fp8CodecBench.Run),
 };
 if (args.Length == 0 || !benches.TryGetValue(args[0], out var bench))
