@@ -1,0 +1,193 @@
+namespace Converter.Numerics.LogFmt;
+
+/// <summary>
+/// LogFMT-nBit (DeepSeek-V3 ISCA'25, section 3.2) as pinned by golden/vectors/logfmt/README.json:
+/// 1x128 tiles along each row, per-tile float32 metadata (amin_eff, amax), n-bit codes with the sign in
+/// bit n-1 and the log-uniform magnitude index below it, nearest level in linear space, ties to the larger.
+/// All methods take an optional row length (tiles restart at each row; the last tile of a row may be
+/// shorter; 0 means the whole span is one row), a name for error messages, and a thread cap
+/// (≤ 0: all cores). Large inputs run tiles in parallel; results do not depend on the thread count.
+/// </summary>
+public static class LogFmtCodec
+{
+    public const int TileSize = 128;
+    public const int MinBits = 4;
+    public const int MaxBits = 16;
+
+    /// <summary>Tiles below this count are done on the calling thread.</summary>
+    private const int ParallelMinTiles = 256;
+    private const int TilesPerChunk = 64;
+
+    /// <summary>Number of tiles (metadata pairs) for <paramref name="length"/> elements in rows of <paramref name="rowLength"/>.</summary>
+    public static int TileCount(int length, int rowLength = 0)
+    {
+        int row = CheckRows(length, rowLength);
+        return row == 0 ? 0 : length / row * ((row + TileSize - 1) / TileSize);
+    }
+
+    /// <summary>Bytes that <see cref="Pack"/> writes for <paramref name="count"/> codes of <paramref name="bits"/> bits.</summary>
+    public static long PackedByteCount(long count, int bits)
+    {
+        CheckBits(bits);
+        return (count * bits + 7) / 8;
+    }
+
+    /// <summary>
+    /// Encodes <paramref name="x"/> into n-bit codes (one ushort each) and per-tile (amin_eff, amax) pairs.
+    /// Throws <see cref="InvalidDataException"/> naming <paramref name="name"/> and the element index if any
+    /// element is NaN or infinite.
+    /// </summary>
+    public static void Encode(ReadOnlySpan<float> x, int bits, Span<ushort> codes, Span<float> meta,
+        string name = "tensor", int rowLength = 0, int maxThreads = 0)
+    {
+        CheckBits(bits);
+        int tiles = TileCount(x.Length, rowLength);
+        if (codes.Length < x.Length) throw new ArgumentException($"codes holds {codes.Length} < {x.Length} elements", nameof(codes));
+        if (meta.Length < 2 * tiles) throw new ArgumentException($"meta holds {meta.Length} < {2 * tiles} floats ({tiles} tiles)", nameof(meta));
+        Run(x, bits, codes, meta, Span<float>.Empty, name, rowLength, maxThreads);
+    }
+
+    /// <summary>
+    /// What the wire does to <paramref name="x"/>: y = Decode(Encode(x)) bit for bit, without the intermediate codes.
+    /// </summary>
+    public static void QuantizeDequantize(ReadOnlySpan<float> x, int bits, Span<float> y,
+        string name = "tensor", int rowLength = 0, int maxThreads = 0)
+    {
+        CheckBits(bits);
+        TileCount(x.Length, rowLength);
+        if (y.Length < x.Length) throw new ArgumentException($"y holds {y.Length} < {x.Length} elements", nameof(y));
+        Run(x, bits, Span<ushort>.Empty, Span<float>.Empty, y, name, rowLength, maxThreads);
+    }
+
+    /// <summary>
+    /// Decodes codes with their per-tile metadata. Throws <see cref="InvalidDataException"/> naming
+    /// <paramref name="name"/> for metadata that no encoder writes or codes wider than <paramref name="bits"/>.
+    /// </summary>
+    public static unsafe void Decode(ReadOnlySpan<ushort> codes, ReadOnlySpan<float> meta, int bits, Span<float> y,
+        string name = "tensor", int rowLength = 0, int maxThreads = 0)
+    {
+        CheckBits(bits);
+        int tiles = TileCount(codes.Length, rowLength);
+        if (y.Length < codes.Length) throw new ArgumentException($"y holds {y.Length} < {codes.Length} elements", nameof(y));
+        if (meta.Length < 2 * tiles) throw new ArgumentException($"meta holds {meta.Length} < {2 * tiles} floats ({tiles} tiles)", nameof(meta));
+        int wide = FirstWideCode(codes, bits);
+        if (wide >= 0)
+            throw new InvalidDataException($"LogFMT-{bits} decode of '{name}': code {codes[wide]} at element {wide} does not fit in {bits} bits");
+        for (int t = 0; t < tiles; t++)
+        {
+            float lo = meta[2 * t], hi = meta[2 * t + 1];
+            if (!float.IsFinite(lo) || !float.IsFinite(hi) || lo < 0f || hi < lo || (lo == 0f) != (hi == 0f))
+                throw new InvalidDataException($"LogFMT-{bits} decode of '{name}': tile {t} metadata (amin_eff={lo:R}, amax={hi:R}) is invalid");
+        }
+        int row = rowLength == 0 ? codes.Length : rowLength;
+        int tilesPerRow = row == 0 ? 0 : (row + TileSize - 1) / TileSize;
+        int magMask = (1 << (bits - 1)) - 1;
+        int zeroTileWithCode = -1;
+        fixed (ushort* pc = codes)
+        fixed (float* pm = meta)
+        fixed (float* py = y)
+        {
+            ushort* c = pc; float* m = pm; float* o = py;
+            ForTiles(tiles, maxThreads, (t0, t1) =>
+            {
+                for (int t = t0; t < t1; t++)
+                {
+                    var (start, len) = TileRange(t, row, tilesPerRow);
+                    var tile = new LogFmtTile(m[2 * t], m[2 * t + 1], bits);
+                    var cs = new ReadOnlySpan<ushort>(c + start, len);
+                    if (tile.IsZero)
+                    {
+                        foreach (ushort cc in cs)
+                            if ((cc & magMask) != 0) { Interlocked.CompareExchange(ref zeroTileWithCode, t, -1); break; }
+                    }
+                    LogFmtKernels.DecodeTile(cs, in tile, bits, new Span<float>(o + start, len));
+                }
+            });
+        }
+        if (zeroTileWithCode >= 0)
+            throw new InvalidDataException($"LogFMT-{bits} decode of '{name}': tile {zeroTileWithCode} has amax 0 but a nonzero code");
+    }
+
+    /// <summary>Bit-packs n-bit codes LSB-first, little-endian, contiguously. Writes <see cref="PackedByteCount"/> bytes.</summary>
+    public static void Pack(ReadOnlySpan<ushort> codes, int bits, Span<byte> packed) => LogFmtPacking.Pack(codes, bits, packed);
+
+    /// <summary>Inverse of <see cref="Pack"/>: reads codes.Length codes of n bits.</summary>
+    public static void Unpack(ReadOnlySpan<byte> packed, int bits, Span<ushort> codes) => LogFmtPacking.Unpack(packed, bits, codes);
+
+    private static unsafe void Run(ReadOnlySpan<float> x, int bits, Span<ushort> codes, Span<float> meta, Span<float> y,
+        string name, int rowLength, int maxThreads)
+    {
+        int tiles = TileCount(x.Length, rowLength);
+        int row = rowLength == 0 ? x.Length : rowLength;
+        int tilesPerRow = row == 0 ? 0 : (row + TileSize - 1) / TileSize;
+        bool wantCodes = !codes.IsEmpty, wantMeta = !meta.IsEmpty, wantY = !y.IsEmpty;
+        long firstBad = long.MaxValue;
+        fixed (float* px = x)
+        fixed (ushort* pc = codes)
+        fixed (float* pm = meta)
+        fixed (float* py = y)
+        {
+            float* xi = px; ushort* c = pc; float* m = pm; float* o = py;
+            ForTiles(tiles, maxThreads, (t0, t1) =>
+            {
+                for (int t = t0; t < t1; t++)
+                {
+                    var (start, len) = TileRange(t, row, tilesPerRow);
+                    int bad = LogFmtKernels.EncodeTile(new ReadOnlySpan<float>(xi + start, len), bits,
+                        wantCodes ? new Span<ushort>(c + start, len) : Span<ushort>.Empty,
+                        wantY ? new Span<float>(o + start, len) : Span<float>.Empty,
+                        out float aminEff, out float amax);
+                    if (bad >= 0)
+                    {
+                        long idx = start + bad, seen;
+                        while (idx < (seen = Interlocked.Read(ref firstBad)) && Interlocked.CompareExchange(ref firstBad, idx, seen) != seen) { }
+                        return;
+                    }
+                    if (wantMeta) { m[2 * t] = aminEff; m[2 * t + 1] = amax; }
+                }
+            });
+        }
+        if (firstBad != long.MaxValue)
+            throw new InvalidDataException($"LogFMT-{bits} encode of '{name}': element {firstBad} is {x[(int)firstBad]} (non-finite values cannot be encoded)");
+    }
+
+    private static (int Start, int Length) TileRange(int t, int row, int tilesPerRow)
+    {
+        int r = t / tilesPerRow, c = t - r * tilesPerRow;
+        int off = c * TileSize;
+        return (r * row + off, Math.Min(TileSize, row - off));
+    }
+
+    private static void ForTiles(int tiles, int maxThreads, Action<int, int> body)
+    {
+        if (tiles < ParallelMinTiles || maxThreads == 1)
+        {
+            body(0, tiles);
+            return;
+        }
+        int chunks = (tiles + TilesPerChunk - 1) / TilesPerChunk;
+        var opts = new ParallelOptions { MaxDegreeOfParallelism = maxThreads > 0 ? maxThreads : Environment.ProcessorCount };
+        Parallel.For(0, chunks, opts, ch => body(ch * TilesPerChunk, Math.Min(tiles, (ch + 1) * TilesPerChunk)));
+    }
+
+    private static int FirstWideCode(ReadOnlySpan<ushort> codes, int bits)
+    {
+        if (bits == 16) return -1;
+        return codes.IndexOfAnyInRange((ushort)(1 << bits), ushort.MaxValue);
+    }
+
+    internal static void CheckBits(int bits)
+    {
+        if (bits < MinBits || bits > MaxBits)
+            throw new ArgumentOutOfRangeException(nameof(bits), bits, $"LogFMT bits must be in [{MinBits}, {MaxBits}]");
+    }
+
+    private static int CheckRows(int length, int rowLength)
+    {
+        if (rowLength < 0) throw new ArgumentOutOfRangeException(nameof(rowLength), rowLength, "row length must be >= 0");
+        int row = rowLength == 0 ? length : rowLength;
+        if (row != 0 && length % row != 0)
+            throw new ArgumentException($"length {length} is not a multiple of the row length {row}", nameof(rowLength));
+        return row;
+    }
+}
