@@ -14,6 +14,9 @@ public static class LogFmtCodec
     public const int MinBits = 4;
     public const int MaxBits = 16;
 
+    /// <summary>True when the AVX2 kernels run (otherwise the exact scalar path does all the work).</summary>
+    public static bool IsHardwareAccelerated => LogFmtKernels.VectorPathAvailable;
+
     /// <summary>Tiles below this count are done on the calling thread.</summary>
     private const int ParallelMinTiles = 256;
     private const int TilesPerChunk = 64;

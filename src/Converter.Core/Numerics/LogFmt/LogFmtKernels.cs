@@ -18,6 +18,11 @@ internal static class LogFmtKernels
     /// <summary>Distance (in float64 ulps) from the float32 rounding midpoint under which a lane is redone exactly.</summary>
     private const long RoundingMargin = 1L << 14;
     private const double InvLn2 = 1.4426950408889634;
+    /// <summary>
+    /// Lanes whose log2|x| lies closer than this to a level midpoint are decided exactly. Covers the float32
+    /// rounding of the levels (2^-24/ln2 = 8.6e-8) and the log2 approximation (2e-9) about 2.8 times over.
+    /// </summary>
+    private const double BoundaryTolLog2 = 2.5e-7;
 
     /// <summary>Taylor coefficients of 2^f = e^(f ln 2), degree 12: truncation error below 2^-52 for |f| ≤ 1/2.</summary>
     private static readonly double[] Exp2Coeffs = BuildExp2Coeffs();
@@ -127,25 +132,42 @@ internal static class LogFmtKernels
         }
     }
 
+    /// <summary>
+    /// Vector encode. The exact rule is k = #{midpoints (v_j + v_{j+1})/2 ≤ a}. In log2 space the midpoint
+    /// between v_j and v_{j+1} sits at lmin + (j-1)*step + c with c = log2((1 + 2^step)/2), up to the float32
+    /// rounding of the levels (≤ 2^-24 relative, 8.6e-8 in log2 units); the one between 0 and v_1 at lmin - 1.
+    /// So k = floor((log2 a - lmin - c)/step) + 2 (clamped to 1..K) when a is above the first midpoint, and
+    /// the answer is certain whenever log2 a is farther than <see cref="BoundaryTolLog2"/> from every
+    /// midpoint; lanes closer than that go to the exact scalar search. No 2^x is needed for the codes;
+    /// the dequantized value (when asked for) is one exactly-rounded 2^x per element.
+    /// </summary>
     private static unsafe int EncodeAvx2(ReadOnlySpan<float> x, int bits, in LogFmtTile tile, Span<ushort> codes, Span<float> y)
     {
         int n4 = x.Length & ~3;
         if (n4 == 0) return 0;
+        double c = Math.Log2((1.0 + Math.Pow(2.0, tile.Step)) / 2.0);
         var lmin = Vector256.Create(tile.Lmin);
+        var lminM1 = Vector256.Create(tile.Lmin - 1.0);
+        var lminC = Vector256.Create(tile.Lmin + c);
         var step = Vector256.Create(tile.Step);
         var invStep = Vector256.Create(1.0 / tile.Step);
-        var kTopLo = Vector256.Create((double)(tile.K - 1));
+        var tolLog = Vector256.Create(BoundaryTolLog2);
+        var tolW = Vector256.Create(BoundaryTolLog2 / tile.Step);
+        var kMax = Vector256.Create((double)tile.K);
         var one = Vector256.Create(1.0);
+        var two = Vector256.Create(2.0);
         var zero = Vector256<double>.Zero;
+        var absMask = Vector256.Create(0x7FFFFFFFFFFFFFFFL).AsDouble();
+        var veryNegative = Vector256.Create(-1000.0);
         var expMask = Vector128.Create(0x7F800000);
         var mantMask = Vector128.Create(0x007FFFFF);
         var oneBits = Vector128.Create(0x3F800000);
         var sqrt2 = Vector256.Create(1.4142135623730951);
         var half = Vector256.Create(0.5);
+        // subnormal inputs get log2 = -1000 (below every midpoint); that is only certain when v_1/2 is normal
+        bool subnormalsUncertain = tile.Lmin < -124;
         int signShift = bits - 1;
         bool wantCodes = !codes.IsEmpty, wantY = !y.IsEmpty;
-        Span<double> kTmp = stackalloc double[4];
-        Span<double> vTmp = stackalloc double[4];
 
         fixed (float* px = x)
         fixed (ushort* pc = codes)
@@ -153,13 +175,14 @@ internal static class LogFmtKernels
         {
             for (int i = 0; i < n4; i += 4)
             {
-                var xf = Sse.LoadVector128(px + i);
-                var xb = xf.AsInt32();
+                var xb = Sse2.LoadVector128((int*)(px + i));
                 var ab = Sse2.And(xb, Vector128.Create(0x7FFFFFFF));
-                var a = Avx.ConvertToVector256Double(ab.AsSingle());
+                var expField = Sse2.And(ab, expMask);
+                var tinyI = Sse2.CompareEqual(expField, Vector128<int>.Zero); // zero or subnormal
+                var tiny = Avx2.ConvertToVector256Int64(tinyI).AsDouble();
 
-                // Approximate log2|x| from exponent and mantissa: only used to pick the bracket.
-                var e = Avx.ConvertToVector256Double(Sse2.Subtract(Sse2.ShiftRightLogical(Sse2.And(ab, expMask), 23), Vector128.Create(127)));
+                // log2|x| from exponent and mantissa: atanh series, error < 2e-9
+                var e = Avx.ConvertToVector256Double(Sse2.Subtract(Sse2.ShiftRightLogical(expField, 23), Vector128.Create(127)));
                 var m = Avx.ConvertToVector256Double(Sse2.Or(Sse2.And(ab, mantMask), oneBits).AsSingle());
                 var big = Avx.CompareGreaterThan(m, sqrt2);
                 m = Avx.BlendVariable(m, Avx.Multiply(m, half), big);
@@ -170,55 +193,56 @@ internal static class LogFmtKernels
                 poly = MulAdd(s2, poly, Vector256.Create(1.0 / 5));
                 poly = MulAdd(s2, poly, Vector256.Create(1.0 / 3));
                 poly = MulAdd(s2, poly, one);
-                var log2a = Avx.Add(e, Avx.Multiply(Avx.Multiply(Avx.Add(s, s), poly), Vector256.Create(InvLn2)));
+                var log2a = MulAdd(Avx.Multiply(Avx.Add(s, s), poly), Vector256.Create(InvLn2), e);
+                log2a = Avx.BlendVariable(log2a, veryNegative, tiny);
 
-                // Bracket [v_j, v_{j+1}], j = clamp(floor(t) + 1, 0, K-1).
-                var t = Avx.Multiply(Avx.Subtract(log2a, lmin), invStep);
-                var j = Avx.Add(Avx.Floor(t), one);
-                j = Avx.Min(Avx.Max(j, zero), kTopLo);
+                // first midpoint (0 | v_1) at lmin - 1
+                var d0 = Avx.Subtract(log2a, lminM1);
+                var above0 = Avx.CompareGreaterThanOrEqual(d0, zero);
+                var bad = Avx.CompareLessThan(Avx.And(d0, absMask), tolLog);
 
-                // e_j = lmin + (j-1)*step exactly as the spec (separate multiply and add, no FMA).
-                var eLo = Avx.Add(lmin, Avx.Multiply(Avx.Subtract(j, one), step));
-                var eHi = Avx.Add(lmin, Avx.Multiply(j, step));
-                var lo = Exp2Float(eLo, out var unsafeLo);
-                var hi = Exp2Float(eHi, out var unsafeHi);
-                var jZero = Avx.CompareEqual(j, zero);
-                lo = Avx.AndNot(jZero, lo);
-                unsafeLo = Avx.AndNot(jZero, unsafeLo);
-
-                // Valid when v_j <= a < v_{j+1} (or j+1 is the top level); then k = j + [2a >= v_j + v_{j+1}].
-                var valid = Avx.And(Avx.CompareLessThanOrEqual(lo, a),
-                    Avx.Or(Avx.CompareLessThan(a, hi), Avx.CompareEqual(j, kTopLo)));
-                var up = Avx.CompareGreaterThanOrEqual(Avx.Add(a, a), Avx.Add(lo, hi));
-                var k = Avx.Add(j, Avx.And(up, one));
-                var val = Avx.BlendVariable(lo, hi, up);
-                int badMask = Avx.MoveMask(Avx.Or(Avx.AndNot(valid, Vector256<double>.AllBitsSet), Avx.Or(unsafeLo, unsafeHi)));
+                // midpoints between v_j and v_{j+1} at integer w
+                var w = Avx.Multiply(Avx.Subtract(log2a, lminC), invStep);
+                var fw = Avx.Floor(w);
+                var frac = Avx.Subtract(w, fw);
+                var dist = Avx.Min(frac, Avx.Subtract(one, frac));
+                bad = Avx.Or(bad, Avx.And(above0, Avx.CompareLessThan(dist, tolW)));
+                var k = Avx.Min(Avx.Max(Avx.Add(fw, two), one), kMax);
+                k = Avx.And(above0, k);
+                if (subnormalsUncertain)
+                {
+                    var nonzeroTiny = Sse2.AndNot(Sse2.CompareEqual(ab, Vector128<int>.Zero), tinyI);
+                    bad = Avx.Or(bad, Avx2.ConvertToVector256Int64(nonzeroTiny).AsDouble());
+                }
 
                 var ki = Avx.ConvertToVector128Int32WithTruncation(k);
+                var kZeroI = Sse2.CompareEqual(ki, Vector128<int>.Zero);
                 if (wantCodes)
                 {
                     // sign bit only on a nonzero magnitude, so zero always encodes as code 0
-                    var sign = Sse2.ShiftRightLogical(xb, 31) << signShift;
-                    sign = Sse2.AndNot(Sse2.CompareEqual(ki, Vector128<int>.Zero), sign);
+                    var sign = Sse2.AndNot(kZeroI, Sse2.ShiftRightLogical(xb, 31) << signShift);
                     var code = Sse2.Or(ki, sign);
-                    var packed = Sse41.PackUnsignedSaturate(code, code);
-                    Sse2.StoreScalar((long*)(pc + i), packed.AsInt64());
+                    Sse2.StoreScalar((long*)(pc + i), Sse41.PackUnsignedSaturate(code, code).AsInt64());
                 }
                 if (wantY)
                 {
-                    var vf = Avx.ConvertToVector128Single(val).AsInt32();
-                    var signF = Sse2.And(xb, Vector128.Create(unchecked((int)0x80000000)));
-                    signF = Sse2.AndNot(Sse2.CompareEqual(ki, Vector128<int>.Zero), signF);
-                    Sse.Store(py + i, Sse2.Or(vf, signF).AsSingle());
+                    var ek = Avx.Add(lmin, Avx.Multiply(Avx.Subtract(k, one), step));
+                    var v = Exp2Float(ek, out var unsafeV);
+                    var kZero = Avx.CompareEqual(k, zero);
+                    v = Avx.AndNot(kZero, v);
+                    bad = Avx.Or(bad, Avx.AndNot(kZero, unsafeV));
+                    var signF = Sse2.AndNot(kZeroI, Sse2.And(xb, Vector128.Create(unchecked((int)0x80000000))));
+                    Sse2.Store((int*)(py + i), Sse2.Or(Avx.ConvertToVector128Single(v).AsInt32(), signF));
                 }
+                int badMask = Avx.MoveMask(bad);
                 if (badMask != 0)
                 {
                     for (int l = 0; l < 4; l++)
                     {
                         if ((badMask & (1 << l)) == 0) continue;
-                        float v = px[i + l];
-                        int kk = tile.Nearest(Math.Abs(v));
-                        bool neg = kk != 0 && v < 0f;
+                        float xv = px[i + l];
+                        int kk = tile.Nearest(Math.Abs(xv));
+                        bool neg = kk != 0 && xv < 0f;
                         if (wantCodes) pc[i + l] = (ushort)(kk | (neg ? 1 << signShift : 0));
                         if (wantY) { float mm = tile.Level(kk); py[i + l] = neg ? -mm : mm; }
                     }
@@ -272,7 +296,7 @@ internal static class LogFmtKernels
     /// whose float64 approximation lies too close to a float32 rounding midpoint to be trusted.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<double> Exp2Float(Vector256<double> e, out Vector256<double> unsafeMask)
+    internal static Vector256<double> Exp2Float(Vector256<double> e, out Vector256<double> unsafeMask)
     {
         var i = Avx.RoundToNearestInteger(e);
         var f = Avx.Subtract(e, i); // exact, |f| <= 1/2

@@ -67,6 +67,44 @@ public class LogFmtPropertyTests
     }
 
     [Theory]
+    [MemberData(nameof(AllBits))]
+    public void Values_at_level_midpoints_and_their_neighbours_match_reference(int bits)
+    {
+        // Per tile: amax and amin fix the grid; the other 126 values are float32 roundings of the float64
+        // midpoints between adjacent levels and their ±1 ulp neighbours, the hardest cases for the vector path.
+        var rng = new Random(bits * 7 + 1);
+        int tiles = 40;
+        var x = new float[tiles * 128];
+        for (int t = 0; t < tiles; t++)
+        {
+            float amax = (float)Math.Exp(rng.NextDouble() * 20 - 10);
+            float amin = amax * (float)Math.Pow(2, -rng.NextDouble() * (t % 4 == 0 ? 40 : 16));
+            float aminEff = (float)Math.Max(amin, amax * Math.Pow(2, -32));
+            var lv = LogFmtReference.Levels(aminEff, amax, bits);
+            x[t * 128] = amax;
+            x[t * 128 + 1] = -amin;
+            for (int i = 2; i < 128; i++)
+            {
+                int j = rng.Next(lv.Length - 1);
+                float mid = (float)(((double)lv[j] + lv[j + 1]) / 2);
+                int wiggle = i % 3 - 1;
+                float v = wiggle == 0 ? mid : wiggle > 0 ? MathF.BitIncrement(mid) : MathF.BitDecrement(mid);
+                v = Math.Clamp(v, 0f, amax);
+                x[t * 128 + i] = rng.Next(2) == 0 ? v : -v;
+            }
+        }
+        var (wantCodes, wantMeta, wantDec) = LogFmtReference.Encode(x, bits, brute: false);
+        var codes = new ushort[x.Length];
+        var meta = new float[2 * tiles];
+        LogFmtCodec.Encode(x, bits, codes, meta, "midpoints");
+        meta.Should().Equal(wantMeta);
+        codes.Should().Equal(wantCodes);
+        var y = new float[x.Length];
+        LogFmtCodec.QuantizeDequantize(x, bits, y);
+        Bits(y).Should().Equal(Bits(wantDec));
+    }
+
+    [Theory]
     [InlineData(8, 1)]
     [InlineData(10, 2)]
     [InlineData(12, 0)]
