@@ -17,15 +17,10 @@ public static class LogFmtCodec
     /// <summary>True when the AVX2 kernels run (otherwise the exact scalar path does all the work).</summary>
     public static bool IsHardwareAccelerated => LogFmtKernels.VectorPathAvailable;
 
-    /// <summary>Tiles below this count are done on the calling thread.</summary>
-    private const int ParallelMinTiles = 256;
-    private const int TilesPerChunk = 64;
-
     /// <summary>Number of tiles (metadata pairs) for <paramref name="length"/> elements in rows of <paramref name="rowLength"/>.</summary>
     public static int TileCount(int length, int rowLength = 0)
     {
-        int row = CheckRows(length, rowLength);
-        return row == 0 ? 0 : length / row * ((row + TileSize - 1) / TileSize);
+        return new RowTiles(length, rowLength, TileSize).Count;
     }
 
     /// <summary>Bytes that <see cref="Pack"/> writes for <paramref name="count"/> codes of <paramref name="bits"/> bits.</summary>
@@ -70,7 +65,8 @@ public static class LogFmtCodec
         string name = "tensor", int rowLength = 0, int maxThreads = 0)
     {
         CheckBits(bits);
-        int tiles = TileCount(codes.Length, rowLength);
+        var layout = new RowTiles(codes.Length, rowLength, TileSize);
+        int tiles = layout.Count;
         if (y.Length < codes.Length) throw new ArgumentException($"y holds {y.Length} < {codes.Length} elements", nameof(y));
         if (meta.Length < 2 * tiles) throw new ArgumentException($"meta holds {meta.Length} < {2 * tiles} floats ({tiles} tiles)", nameof(meta));
         int wide = FirstWideCode(codes, bits);
@@ -82,8 +78,6 @@ public static class LogFmtCodec
             if (!float.IsFinite(lo) || !float.IsFinite(hi) || lo < 0f || hi < lo || (lo == 0f) != (hi == 0f))
                 throw new InvalidDataException($"LogFMT-{bits} decode of '{name}': tile {t} metadata (amin_eff={lo:R}, amax={hi:R}) is invalid");
         }
-        int row = rowLength == 0 ? codes.Length : rowLength;
-        int tilesPerRow = row == 0 ? 0 : (row + TileSize - 1) / TileSize;
         int magMask = (1 << (bits - 1)) - 1;
         int zeroTileWithCode = -1;
         fixed (ushort* pc = codes)
@@ -91,11 +85,11 @@ public static class LogFmtCodec
         fixed (float* py = y)
         {
             ushort* c = pc; float* m = pm; float* o = py;
-            ForTiles(tiles, maxThreads, (t0, t1) =>
+            layout.ForEachChunk(maxThreads, (t0, t1) =>
             {
                 for (int t = t0; t < t1; t++)
                 {
-                    var (start, len) = TileRange(t, row, tilesPerRow);
+                    var (start, len) = layout[t];
                     var tile = new LogFmtTile(m[2 * t], m[2 * t + 1], bits);
                     var cs = new ReadOnlySpan<ushort>(c + start, len);
                     if (tile.IsZero)
@@ -120,9 +114,7 @@ public static class LogFmtCodec
     private static unsafe void Run(ReadOnlySpan<float> x, int bits, Span<ushort> codes, Span<float> meta, Span<float> y,
         string name, int rowLength, int maxThreads)
     {
-        int tiles = TileCount(x.Length, rowLength);
-        int row = rowLength == 0 ? x.Length : rowLength;
-        int tilesPerRow = row == 0 ? 0 : (row + TileSize - 1) / TileSize;
+        var layout = new RowTiles(x.Length, rowLength, TileSize);
         bool wantCodes = !codes.IsEmpty, wantMeta = !meta.IsEmpty, wantY = !y.IsEmpty;
         long firstBad = long.MaxValue;
         fixed (float* px = x)
@@ -131,11 +123,11 @@ public static class LogFmtCodec
         fixed (float* py = y)
         {
             float* xi = px; ushort* c = pc; float* m = pm; float* o = py;
-            ForTiles(tiles, maxThreads, (t0, t1) =>
+            layout.ForEachChunk(maxThreads, (t0, t1) =>
             {
                 for (int t = t0; t < t1; t++)
                 {
-                    var (start, len) = TileRange(t, row, tilesPerRow);
+                    var (start, len) = layout[t];
                     int bad = LogFmtKernels.EncodeTile(new ReadOnlySpan<float>(xi + start, len), bits,
                         wantCodes ? new Span<ushort>(c + start, len) : Span<ushort>.Empty,
                         wantY ? new Span<float>(o + start, len) : Span<float>.Empty,
@@ -154,25 +146,6 @@ public static class LogFmtCodec
             throw new InvalidDataException($"LogFMT-{bits} encode of '{name}': element {firstBad} is {x[(int)firstBad]} (non-finite values cannot be encoded)");
     }
 
-    private static (int Start, int Length) TileRange(int t, int row, int tilesPerRow)
-    {
-        int r = t / tilesPerRow, c = t - r * tilesPerRow;
-        int off = c * TileSize;
-        return (r * row + off, Math.Min(TileSize, row - off));
-    }
-
-    private static void ForTiles(int tiles, int maxThreads, Action<int, int> body)
-    {
-        if (tiles < ParallelMinTiles || maxThreads == 1)
-        {
-            body(0, tiles);
-            return;
-        }
-        int chunks = (tiles + TilesPerChunk - 1) / TilesPerChunk;
-        var opts = new ParallelOptions { MaxDegreeOfParallelism = maxThreads > 0 ? maxThreads : Environment.ProcessorCount };
-        Parallel.For(0, chunks, opts, ch => body(ch * TilesPerChunk, Math.Min(tiles, (ch + 1) * TilesPerChunk)));
-    }
-
     private static int FirstWideCode(ReadOnlySpan<ushort> codes, int bits)
     {
         if (bits == 16) return -1;
@@ -183,14 +156,5 @@ public static class LogFmtCodec
     {
         if (bits < MinBits || bits > MaxBits)
             throw new ArgumentOutOfRangeException(nameof(bits), bits, $"LogFMT bits must be in [{MinBits}, {MaxBits}]");
-    }
-
-    private static int CheckRows(int length, int rowLength)
-    {
-        if (rowLength < 0) throw new ArgumentOutOfRangeException(nameof(rowLength), rowLength, "row length must be >= 0");
-        int row = rowLength == 0 ? length : rowLength;
-        if (row != 0 && length % row != 0)
-            throw new ArgumentException($"length {length} is not a multiple of the row length {row}", nameof(rowLength));
-        return row;
     }
 }
