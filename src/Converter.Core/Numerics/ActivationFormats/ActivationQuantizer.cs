@@ -105,7 +105,7 @@ public static class ActivationQuantizer
                     var (start, len) = layout[t];
                     var xs = new ReadOnlySpan<float>(xi + start, len);
                     var ys = new Span<float>(yo + start, len);
-                    int bad = LogFmtKernels.Scan(xs, out float amax, out _);
+                    int bad = TileStats.Scan(xs, out float amax, out _);
                     if (bad >= 0)
                     {
                         long idx = start + bad, seen;

@@ -126,6 +126,18 @@ public class LogFmtPropertyTests
         Bits(y).Should().Equal(Bits(wantDec));
     }
 
+    [Theory]
+    [InlineData(8)]
+    [InlineData(16)]
+    public void Quantize_dequantize_works_in_place(int bits)
+    {
+        var x = Make("lognormal", 7168 * 40, 77);
+        var want = new float[x.Length];
+        LogFmtCodec.QuantizeDequantize(x, bits, want, rowLength: 7168);
+        LogFmtCodec.QuantizeDequantize(x, bits, x, rowLength: 7168);
+        Bits(x).Should().Equal(Bits(want));
+    }
+
     [Fact]
     public void Rows_restart_tiles_and_keep_a_short_last_tile_per_row()
     {
