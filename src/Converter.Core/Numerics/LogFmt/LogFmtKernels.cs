@@ -5,11 +5,11 @@ using System.Runtime.Intrinsics.X86;
 namespace Converter.Numerics.LogFmt;
 
 /// <summary>
-/// Per-tile encode/decode. The AVX2 path evaluates levels with its own float64 2^x and takes the
-/// result only when it provably rounds to the same float32 as the spec's libm pow (the dropped 29 bits
-/// are far from the half-way pattern); every doubtful lane, and every lane whose candidate bracket from
-/// the approximate log2 turns out wrong, is redone by the exact scalar <see cref="LogFmtTile.Nearest"/>.
-/// So the vector path is bit-identical to the scalar definition, only faster.
+/// Per-tile encode/decode. The AVX2 paths are bit-identical to the exact scalar definition
+/// (<see cref="LogFmtTile.Nearest"/>, <see cref="LogFmtTile.Level"/>): the encoder decides each level in log2
+/// space and hands every lane that lies too close to a level midpoint to the scalar search, and level values
+/// come from a float64 2^x that is used only where it provably rounds to the same float32 as libm's pow
+/// (the 29 dropped bits far from the half-way pattern); doubtful lanes are recomputed with pow.
 /// </summary>
 internal static class LogFmtKernels
 {
