@@ -165,9 +165,9 @@ public class ActivationQuantizerTests
     }
 
     [Fact]
-    public void Error_ordering_on_activation_like_rows_matches_the_paper_claims()
+    public void Error_ordering_on_activation_like_rows_is_LogFmt10_LogFmt8_E4M3_E5M2()
     {
-        // not a golden number: the ordering LogFMT-10 < LogFMT-8 < E4M3 < E5M2 in relative RMSE
+        // the ordering the paper reports qualitatively (it gives no numbers) and the notes measure on tiny-dsv3
         var x = Data(7168 * 8, 11);
         double Err(ActivationFormat f)
         {
