@@ -67,6 +67,15 @@ for (int i = 0; i < args.Length; i++)
 }
 if (output == null) { Console.Error.WriteLine("error: -o is required"); return 2; }
 var clock = Stopwatch.StartNew();
-long bytes = SyntheticCheckpoint.Write(output, o, overwrite);
+long bytes;
+try
+{
+    bytes = SyntheticCheckpoint.Write(output, o, overwrite);
+}
+catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 2;
+}
 Console.WriteLine($"wrote {bytes / 1e9:F2} GB to {output} in {clock.Elapsed.TotalSeconds:F1} s");
 return 0;
