@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Converter.Numerics.LogFmt;
 
-namespace Converter.Bench;
+namespace Converter.Tools.Bench;
 
 /// <summary>
 /// LogFMT encode / decode / fused quantize-dequantize throughput, in GB/s of float32 input (decode: of
