@@ -32,20 +32,34 @@ public class OnnxExportVariationTests(ITestOutputHelper log)
         differ.Should().Be(0);
     }
 
-    public static TheoryData<string> Variants => new() { "no_q_lora", "n_group_1", "norm_topk_prob_false", "no_rope_scaling", "all_four" };
+    public static TheoryData<string> Variants => new() { "no_q_lora", "n_group_1", "norm_topk_prob_false", "no_rope_scaling", "all_four", "heads3_v16", "heads1_v24_no_q_lora" };
 
     [Theory]
     [MemberData(nameof(Variants))]
     public void VariantExportMatchesFloat64Reference(string variant)
     {
         using var tmp = new TestData.TempDir();
-        bool noQLora = variant is "no_q_lora" or "all_four";
+        bool noQLora = variant is "no_q_lora" or "all_four" or "heads1_v24_no_q_lora";
+        (int Heads, int V)? slice = variant switch { "heads3_v16" => (3, 16), "heads1_v24_no_q_lora" => (1, 24), _ => null };
+        VariantCheckpoint.Rewrite? rewrite = null;
+        if (slice is { } sl)
+        {
+            var heads = VariantCheckpoint.SliceHeads(sl.Heads, sl.V);
+            rewrite = noQLora
+                // q_proj is built from the kept heads' rows of q_b (48 rows of 128 per head in tiny-dsv3).
+                ? (name, shape, read) => VariantCheckpoint.RemoveQLora(name, shape,
+                      n => n.EndsWith(".q_b_proj.weight") ? read(n).AsSpan(0, sl.Heads * 48 * 128).ToArray() : read(n)) ?? heads(name, shape, read)
+                : heads;
+        }
+        else if (noQLora) rewrite = VariantCheckpoint.RemoveQLora;
         var dir = VariantCheckpoint.Create(tmp["model"], cfg =>
         {
             if (variant is "n_group_1" or "all_four") { cfg["n_group"] = 1; cfg["topk_group"] = 1; }
             if (variant is "norm_topk_prob_false" or "all_four") cfg["norm_topk_prob"] = false;
             if (variant is "no_rope_scaling" or "all_four") cfg.Remove("rope_scaling");
-        }, noQLora);
+            if (noQLora) cfg["q_lora_rank"] = null;
+            if (slice is { } s) { cfg["num_attention_heads"] = s.Heads; cfg["num_key_value_heads"] = s.Heads; cfg["v_head_dim"] = s.V; }
+        }, rewrite);
 
         var export = OnnxExportPipeline.Run(dir, tmp["onnx"], new OnnxExportOptions());
         var golden = new GoldenEval(TestData.Golden("tiny-dsv3", "eval.safetensors"));

@@ -161,7 +161,13 @@ public sealed class OnnxExternalDataWriter : IDisposable
             _owner._data.Write(bytes);
         }
 
-        public void Write<T>(ReadOnlySpan<T> values) where T : unmanaged => Write(MemoryMarshal.AsBytes(values));
+        /// <summary>Appends typed values; spans over 2 GiB of bytes are written in pieces.</summary>
+        public unsafe void Write<T>(ReadOnlySpan<T> values) where T : unmanaged
+        {
+            int chunk = (1 << 30) / sizeof(T);
+            for (int i = 0; i < values.Length; i += chunk)
+                Write(MemoryMarshal.AsBytes(values.Slice(i, Math.Min(chunk, values.Length - i))));
+        }
 
         public TensorProto Complete() => _done ??= _owner.Finish(this);
 

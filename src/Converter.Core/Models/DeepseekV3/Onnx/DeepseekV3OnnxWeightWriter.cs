@@ -26,10 +26,8 @@ public sealed class DeepseekV3OnnxWeightWriter
                 sink.Write<float>(p.Values!);
                 break;
             case InitializerSource.Float32:
-                sink.Write<float>(_ckpt.ReadFloat32(p.Tensors[0]));
-                break;
             case InitializerSource.StackedFloat32:
-                foreach (var name in p.Tensors) sink.Write<float>(_ckpt.ReadFloat32(name));
+                foreach (var name in p.Tensors) WriteFloat32(name, sink);
                 break;
             case InitializerSource.StackedFc1Float32:
                 WriteInterleaved(p, sink);
@@ -45,6 +43,32 @@ public sealed class DeepseekV3OnnxWeightWriter
                 break;
             default:
                 throw new ArgumentOutOfRangeException(nameof(p), p.Source, null);
+        }
+    }
+
+    /// <summary>Streams one tensor as float32, converting a chunk at a time from the mapped source (FP8 is dequantized whole).</summary>
+    private void WriteFloat32(string name, OnnxExternalDataWriter.TensorSink sink)
+    {
+        if (_ckpt.IsFp8(name))
+        {
+            sink.Write<float>(_ckpt.ReadFloat32(name));
+            return;
+        }
+        using var t = _ckpt.Tensors.Read(name);
+        var info = t.Info;
+        if (info.DType == DType.F32)
+        {
+            sink.Write(t.Bytes);
+            return;
+        }
+        int size = DTypeInfo.SizeOf(info.DType);
+        long count = info.ElementCount;
+        var buffer = new float[(int)Math.Min(count, 1 << 20)];
+        for (long i = 0; i < count; i += buffer.Length)
+        {
+            int n = (int)Math.Min(buffer.Length, count - i);
+            TensorConvert.ToFloat32(info, t.Bytes.Slice(checked((int)(i * size)), n * size), buffer.AsSpan(0, n));
+            sink.Write<float>(buffer.AsSpan(0, n));
         }
     }
 
