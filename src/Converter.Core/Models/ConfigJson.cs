@@ -47,7 +47,7 @@ public sealed class ConfigJson
     {
         try
         {
-            double d = n.GetValue<double>();
+            double d = Number(n);
             if (d != Math.Floor(d) || d < int.MinValue || d > int.MaxValue) throw new FormatException();
             return (int)d;
         }
@@ -59,12 +59,17 @@ public sealed class ConfigJson
 
     public double DoubleValue(string key, JsonNode n)
     {
-        try { return n.GetValue<double>(); }
+        try { return Number(n); }
         catch (Exception e) when (e is FormatException or InvalidOperationException)
         {
             throw new InvalidDataException($"{Path}: '{key}' must be a number, got {n.ToJsonString()}");
         }
     }
+
+    // JsonValue built in code holds its CLR type (int, double...); parsed ones hold a JsonElement: read both as text.
+    private static double Number(JsonNode n) => n.GetValueKind() == JsonValueKind.Number
+        ? double.Parse(n.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture)
+        : throw new FormatException();
 
     public bool BoolValue(string key, JsonNode n)
     {

@@ -105,7 +105,7 @@ public sealed class ModelCheckpoint : IDisposable
         using var s = Tensors.Read(ScaleName(name));
         var (rows, cols) = t.Info.Matrix;
         var result = new float[rows * cols];
-        Fp8Dequantize.ToFloat32(t.Bytes, s.As<float>(), rows, cols, result);
+        Numerics.Fp8BlockQuantizer.Dequantize(t.Bytes, s.As<float>(), rows, cols, result);
         return result;
     }
 

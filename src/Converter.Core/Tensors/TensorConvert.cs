@@ -17,8 +17,10 @@ public static class TensorConvert
         switch (info.DType)
         {
             case DType.F32: MemoryMarshal.Cast<byte, float>(src).CopyTo(dst); break;
-            case DType.BF16: { var s = MemoryMarshal.Cast<byte, ushort>(src); for (int i = 0; i < s.Length; i++) dst[i] = BitConverter.Int32BitsToSingle(s[i] << 16); break; } // TODO(numerics): vectorised Bf16
-            case DType.F16: { var s = MemoryMarshal.Cast<byte, Half>(src); for (int i = 0; i < s.Length; i++) dst[i] = (float)s[i]; break; }
+            case DType.BF16: Numerics.Bf16.ToSingle(MemoryMarshal.Cast<byte, ushort>(src), dst); break;
+            case DType.F16: Numerics.F16.ToSingle(MemoryMarshal.Cast<byte, ushort>(src), dst); break;
+            case DType.F8_E4M3: Numerics.Fp8E4M3.ToSingle(src, dst); break;
+            case DType.F8_E5M2: Numerics.Fp8E5M2.ToSingle(src, dst); break;
             case DType.F64:
                 var d = MemoryMarshal.Cast<byte, double>(src);
                 for (int i = 0; i < d.Length; i++) dst[i] = (float)d[i];

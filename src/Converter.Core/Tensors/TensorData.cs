@@ -14,13 +14,21 @@ public sealed unsafe class TensorData : IDisposable
 
     public TensorInfo Info { get; }
 
-    internal TensorData(TensorInfo info, MemoryMappedFile file)
+    /// <summary>Byte offset of this view within the tensor (non-zero for a slab of rows).</summary>
+    public long Offset { get; }
+    public int Length { get; }
+
+    internal TensorData(TensorInfo info, MemoryMappedFile? file, long offset, long length)
     {
         Info = info;
-        if (info.ByteLength > int.MaxValue)
-            throw new NotSupportedException($"{info.File}: tensor '{info.Name}' is {info.ByteLength} bytes; tensors over 2 GiB are not supported");
-        if (info.ByteLength == 0) return;
-        _view = file.CreateViewAccessor(info.FileOffset, info.ByteLength, MemoryMappedFileAccess.Read);
+        if (offset < 0 || length < 0 || offset + length > info.ByteLength)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + length}) outside tensor '{info.Name}' ({info.ByteLength} bytes)");
+        if (length > int.MaxValue)
+            throw new NotSupportedException($"{info.File}: tensor '{info.Name}': a {length}-byte view exceeds 2 GiB; read it in slabs");
+        Offset = offset;
+        Length = (int)length;
+        if (length == 0) return;
+        _view = file!.CreateViewAccessor(info.FileOffset + offset, length, MemoryMappedFileAccess.Read);
         byte* basePtr = null;
         _view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
         _ptr = basePtr + _view.PointerOffset;
@@ -31,7 +39,7 @@ public sealed unsafe class TensorData : IDisposable
         get
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            return _ptr == null ? ReadOnlySpan<byte>.Empty : new ReadOnlySpan<byte>(_ptr, checked((int)Info.ByteLength));
+            return _ptr == null ? ReadOnlySpan<byte>.Empty : new ReadOnlySpan<byte>(_ptr, Length);
         }
     }
 

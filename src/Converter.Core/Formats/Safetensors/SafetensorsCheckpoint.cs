@@ -138,6 +138,13 @@ public sealed class SafetensorsCheckpoint : IDisposable
         return t.Shard.Read(t.Info);
     }
 
+    public TensorData ReadRange(string name, long offset, long length)
+    {
+        if (!_tensors.TryGetValue(name, out var t))
+            throw new KeyNotFoundException($"{Directory}: checkpoint has no tensor '{name}'");
+        return t.Shard.ReadRange(t.Info, offset, length);
+    }
+
     public long TotalBytes => _tensors.Values.Sum(t => t.Info.ByteLength);
 
     public void Dispose()

@@ -45,7 +45,10 @@ public sealed class SafetensorsFile : IDisposable
 
     public TensorData Read(string name) => Read(Info(name));
 
-    public TensorData Read(TensorInfo info) => new(info, _map!);
+    public TensorData Read(TensorInfo info) => new(info, _map, 0, info.ByteLength);
+
+    /// <summary>Maps <paramref name="length"/> bytes of a tensor from <paramref name="offset"/> (a slab of rows).</summary>
+    public TensorData ReadRange(TensorInfo info, long offset, long length) => new(info, _map, offset, length);
 
     public void Dispose() => _map?.Dispose();
 }

@@ -34,6 +34,7 @@ public sealed class SafetensorsWriter : IDisposable
     private int _shardIndex = -1, _tensorInShard;
     private FileStream? _current;
     private bool _committed;
+    private long _pendingEnd = -1;
 
     /// <summary>The folder being written; callers put config.json and other side files here before commit.</summary>
     public string StagingDirectory => _tempDir;
@@ -104,12 +105,14 @@ public sealed class SafetensorsWriter : IDisposable
         var spec = AdvanceTo(name);
         byteLength = spec.ByteLength;
         _tensorInShard++;
+        _pendingEnd = _current!.Position + byteLength;
         return _current!;
     }
 
     private TensorSpec AdvanceTo(string name)
     {
         if (_committed) throw new InvalidOperationException("writer already committed");
+        CheckPending();
         if (_shardIndex < 0 || _tensorInShard >= _shards[_shardIndex].Count) OpenNextShard();
         var spec = _shards[_shardIndex][_tensorInShard];
         if (spec.Name != name)
@@ -140,9 +143,17 @@ public sealed class SafetensorsWriter : IDisposable
         _current.SetLength(8 + header.Length + offset); // reserve: lets the file system lay it out in one go
     }
 
+    private void CheckPending()
+    {
+        if (_pendingEnd >= 0 && _current!.Position != _pendingEnd)
+            throw new InvalidOperationException($"previous tensor got {_current.Position - (_pendingEnd - 0)} bytes more than planned (short or long write)");
+        _pendingEnd = -1;
+    }
+
     private void FinishShard()
     {
         if (_current == null) return;
+        CheckPending();
         if (_tensorInShard != _shards[_shardIndex].Count)
             throw new InvalidOperationException($"shard {_shardNames[_shardIndex]}: {_shards[_shardIndex].Count - _tensorInShard} planned tensors not written");
         _current.Flush();
