@@ -14,7 +14,8 @@ public sealed record OnnxExportOptions(
     bool Overwrite = false,
     bool DiagnosticOutputs = false,
     bool AttentionMaskInput = true,
-    bool PositionIdsInput = true);
+    bool PositionIdsInput = true,
+    bool Fp8CastDequantize = false);
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
     IReadOnlyList<string> HiddenStateOutputs, IReadOnlyList<string> RoutingOutputs, TimeSpan Elapsed);
@@ -44,7 +45,7 @@ public static class OnnxExportPipeline
                 cfg.NumHiddenLayers, cfg.NumHiddenLayers + cfg.NumNextnPredictLayers - 1);
 
         var export = DeepseekV3OnnxGraph.Build(cfg, new DeepseekV3OnnxOptions(options.Weights, options.AttentionMaskInput,
-            options.PositionIdsInput, options.DiagnosticOutputs));
+            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize));
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new DeepseekV3OnnxWeightWriter(ckpt);
         int done = 0;

@@ -12,12 +12,14 @@ namespace Converter.Tests.Onnx;
 public class OnnxExportFp8Tests(ITestOutputHelper log)
 {
     [Theory]
-    [InlineData("tiny-dsv3")]
-    [InlineData("tiny-dsv3-fp8")]
-    public void Fp8ExportMatchesFp8Golden(string source)
+    [InlineData("tiny-dsv3", false)]
+    [InlineData("tiny-dsv3-fp8", false)]
+    [InlineData("tiny-dsv3", true)]
+    public void Fp8ExportMatchesFp8Golden(string source, bool castDequantize)
     {
         using var tmp = new TestData.TempDir();
-        var fp8 = OnnxExportPipeline.Run(TestData.Model(source), tmp["fp8"], new OnnxExportOptions(OnnxWeightFormat.Fp8));
+        var fp8 = OnnxExportPipeline.Run(TestData.Model(source), tmp["fp8"],
+            new OnnxExportOptions(OnnxWeightFormat.Fp8, Fp8CastDequantize: castDequantize));
         var fp32 = OnnxExportPipeline.Run(TestData.Model(source), tmp["fp32"], new OnnxExportOptions(OnnxWeightFormat.Fp32));
         double ratio = fp8.DataBytes / (double)fp32.DataBytes;
         log.WriteLine($"{source}: fp8 data {fp8.DataBytes:N0} bytes, fp32 data {fp32.DataBytes:N0} bytes, ratio {ratio:P1}");
@@ -26,7 +28,7 @@ public class OnnxExportFp8Tests(ITestOutputHelper log)
         using var runner = new OnnxArtifactRunner(fp8.OutputDirectory, new OnnxRunnerOptions(IntraOpThreads: 2));
         var outs = runner.Run(golden.Tokens, golden.Batch, golden.Seq, hiddenStates: false, routing: false);
         var stats = LogitStats.Compare(outs.Logits, golden.Logits, golden.Vocab);
-        log.WriteLine($"{source} -> fp8 vs fp8 golden: {stats}");
+        log.WriteLine($"{source} -> fp8 (cast dequantize: {castDequantize}) vs fp8 golden: {stats}");
 
         long fileFp8 = new FileInfo(Path.Combine(fp8.OutputDirectory, "model.onnx.data")).Length + new FileInfo(fp8.ModelPath).Length;
         long fileFp32 = new FileInfo(Path.Combine(fp32.OutputDirectory, "model.onnx.data")).Length + new FileInfo(fp32.ModelPath).Length;

@@ -12,7 +12,8 @@ namespace Converter.Models.DeepseekV3.Onnx;
 /// </summary>
 internal static class DeepseekV3OnnxFunctions
 {
-    public const string MlaName = "MLA", MoeName = "MoE", MlpName = "MLP", DequantName = "DequantizeFp8Block";
+    public const string MlaName = "MLA", MoeName = "MoE", MlpName = "MLP", DequantName = "DequantizeFp8Block",
+        DequantCastName = "DequantizeFp8BlockCast";
 
     /// <summary>
     /// MLA, expanded form. Inputs: x, additive mask [b|1, 1, s, s], position_ids, cos, sin, then the projections
@@ -150,5 +151,24 @@ internal static class DeepseekV3OnnxFunctions
         string rows = f.Shape(w, -2, -1);
         string full = f.Op("Slice", [f.Reshape(rep, shape), f.ConstInt64(0), rows, f.ConstInt64(-2)]);
         f.Output(f.Op("DequantizeLinear", [w, full], Int("axis", -1), Int("block_size", 128)));
+    }
+
+    /// <summary>
+    /// The same dequantization for weights whose column count is a multiple of 128, as Cast + Mul: codes viewed as
+    /// [..., N, C, 128] times the row-repeated scale [..., N, C, 1]; the values are identical (code * scale in
+    /// float32). Unlike DequantizeLinear, ONNX Runtime constant-folds this at load (fast runs, fp32 memory).
+    /// </summary>
+    public static void DequantizeFp8BlockCast(OnnxModelBuilder model)
+    {
+        var f = model.Function(DeepseekV3OnnxNames.Domain, DequantCastName);
+        f.DocString = "DeepSeek FP8 128x128 block dequantization (columns a multiple of 128)";
+        string w = f.Input("w"), s = f.Input("scale_inv");
+        string rep = f.Op("Expand", [f.Unsqueeze(s, -2), f.ConstInt64(128, 1)]);           // [..., R, 128, C]
+        string shape = f.Concat(0, f.Shape(s, 0, -2), f.ConstInt64(-1), f.Shape(s, -1));
+        string rows = f.Shape(w, -2, -1);
+        string full = f.Op("Slice", [f.Reshape(rep, shape), f.ConstInt64(0), rows, f.ConstInt64(-2)]); // [..., N, C]
+        string wShape = f.Shape(w);
+        string blocks = f.Reshape(f.Cast(w, DataType.Float), f.Concat(0, f.Shape(w, 0, -1), f.ConstInt64(-1, 128)));
+        f.Output(f.Reshape(f.Mul(blocks, f.Unsqueeze(full, -1)), wShape));
     }
 }

@@ -49,7 +49,12 @@ public static class DeepseekV3OnnxGraph
         DeepseekV3OnnxFunctions.Mla(model, c);
         if (c.FirstKDenseReplace > 0 || Enumerable.Range(0, c.NumHiddenLayers).Any(l => !c.IsMoeLayer(l))) DeepseekV3OnnxFunctions.Mlp(model, c);
         if (Enumerable.Range(0, c.NumHiddenLayers).Any(c.IsMoeLayer)) DeepseekV3OnnxFunctions.Moe(model, c);
-        if (fp8) DeepseekV3OnnxFunctions.DequantizeFp8Block(model);
+        if (fp8)
+        {
+            DeepseekV3OnnxFunctions.DequantizeFp8Block(model);
+            if (options.Fp8CastDequantize) DeepseekV3OnnxFunctions.DequantizeFp8BlockCast(model);
+        }
+        string DequantFor(long cols) => options.Fp8CastDequantize && cols % 128 == 0 ? DeepseekV3OnnxFunctions.DequantCastName : DeepseekV3OnnxFunctions.DequantName;
 
         var g = new OnnxGraphBuilder("deepseek_v3");
         var plan = new List<OnnxInitializerPlan>();
@@ -67,13 +72,13 @@ public static class DeepseekV3OnnxGraph
             if (!fp8) return Plain(name, rows, cols);
             string w = Init(name, DataType.Float8E4M3Fn, [rows, cols], InitializerSource.Fp8Codes, [name]);
             string s = Init(name + "_scale_inv", DataType.Float, [(rows + 127) / 128, (cols + 127) / 128], InitializerSource.Fp8Scales, [name]);
-            return g.Op(DeepseekV3OnnxFunctions.DequantName, [w, s], 1, N.Domain)[0];
+            return g.Op(DequantFor(cols), [w, s], 1, N.Domain)[0];
         }
         string DequantStacked(string name, string[] tensors, long e, long rows, long cols)
         {
             string w = Init(name, DataType.Float8E4M3Fn, [e, rows, cols], InitializerSource.Fp8Codes, tensors);
             string s = Init(name + "_scale_inv", DataType.Float, [e, (rows + 127) / 128, (cols + 127) / 128], InitializerSource.Fp8Scales, tensors);
-            return g.Op(DeepseekV3OnnxFunctions.DequantName, [w, s], 1, N.Domain)[0];
+            return g.Op(DequantFor(cols), [w, s], 1, N.Domain)[0];
         }
 
         // Inputs, embedding, mask, positions.

@@ -14,11 +14,16 @@ public enum OnnxWeightFormat
 /// <param name="AttentionMaskInput">Declare an <c>attention_mask</c> int64 [batch, sequence] input (Optimum convention).</param>
 /// <param name="PositionIdsInput">Declare a <c>position_ids</c> int64 [batch, sequence] input.</param>
 /// <param name="DiagnosticOutputs">Also output every hidden state and each MoE layer's top-k expert ids.</param>
+/// <param name="Fp8CastDequantize">fp8 only: dequantize weights whose column count is a multiple of 128 with
+/// Cast + Mul instead of blocked DequantizeLinear. Same values; ONNX Runtime constant-folds Cast + Mul at load, so
+/// the session runs at fp32 speed but holds fp32 weights (at real DeepSeek shapes, 2 layers / 16 experts, loading
+/// peaked at ~24 GB). Off by default: DequantizeLinear is not folded, keeps memory low and is slower per run.</param>
 public sealed record DeepseekV3OnnxOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool AttentionMaskInput = true,
     bool PositionIdsInput = true,
-    bool DiagnosticOutputs = false);
+    bool DiagnosticOutputs = false,
+    bool Fp8CastDequantize = false);
 
 /// <summary>Stable value names of the exported graph (diagnostic outputs refer to them).</summary>
 public static class DeepseekV3OnnxNames
