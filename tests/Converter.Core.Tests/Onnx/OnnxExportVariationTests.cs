@@ -87,3 +87,56 @@ public class OnnxExportVariationTests(ITestOutputHelper log)
         differ.Should().Be(0);
     }
 }
+
+/// <summary>DeepSeek-V3's real attention shapes and YaRN settings on random weights, against the float64 reference.</summary>
+public class OnnxExportRealShapeTests(ITestOutputHelper log)
+{
+    [Fact]
+    [Trait("Category", "Large")]
+    public void DeepseekV3AttentionShapesMatchFloat64Reference()
+    {
+        using var tmp = new TestData.TempDir();
+        // 128 heads, nope 128 / rope 64 / v 128, q_lora 1536, kv_lora 512, YaRN factor 40 over 4096 (mscale 1/1),
+        // 16 experts in 8 groups (top-4 groups, top-8 experts): DeepSeek-V3's ratios; hidden and vocab kept small.
+        var cfg = JsonNode.Parse(File.ReadAllText(Path.Combine(TestData.Model("tiny-dsv3"), "config.json")))!.AsObject();
+        cfg["hidden_size"] = 512; cfg["intermediate_size"] = 1024; cfg["moe_intermediate_size"] = 128;
+        cfg["num_hidden_layers"] = 2; cfg["num_nextn_predict_layers"] = 0;
+        cfg["num_attention_heads"] = 128; cfg["num_key_value_heads"] = 128;
+        cfg["q_lora_rank"] = 1536; cfg["kv_lora_rank"] = 512;
+        cfg["qk_nope_head_dim"] = 128; cfg["qk_rope_head_dim"] = 64; cfg["v_head_dim"] = 128;
+        cfg["n_routed_experts"] = 16; cfg["n_group"] = 8; cfg["topk_group"] = 4; cfg["num_experts_per_tok"] = 8;
+        cfg["max_position_embeddings"] = 163840;
+        cfg["rope_scaling"] = new JsonObject
+        {
+            ["type"] = "yarn", ["rope_type"] = "yarn", ["factor"] = 40.0, ["original_max_position_embeddings"] = 4096,
+            ["beta_fast"] = 32, ["beta_slow"] = 1, ["mscale"] = 1.0, ["mscale_all_dim"] = 1.0,
+        };
+        var dir = RandomCheckpoint.Create(tmp["model"], cfg);
+        var export = OnnxExportPipeline.Run(dir, tmp["onnx"], new OnnxExportOptions());
+
+        const int batch = 1, seq = 32;
+        var tokens = Enumerable.Range(0, batch * seq).Select(i => (i * 37 + 11) % 256).ToArray();
+        float[] logits;
+        int[][] routing;
+        using (var runner = new OnnxArtifactRunner(export.OutputDirectory, new OnnxRunnerOptions(IntraOpThreads: 2)))
+        {
+            var o = runner.Run(tokens, batch, seq, hiddenStates: false, routing: true);
+            logits = o.Logits;
+            routing = o.RoutingTopK!;
+        }
+        using var ckpt = ModelCheckpoint.Open(dir);
+        var (refLogits, refRouting, margin) = new ReferenceForward(ckpt).Run(tokens, batch, seq);
+        var stable = margin.Select(m => m >= 1e-4).ToArray();
+        var stats = LogitStats.Compare(logits, refLogits, 256, stable);
+        double scale = refLogits.Max(Math.Abs);
+        log.WriteLine($"real attention shapes: {stats}; max |logit| {scale:F2}");
+        int differ = 0;
+        for (int l = 0; l < routing.Length; l++)
+            for (int p = 0; p < batch * seq; p++)
+                if (stable[p] && !routing[l].AsSpan(p * 8, 8).ToArray().Order().SequenceEqual(refRouting[l].AsSpan(p * 8, 8).ToArray().Order())) differ++;
+        stats.Positions.Should().BeGreaterThan(seq / 2);
+        stats.MaxAbs.Should().BeLessThanOrEqualTo(1e-3 * Math.Max(1, scale));
+        stats.Top1.Should().Be(1.0);
+        differ.Should().Be(0);
+    }
+}
