@@ -1,0 +1,67 @@
+using System.CommandLine;
+using Converter.Cli;
+using Converter.Cli.Commands;
+using Converter.Runtime;
+using Converter.Formats.Safetensors;
+using Converter.Tensors;
+
+namespace Converter.Tests;
+
+/// <summary>`export onnx` as the CLI parses it (invoked in process: the command is wired under `export` by Program.cs).</summary>
+public class ExportOnnxCliTests : IDisposable
+{
+    private readonly TestData.TempDir _tmp = new();
+
+    public void Dispose() => _tmp.Dispose();
+
+    private static int Invoke(params string[] args)
+    {
+        var root = new RootCommand("test") { ExportOnnxCommand.Create() };
+        root.Options.Add(GlobalOptions.Verbose);
+        root.Options.Add(GlobalOptions.Quiet);
+        return root.Parse(args).Invoke();
+    }
+
+    [Fact]
+    public void ExportsFp8FromTheOfficialFp8CheckpointAndRunsInOnnxRuntime()
+    {
+        var outDir = _tmp["onnx"];
+        Invoke("onnx", TestData.Model("tiny-dsv3-fp8"), "-o", outDir, "--weights", "fp8", "-q").Should().Be(CommandRunner.Ok);
+        File.Exists(Path.Combine(outDir, "model.onnx")).Should().BeTrue();
+        File.Exists(Path.Combine(outDir, "model.onnx.data")).Should().BeTrue();
+
+        using var eval = SafetensorsFile.Open(TestData.Golden("tiny-dsv3-fp8", "eval.safetensors"));
+        int[] tokens;
+        using (var t = eval.Read("tokens")) tokens = t.As<int>().ToArray();
+        float[] golden;
+        using (var t = eval.Read("logits")) golden = TensorConvert.ToFloat32(t);
+        using var runner = new OnnxArtifactRunner(outDir);
+        var logits = runner.Run(tokens, 8, 128, false, false).Logits;
+        double sum = 0;
+        for (int i = 0; i < golden.Length; i++) sum += Math.Abs(logits[i] - golden[i]);
+        (sum / golden.Length).Should().BeLessThan(1e-4);
+
+        // A second export to the same folder needs --overwrite.
+        Invoke("onnx", TestData.Model("tiny-dsv3"), "-o", outDir, "-q").Should().Be(CommandRunner.BadInput);
+        Invoke("onnx", TestData.Model("tiny-dsv3"), "-o", outDir, "--overwrite", "-q").Should().Be(CommandRunner.Ok);
+    }
+
+    [Fact]
+    public void CorruptInputExitsWithBadInputAndWritesNothing()
+    {
+        var src = _tmp["src"];
+        Directory.CreateDirectory(src);
+        foreach (var f in Directory.GetFiles(TestData.Model("tiny-dsv3"))) File.Copy(f, Path.Combine(src, Path.GetFileName(f)));
+        File.WriteAllText(Path.Combine(src, "config.json"), File.ReadAllText(Path.Combine(src, "config.json")).Replace("\"kv_lora_rank\": 64", "\"kv_lora_rank\": 32"));
+        var outDir = _tmp["out"];
+        Invoke("onnx", src, "-o", outDir, "-q").Should().Be(CommandRunner.BadInput);
+        Directory.Exists(outDir).Should().BeFalse();
+    }
+
+    [Fact]
+    public void RejectsUnknownWeightFormat()
+    {
+        Invoke("onnx", TestData.Model("tiny-dsv3"), "-o", _tmp["x"], "--weights", "int4").Should().NotBe(CommandRunner.Ok);
+        Directory.Exists(_tmp["x"]).Should().BeFalse();
+    }
+}
