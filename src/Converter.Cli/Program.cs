@@ -8,4 +8,5 @@ root.Options.Add(GlobalOptions.Quiet);
 root.Subcommands.Add(InspectCommand.Create());
 root.Subcommands.Add(QuantizeCommand.Create());
 root.Subcommands.Add(VerifyCommand.Create());
+root.Subcommands.Add(ShardCommand.Create());
 return root.Parse(args).Invoke();
