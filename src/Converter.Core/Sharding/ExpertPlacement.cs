@@ -46,7 +46,16 @@ public sealed class ExpertPlacement
     /// <summary>True when each expert group (and its replicas) was kept on one node.</summary>
     public required bool GroupAware { get; init; }
     public required int Redundant { get; init; }
-    public int SlotsPerRank => (Model.RoutedExperts + Redundant) / Ranks;
+    /// <summary>The most experts any rank holds in any layer: E/N, plus one or more when R replicas do not spread evenly.</summary>
+    public int SlotsPerRank
+    {
+        get
+        {
+            int max = 0;
+            foreach (var l in Layers) foreach (var s in l.RankSlots) max = Math.Max(max, s.Length);
+            return max;
+        }
+    }
     /// <summary>How a token's share of a replicated expert is split between its replicas.</summary>
     public string TokenSplit => "even";
     /// <summary>Fingerprint and size of the calibration the loads came from; null for contiguous.</summary>

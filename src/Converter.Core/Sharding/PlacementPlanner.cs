@@ -8,9 +8,11 @@ namespace Converter.Sharding;
 /// <list type="bullet">
 /// <item>contiguous: rank i holds experts [i*E/N, (i+1)*E/N) (DeepSeek's convert.py).</item>
 /// <item>balanced: loads from calibration routing counts; R extra replicas go to the experts with the highest load per
-/// copy, then copies are packed heaviest first onto the least loaded rank with a free slot ((E+R)/N slots each).</item>
+/// copy, then copies are packed heaviest first onto the least loaded rank with a free slot. Ranks hold E/N experts
+/// plus an even share of the R replicas (R mod N ranks carry one more), so R need not be a multiple of N.</item>
 /// <item>group-aware (balanced with several nodes and expert groups): whole groups are packed onto nodes by group load
-/// (n_group/nodes groups each), replicas stay within their node, then copies are packed onto that node's ranks. A token
+/// (n_group/nodes groups each), replicas go one at a time to the node with the highest load per expert copy and stay
+/// there, then the node's copies are packed onto its ranks. A token
 /// then reaches at most topk_group nodes, as group-limited routing intends.</item>
 /// </list>
 /// Layers without routing data (MTP layers are never routed on calibration text) are balanced on uniform loads.
@@ -30,10 +32,8 @@ public static class PlacementPlanner
         if (m <= 0 || n % m != 0) throw new ArgumentException($"--ranks-per-node {m} does not divide --ranks {n}");
         if (r < 0) throw new ArgumentException($"--redundant must not be negative, got {r}");
         if (r > e) throw new ArgumentException($"--redundant {r} asks for more replicas than the {e} routed experts of a layer");
-        if ((e + r) % n != 0)
-            throw new ArgumentException(r == 0
-                ? $"{n} ranks do not divide the {e} routed experts (choose ranks among the divisors of {e})"
-                : $"{n} ranks do not divide the {e + r} expert slots ({e} experts + {r} redundant replicas)");
+        if (e % n != 0)
+            throw new ArgumentException($"{n} ranks do not divide the {e} routed experts (choose ranks among the divisors of {e})");
         if (o.Method == PlacementMethod.Contiguous && r > 0)
             throw new ArgumentException("--redundant needs --placement balanced (replicas go to the hottest experts of the calibration)");
         if (o.Method == PlacementMethod.Balanced && calibration == null)
@@ -53,8 +53,6 @@ public static class PlacementPlanner
             if (groups % nodes != 0)
                 throw new ArgumentException($"group-aware placement keeps each of the {groups} expert groups on one node, but {nodes} nodes " +
                     $"({n} ranks / {m} per node) do not divide {groups} groups");
-            if (r % nodes != 0)
-                throw new ArgumentException($"group-aware placement keeps replicas on their group's node: --redundant {r} must be a multiple of the {nodes} nodes");
         }
 
         var layers = new List<LayerPlacement>();
@@ -105,7 +103,7 @@ public static class PlacementPlanner
     {
         var experts = Enumerable.Range(0, load.Length).ToArray();
         var copies = ExpertPacking.Replicate(load, r, n);
-        return ExpertPacking.Pack(experts, load, copies, n, (load.Length + r) / n);
+        return ExpertPacking.Pack(experts, load, copies, n);
     }
 
     private static List<int>[] Grouped(double[] load, int n, int m, int r, int groups)
@@ -117,8 +115,23 @@ public static class PlacementPlanner
         for (int x = 0; x < e; x++) groupLoad[x / perGroup] += load[x];
         var ones = new int[groups];
         Array.Fill(ones, 1);
-        var nodeGroups = ExpertPacking.Pack(groupIds, groupLoad, ones, nodes, groups / nodes);
-        // Step 2: within each node, replicate its experts and pack them onto its ranks.
+        var nodeGroups = ExpertPacking.Pack(groupIds, groupLoad, ones, nodes);
+        // Step 2: replicas to the node with the highest load per expert copy, one at a time (each copy can live on any of its M ranks).
+        var nodeTotal = new double[nodes];
+        var nodeReplicas = new int[nodes];
+        for (int node = 0; node < nodes; node++) foreach (var g in nodeGroups[node]) nodeTotal[node] += groupLoad[g];
+        for (int i = 0; i < r; i++)
+        {
+            int best = -1;
+            for (int node = 0; node < nodes; node++)
+            {
+                if (nodeReplicas[node] >= e / nodes * (m - 1)) continue; // every expert of the node already on every rank
+                if (best < 0 || nodeTotal[node] / (e / nodes + nodeReplicas[node]) > nodeTotal[best] / (e / nodes + nodeReplicas[best])) best = node;
+            }
+            if (best < 0) throw new ArgumentException($"cannot place {r} replicas within nodes of {m} ranks: every expert already has a copy on every rank of its node");
+            nodeReplicas[best]++;
+        }
+        // Step 3: within each node, replicate its experts and pack them onto its ranks.
         var held = new List<int>[n];
         for (int node = 0; node < nodes; node++)
         {
@@ -126,8 +139,8 @@ public static class PlacementPlanner
             foreach (var g in nodeGroups[node].Order())
                 for (int x = g * perGroup; x < (g + 1) * perGroup; x++) experts.Add(x);
             var nodeLoad = experts.Select(x => load[x]).ToArray();
-            var copies = ExpertPacking.Replicate(nodeLoad, r / nodes, m);
-            var local = ExpertPacking.Pack(experts, nodeLoad, copies, m, (e + r) / n);
+            var copies = ExpertPacking.Replicate(nodeLoad, nodeReplicas[node], m);
+            var local = ExpertPacking.Pack(experts, nodeLoad, copies, m);
             for (int i = 0; i < m; i++) held[node * m + i] = local[i];
         }
         return held;

@@ -10,8 +10,7 @@ public static class PlacementValidator
         int e = p.Model.RoutedExperts;
         if (p.Ranks <= 0 || p.RanksPerNode <= 0 || p.Ranks % p.RanksPerNode != 0)
             throw Bad($"ranks_per_node {p.RanksPerNode} does not divide ranks {p.Ranks}");
-        if ((e + p.Redundant) % p.Ranks != 0)
-            throw Bad($"{p.Ranks} ranks do not divide {e} experts + {p.Redundant} replicas");
+        if (e % p.Ranks != 0) throw Bad($"{p.Ranks} ranks do not divide {e} experts");
         int groupSize = p.Model.ExpertGroups > 0 && e % p.Model.ExpertGroups == 0 ? e / p.Model.ExpertGroups : e;
         foreach (var l in p.Layers)
         {
@@ -43,8 +42,8 @@ public static class PlacementValidator
             }
             for (int rank = 0; rank < p.Ranks; rank++)
             {
-                if (l.RankSlots[rank].Length != p.SlotsPerRank)
-                    throw Bad($"layer {l.Layer}: rank {rank} holds {l.RankSlots[rank].Length} experts, capacity is {p.SlotsPerRank}");
+                if (l.RankSlots[rank].Length < e / p.Ranks)
+                    throw Bad($"layer {l.Layer}: rank {rank} holds {l.RankSlots[rank].Length} experts, fewer than {e / p.Ranks} (experts / ranks)");
                 foreach (var x in l.RankSlots[rank])
                     if ((uint)x >= (uint)e || Array.FindIndex(l.Replicas[x], r => r.Rank == rank) < 0)
                         throw Bad($"layer {l.Layer}: rank {rank} lists expert {x} that has no replica there");
