@@ -18,8 +18,8 @@ internal static class LoadChart
         int ranks = first.Ranks, layers = report.Placements[0].Layers.Count, nodes = first.Nodes;
         double cell = Math.Clamp(720.0 / ranks, 6, 44), rowH = 24, gap = nodes > 1 ? 4 : 0;
         double left = 70, right = 110, gridW = ranks * cell + (nodes - 1) * gap;
-        double panelH = 28 + layers * rowH + 10;
-        double width = left + gridW + right, height = 50 + report.Placements.Count * panelH + 30;
+        double panelH = 28 + 14 + layers * rowH + 10;
+        double width = Math.Max(left + gridW + right, 820), height = 50 + report.Placements.Count * panelH + 30;
         double maxRatio = report.Placements.Max(p => p.WorstImbalance);
         var sb = new StringBuilder();
         sb.Append(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{F(width)}\" height=\"{F(height)}\" font-family=\"sans-serif\" font-size=\"11\">\n");
@@ -32,7 +32,16 @@ internal static class LoadChart
             var pl = report.Placements[pi];
             string title = pl.Label + (pi == report.Written ? " (written)" : "") + $": mean max/mean {pl.MeanImbalance:F3}, ranks/token {pl.RanksPerToken:F2}, nodes/token {pl.NodesPerToken:F2}";
             sb.Append(CultureInfo.InvariantCulture, $"<text x=\"10\" y=\"{F(y + 16)}\" font-weight=\"bold\">{SecurityElement.Escape(title)}</text>\n");
-            double rowY = y + 24;
+            double rowY = y + 24 + 14;
+            // Rank numbers above the cells (every rank when they fit, else the first rank of each node).
+            for (int r = 0; r < ranks; r++)
+            {
+                if (cell < 16 && r % first.RanksPerNode != 0) continue;
+                double x = left + r * cell + first.NodeOf(r) * gap;
+                string label = cell >= 16 ? (r == 0 ? "rank 0" : r.ToString(CultureInfo.InvariantCulture)) : $"n{first.NodeOf(r)}";
+                if (cell >= 16 && r == 0 && cell < 40) label = "r0";
+                sb.Append(CultureInfo.InvariantCulture, $"<text x=\"{F(x + cell / 2 - 0.5)}\" y=\"{F(rowY - 3)}\" text-anchor=\"middle\" font-size=\"9\" fill=\"#555\">{label}</text>\n");
+            }
             foreach (var l in pl.Layers)
             {
                 double mean = l.RankLoad.Sum() / (double)ranks;

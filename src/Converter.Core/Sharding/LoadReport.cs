@@ -37,18 +37,28 @@ public sealed class LoadReport
         }
         sb.AppendLine();
         int h = first.Model.HiddenSize;
-        sb.AppendLine($"Wire bytes per token per MoE layer at hidden size {h}: dispatch sends the token's hidden vector to each destination rank, " +
-            "combine returns one partial sum per rank (same size); inter-node counts one copy per destination node (sent once per node, then forwarded inside it).");
+        sb.AppendLine($"Bytes on the wire per token per MoE layer at hidden size {h}. Dispatch sends the token's hidden vector to each " +
+            "destination rank; combine returns one partial sum from each (same count and size). Inter-node: one copy per destination " +
+            "node (sent once per node, forwarded inside it), each way.");
         sb.AppendLine();
-        sb.Append("| placement | format | bytes / vector | dispatch B/token | combine B/token | inter-node dispatch B/token |");
+        sb.Append("| placement | traffic |");
+        foreach (var f in WireFormats.All) sb.Append($" {f.Name} ({f.BytesPerToken(h)} B/vector) |");
         sb.AppendLine();
-        sb.AppendLine("|---|---|---|---|---|---|");
+        sb.Append("|---|---|");
+        foreach (var _ in WireFormats.All) sb.Append("---|");
+        sb.AppendLine();
         foreach (var pl in Placements)
-            foreach (var f in WireFormats.All)
+        {
+            sb.Append($"| {pl.Label} | dispatch = combine |");
+            foreach (var f in WireFormats.All) sb.Append($" {F(f.BytesPerToken(h) * pl.RanksPerToken, "F0")} |");
+            sb.AppendLine();
+            if (first.Nodes > 1)
             {
-                long b = f.BytesPerToken(h);
-                sb.AppendLine($"| {pl.Label} | {f.Name} | {b} | {F(b * pl.RanksPerToken, "F0")} | {F(b * pl.RanksPerToken, "F0")} | {F(b * pl.NodesPerToken, "F0")} |");
+                sb.Append($"| {pl.Label} | inter-node |");
+                foreach (var f in WireFormats.All) sb.Append($" {F(f.BytesPerToken(h) * pl.NodesPerToken, "F0")} |");
+                sb.AppendLine();
             }
+        }
         sb.AppendLine();
         sb.AppendLine("Per layer, tokens per rank:");
         sb.AppendLine();
