@@ -12,4 +12,5 @@ var export = new Command("export", "Write a deployable artifact (ONNX, GGUF) fro
 export.Subcommands.Add(ExportOnnxCommand.Create());
 root.Subcommands.Add(export);
 root.Subcommands.Add(VerifyCommand.Create(RunnerRegistration.RegisterAll(ArtifactRunnerFactory.Default)));
+root.Subcommands.Add(ShardCommand.Create());
 return root.Parse(args).Invoke();
