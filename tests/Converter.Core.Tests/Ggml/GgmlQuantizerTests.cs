@@ -56,6 +56,28 @@ public class GgmlQuantizerTests
     }
 
     [Theory]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q5_K)]
+    [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_0)]
+    public void EveryKernelPathEqualsScalarReference(GgmlType type)
+    {
+        // an odd block count so the Vector512 path also runs its single-block remainder
+        var x = StressInput(37, 99);
+        long size = GgmlTypeInfo.ByteSize(type, x.Length);
+        var reference = new byte[size];
+        GgmlReferenceQuantizer.Quantize(type, x, reference);
+        foreach (var path in new[] { GgmlQuantizer.KernelPath.Best, GgmlQuantizer.KernelPath.Vector256, GgmlQuantizer.KernelPath.Scalar })
+        {
+            var y = new byte[size];
+            GgmlQuantizer.QuantizeWith(path, type, x, y);
+            int at = GgmlGolden.FirstDifference<byte>(y, reference);
+            at.Should().Be(-1, $"{type} via {path}: first differing byte at {at}");
+        }
+    }
+
+    [Theory]
     [InlineData(GgmlType.Q8_0, 0.01)]
     [InlineData(GgmlType.Q4_0, 0.2)]
     [InlineData(GgmlType.Q4_K, 0.12)]

@@ -48,15 +48,14 @@ internal static unsafe class GgmlDequantizer
         var scales = new ReadOnlySpan<byte>(x + 4, 12);
         byte* qh = x + 16;
         byte* ql = x + 48;
-        int u1 = 1, u2 = 2;
-        for (int j = 0, isb = 0; j < 256; j += 64, ql += 32, isb += 2, u1 <<= 2, u2 <<= 2)
+        for (int k = 0, isb = 0; k < 4; k++, ql += 32, isb += 2)
         {
             GetScaleMinK4(isb, scales, out byte sc, out byte m);
             float d1 = d * sc, m1 = min * m;
             GetScaleMinK4(isb + 1, scales, out sc, out m);
             float d2 = d * sc, m2 = min * m;
-            for (int l = 0; l < 32; l++) *y++ = d1 * ((ql[l] & 0xF) + ((qh[l] & u1) != 0 ? 16 : 0)) - m1;
-            for (int l = 0; l < 32; l++) *y++ = d2 * ((ql[l] >> 4) + ((qh[l] & u2) != 0 ? 16 : 0)) - m2;
+            for (int l = 0; l < 32; l++) *y++ = d1 * ((ql[l] & 0xF) + (((qh[l] >> (2 * k)) & 1) << 4)) - m1;
+            for (int l = 0; l < 32; l++) *y++ = d2 * ((ql[l] >> 4) + (((qh[l] >> (2 * k + 1)) & 1) << 4)) - m2;
         }
     }
 

@@ -69,9 +69,22 @@ public static unsafe class GgmlQuantizer
         });
     }
 
-    private static void QuantizeBlocks(GgmlType type, float* x, byte* y, int count)
+    /// <summary>Which kernels run; tests pin each so every path is checked on any machine.</summary>
+    internal enum KernelPath { Best, Vector256, Scalar }
+
+    /// <summary>Single-threaded quantization through a chosen kernel path (for tests).</summary>
+    internal static void QuantizeWith(KernelPath path, GgmlType type, ReadOnlySpan<float> src, Span<byte> dst)
     {
-        if (!Vector256.IsHardwareAccelerated && type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
+        if (GgmlTypeInfo.ByteSize(type, src.Length) != dst.Length) throw new ArgumentException("size mismatch", nameof(dst));
+        fixed (float* ps = src)
+        fixed (byte* pd = dst)
+            QuantizeBlocks(type, ps, pd, src.Length / GgmlTypeInfo.BlockSize(type), path);
+    }
+
+    private static void QuantizeBlocks(GgmlType type, float* x, byte* y, int count, KernelPath path = KernelPath.Best)
+    {
+        bool allow512 = path == KernelPath.Best;
+        if ((path == KernelPath.Scalar || !Vector256.IsHardwareAccelerated) && type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
         {
             int block = GgmlTypeInfo.BlockSize(type), bytes = GgmlTypeInfo.BytesPerBlock(type);
             GgmlReferenceQuantizer.Quantize(type, new ReadOnlySpan<float>(x, count * block), new Span<byte>(y, count * bytes));
@@ -95,13 +108,13 @@ public static unsafe class GgmlQuantizer
                 for (int b = 0; b < count; b++) LegacyKernels.Q4_0(x + 32 * b, y + 18 * b);
                 break;
             case GgmlType.Q4_K:
-                for (int b = 0; b < count; b++) KQuantKernel.QuantizeBlock(x + 256 * b, y + 144 * b, q5: false);
+                KQuantKernel.QuantizeBlocks(x, y, count, q5: false, allow512);
                 break;
             case GgmlType.Q5_K:
-                for (int b = 0; b < count; b++) KQuantKernel.QuantizeBlock(x + 256 * b, y + 176 * b, q5: true);
+                KQuantKernel.QuantizeBlocks(x, y, count, q5: true, allow512);
                 break;
             case GgmlType.Q6_K:
-                for (int b = 0; b < count; b++) Q6KKernel.QuantizeBlock(x + 256 * b, y + 210 * b);
+                for (int b = 0; b < count; b++) Q6KKernel.QuantizeBlock(x + 256 * b, y + 210 * b, allow512);
                 break;
             default:
                 throw new NotSupportedException($"cannot quantize to ggml type {type}");

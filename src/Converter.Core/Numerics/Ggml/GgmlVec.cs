@@ -30,3 +30,15 @@ internal static class GgmlVec
         return t + bump;
     }
 }
+
+/// <summary>Vector512 forms of the <see cref="GgmlVec"/> primitives.</summary>
+internal static class GgmlVec512
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<int> NearestInt(Vector512<float> f) =>
+        (Vector512.AsInt32(f + Vector512.Create(12582912f)) & Vector512.Create(0x007fffff)) - Vector512.Create(0x00400000);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<int> Clamp(Vector512<int> v, int lo, int hi) =>
+        Vector512.Max(Vector512.Create(lo), Vector512.Min(Vector512.Create(hi), v));
+}

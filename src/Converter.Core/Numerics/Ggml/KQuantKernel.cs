@@ -1,45 +1,61 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using static Converter.Numerics.Ggml.GgmlScalar;
-using V = System.Runtime.Intrinsics.Vector256<float>;
-using VI = System.Runtime.Intrinsics.Vector256<int>;
 
 namespace Converter.Numerics.Ggml;
 
 /// <summary>
-/// Fast Q4_K / Q5_K super-block quantizer. ggml's make_qkx2_quants sums sequentially and each search step
-/// depends on the previous one (the min it refines), so the vector lanes are the eight sub-blocks of a
-/// super-block instead: each lane runs the scalar algorithm on its own 32 values in the scalar order, with
-/// branches turned into selects, which keeps every rounding step, and so the bytes, identical.
+/// Fast Q4_K / Q5_K quantizer. ggml's make_qkx2_quants sums sequentially and each search step depends on the
+/// previous one (the min it refines), so the vector lanes are sub-blocks instead: each lane runs the scalar
+/// algorithm on its own 32 values in the scalar order, branches turned into selects, which keeps every
+/// rounding step, and so the bytes, identical. Vector512 takes two super-blocks (16 sub-blocks) at a time.
 /// </summary>
-internal static unsafe class KQuantKernel
+internal static unsafe partial class KQuantKernel
 {
     private const int QK_K = GgmlTypeInfo.QK_K;
+    private const float RDelta = 0.1f;
 
-    /// <summary>Quantizes one super-block: Q5_K when <paramref name="q5"/>, else Q4_K.</summary>
-    public static void QuantizeBlock(float* x, byte* y, bool q5)
+    /// <summary>Per-lane search results, 16 lanes each.</summary>
+    private struct SearchResult
+    {
+        public fixed float Scale[16];
+        public fixed float TheMin[16];
+        public fixed float BestIscale[16];
+        public fixed float BestMin[16];
+        public fixed int Degenerate[16];
+    }
+
+    /// <summary>Quantizes <paramref name="count"/> super-blocks: Q5_K when <paramref name="q5"/>, else Q4_K.</summary>
+    public static void QuantizeBlocks(float* x, byte* y, int count, bool q5, bool allowVector512 = true)
     {
         int nmax = q5 ? 31 : 15;
         float rmin = q5 ? -0.5f : -1.0f;
-        const float rdelta = 0.1f;
         int nstep = q5 ? 15 : 20;
+        int bytes = q5 ? 176 : 144;
+        SearchResult r;
+        int b = 0;
+        if (allowVector512 && Vector512.IsHardwareAccelerated)
+        {
+            for (; b + 2 <= count; b += 2)
+            {
+                Search512(x + QK_K * b, nmax, rmin, nstep, &r);
+                Assemble(x + QK_K * b, y + bytes * b, q5, nmax, &r, 0);
+                Assemble(x + QK_K * (b + 1), y + bytes * (b + 1), q5, nmax, &r, 8);
+            }
+        }
+        for (; b < count; b++)
+        {
+            Search256(x + QK_K * b, nmax, rmin, nstep, &r);
+            Assemble(x + QK_K * b, y + bytes * b, q5, nmax, &r, 0);
+        }
+    }
 
-        V* xt = stackalloc V[32];
-        Transpose8x32(x, (float*)xt);
-
-        Search(xt, nmax, rmin, rdelta, nstep, out V scaleV, out V theMinV, out V bestIscaleV, out V bestMinV, out V degenerateV);
-
-        float* scales = stackalloc float[8];
-        float* mins = stackalloc float[8];
-        float* bestIscale = stackalloc float[8];
-        float* bestMin = stackalloc float[8];
-        int* degenerate = stackalloc int[8];
-        scaleV.Store(scales);
-        theMinV.Store(mins);
-        bestIscaleV.Store(bestIscale);
-        bestMinV.Store(bestMin);
-        degenerateV.AsInt32().Store(degenerate);
-
+    /// <summary>The rest of quantize_row_q{4,5}_K_ref for one super-block whose sub-blocks are lanes
+    /// <paramref name="lane0"/>..+7 of <paramref name="r"/>: 6-bit scales, fp16 d/dmin, requantization, packing.</summary>
+    private static void Assemble(float* x, byte* y, bool q5, int nmax, SearchResult* r, int lane0)
+    {
+        float* scales = r->Scale + lane0;
+        float* mins = r->TheMin + lane0;
         float maxScale = 0, maxMin = 0;
         for (int j = 0; j < 8; j++)
         {
@@ -72,9 +88,10 @@ internal static unsafe class KQuantKernel
             if (d == 0)
             {
                 // ggml keeps the search's codes for this sub-block; recompute them from the winning step.
+                float bi = r->BestIscale[lane0 + j], bm = r->BestMin[lane0 + j];
+                bool degenerate = r->Degenerate[lane0 + j] != 0;
                 for (int i = 0; i < 32; i++)
-                    Ls[i] = degenerate[j] != 0 ? (byte)0
-                        : (byte)Math.Max(0, Math.Min(nmax, NearestInt(bestIscale[j] * (xs[i] - bestMin[j]))));
+                    Ls[i] = degenerate ? (byte)0 : (byte)Math.Max(0, Math.Min(nmax, NearestInt(bi * (xs[i] - bm))));
                 continue;
             }
             var dmV = Vector256.Create(mAll * m);
@@ -113,96 +130,5 @@ internal static unsafe class KQuantKernel
             }
             h.Store(qh);
         }
-    }
-
-    /// <summary>xt[i*8 + j] = x[32*j + i]: lane j of vector i is element i of sub-block j.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Transpose8x32(float* x, float* xt)
-    {
-        for (int j = 0; j < 8; j++)
-        {
-            float* src = x + 32 * j;
-            for (int i = 0; i < 32; i++) xt[i * 8 + j] = src[i];
-        }
-    }
-
-    /// <summary>make_qkx2_quants (use_mad false) for 8 sub-blocks at once, with Q4_K's weights av_x + |x|.</summary>
-    private static void Search(V* xt, int nmax, float rmin, float rdelta, int nstep,
-        out V scale, out V theMin, out V bestIscale, out V bestMin, out V degenerate)
-    {
-        V* w = stackalloc V[32];
-        V* laux = stackalloc V[32];
-
-        var sumX2 = V.Zero;
-        for (int i = 0; i < 32; i++) sumX2 += xt[i] * xt[i];
-        var avX = Vector256.Sqrt(sumX2 / Vector256.Create(32f));
-        for (int i = 0; i < 32; i++) w[i] = avX + Vector256.Abs(xt[i]);
-
-        V min = xt[0], max = xt[0];
-        V sumW = w[0];
-        V sumX = sumW * xt[0];
-        for (int i = 1; i < 32; i++)
-        {
-            V xi = xt[i];
-            min = Vector256.ConditionalSelect(Vector256.LessThan(xi, min), xi, min);
-            max = Vector256.ConditionalSelect(Vector256.GreaterThan(xi, max), xi, max);
-            sumW += w[i];
-            sumX += w[i] * xi;
-        }
-        min = Vector256.ConditionalSelect(Vector256.GreaterThan(min, V.Zero), V.Zero, min);
-        degenerate = Vector256.Equals(max, min);
-        V initialMin = min;
-
-        V iscale = Vector256.Create((float)nmax) / (max - min);
-        scale = V.One / iscale;
-        bestIscale = iscale;
-        bestMin = min;
-        V bestError = V.Zero;
-        for (int i = 0; i < 32; i++)
-        {
-            V l = Vector256.ConvertToSingle(GgmlVec.Clamp(GgmlVec.NearestInt(iscale * (xt[i] - min)), 0, nmax));
-            V diff = scale * l + min - xt[i];
-            diff *= diff;
-            bestError += w[i] * diff;
-        }
-
-        for (int step = 0; step <= nstep; step++)
-        {
-            float num = rmin + rdelta * step + nmax;
-            iscale = Vector256.Create(num) / (max - min);
-            V sumL = V.Zero, sumL2 = V.Zero, sumXL = V.Zero;
-            for (int i = 0; i < 32; i++)
-            {
-                V l = Vector256.ConvertToSingle(GgmlVec.Clamp(GgmlVec.NearestInt(iscale * (xt[i] - min)), 0, nmax));
-                laux[i] = l;
-                V wl = w[i] * l;
-                sumL += wl;
-                sumL2 += wl * l;
-                sumXL += wl * xt[i];
-            }
-            V D = sumW * sumL2 - sumL * sumL;
-            V thisScale = (sumW * sumXL - sumX * sumL) / D;
-            V thisMin = (sumL2 * sumX - sumL * sumXL) / D;
-            V positive = Vector256.GreaterThan(thisMin, V.Zero);
-            thisMin = Vector256.ConditionalSelect(positive, V.Zero, thisMin);
-            thisScale = Vector256.ConditionalSelect(positive, sumXL / sumL2, thisScale);
-            V curError = V.Zero;
-            for (int i = 0; i < 32; i++)
-            {
-                V diff = thisScale * laux[i] + thisMin - xt[i];
-                diff *= diff;
-                curError += w[i] * diff;
-            }
-            V better = Vector256.GreaterThan(D, V.Zero) & Vector256.LessThan(curError, bestError);
-            if (Vector256.ExtractMostSignificantBits(better) == 0) continue;
-            bestError = Vector256.ConditionalSelect(better, curError, bestError);
-            scale = Vector256.ConditionalSelect(better, thisScale, scale);
-            bestIscale = Vector256.ConditionalSelect(better, iscale, bestIscale);
-            bestMin = Vector256.ConditionalSelect(better, min, bestMin);
-            min = Vector256.ConditionalSelect(better, thisMin, min);
-        }
-
-        scale = Vector256.ConditionalSelect(degenerate, V.Zero, scale);
-        theMin = -Vector256.ConditionalSelect(degenerate, initialMin, min);
     }
 }

@@ -1,0 +1,62 @@
+using System.Diagnostics;
+using Converter.Numerics.Ggml;
+
+namespace Converter.Bench;
+
+/// <summary>
+/// Throughput of the ggml quantizers (float32 rows to ggml blocks, and back) on N(0,1) values, on 1 and 2
+/// threads, with the scalar reference quantizer on one thread for comparison.
+/// Usage: GgmlQuantBench [million values, default 16] [repetitions, default 3]
+/// </summary>
+public static class GgmlQuantBench
+{
+    public static int Run(string[] args)
+    {
+        int millions = args.Length > 0 && int.TryParse(args[0], out int m) && m > 0 ? m : 16;
+        int reps = args.Length > 1 && int.TryParse(args[1], out int r) && r > 0 ? r : 3;
+        int count = millions * 1024 * 1024;
+
+        var rng = new Random(42);
+        var x = new float[count];
+        for (int i = 0; i < count; i++)
+            x[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
+        var y = new float[count];
+
+        GgmlType[] types = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.BF16];
+        Console.WriteLine($"ggml quantizers, {millions}M N(0,1) values, best of {reps}, {Environment.ProcessorCount} cores");
+        Console.WriteLine();
+        Console.WriteLine("| type | quantize 1 thread (M values/s) | quantize 2 threads | scalar reference 1 thread | dequantize 1 thread | dequantize 2 threads |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        foreach (var type in types)
+        {
+            var q = new byte[GgmlTypeInfo.ByteSize(type, count)];
+            double q1 = Best(reps, count, () => GgmlQuantizer.Quantize(type, x, q, 1));
+            double q2 = Best(reps, count, () => GgmlQuantizer.Quantize(type, x, q, 2));
+            string refRate = "-";
+            if (type is not (GgmlType.F16 or GgmlType.BF16))
+            {
+                // the scalar path is slow: time a slice of 1M values
+                int n = Math.Min(count, 1 << 20);
+                var qs = new byte[GgmlTypeInfo.ByteSize(type, n)];
+                refRate = Best(1, n, () => GgmlReferenceQuantizer.Quantize(type, x.AsSpan(0, n), qs)).ToString("F1");
+            }
+            double d1 = Best(reps, count, () => GgmlQuantizer.Dequantize(type, q, y, 1));
+            double d2 = Best(reps, count, () => GgmlQuantizer.Dequantize(type, q, y, 2));
+            Console.WriteLine($"| {type} | {q1:F1} | {q2:F1} | {refRate} | {d1:F1} | {d2:F1} |");
+        }
+        return 0;
+    }
+
+    private static double Best(int reps, int values, Action action)
+    {
+        action(); // warm up (JIT tiers, page faults)
+        double best = double.MaxValue;
+        for (int i = 0; i < reps; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            action();
+            best = Math.Min(best, sw.Elapsed.TotalSeconds);
+        }
+        return values / best / 1e6;
+    }
+}
