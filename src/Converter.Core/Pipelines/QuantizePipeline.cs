@@ -1,0 +1,209 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Converter.Formats.Safetensors;
+using Converter.Models;
+using Converter.Numerics;
+using Converter.Tensors;
+using Microsoft.Extensions.Logging;
+
+namespace Converter.Pipelines;
+
+public enum QuantizeScheme { Fp8Block, Bf16 }
+
+public sealed record QuantizeOptions(QuantizeScheme Scheme, string Output, long MaxShardBytes = 5_000_000_000, bool Overwrite = false);
+
+public sealed record QuantizeResult(string Output, int Tensors, int Shards, long BytesWritten, TimeSpan Elapsed);
+
+/// <summary>
+/// Re-encodes a checkpoint tensor by tensor: BF16/F16/F32 to DeepSeek's FP8 128x128-block layout, or FP8 back
+/// to BF16 (what fp8_cast_bf16.py does, on CPU). Work proceeds in slabs of whole 128-row blocks, so memory
+/// stays bounded by a slab, whatever the tensor or checkpoint size.
+/// </summary>
+public static class QuantizePipeline
+{
+    /// <summary>Rows per slab: whole FP8 blocks, about 32 MB of source per slab for wide tensors.</summary>
+    private static int SlabRows(int cols, int elementSize) =>
+        Math.Max(128, (int)Math.Min(int.MaxValue, 32L * 1024 * 1024 / Math.Max(1, (long)cols * elementSize)) / 128 * 128);
+
+    private sealed record Job(string Source, TensorSpec Output, TensorSpec? Scale, Action<ModelCheckpoint, Job, Stream, SafetensorsWriter> Run);
+
+    public static QuantizeResult Run(ModelCheckpoint src, QuantizeOptions options, ILogger log, IProgress<PipelineProgress>? progress = null)
+    {
+        var clock = Stopwatch.StartNew();
+        var jobs = Plan(src, options.Scheme);
+        var plan = new List<TensorSpec>();
+        foreach (var j in jobs)
+        {
+            plan.Add(j.Output);
+            if (j.Scale != null) plan.Add(j.Scale);
+        }
+        log.LogInformation("{Scheme}: {Jobs} tensors from {Dir} ({Bytes:F2} GB) to {Out}",
+            options.Scheme, plan.Count, src.Directory, src.Tensors.TotalBytes / 1e9, options.Output);
+
+        using var writer = new SafetensorsWriter(options.Output, plan, options.MaxShardBytes, options.Overwrite);
+        long bytes = 0;
+        for (int i = 0; i < jobs.Count; i++)
+        {
+            var job = jobs[i];
+            var stream = writer.BeginTensor(job.Output.Name, out _);
+            job.Run(src, job, stream, writer);
+            bytes += job.Output.ByteLength + (job.Scale?.ByteLength ?? 0);
+            progress?.Report(new PipelineProgress(i + 1, jobs.Count, bytes, job.Output.Name));
+        }
+        WriteSideFiles(src, writer.StagingDirectory, options.Scheme);
+        writer.Commit();
+        log.LogInformation("wrote {Shards} shard(s), {Bytes:F2} GB in {Secs:F1} s", writer.ShardNames.Count, bytes / 1e9, clock.Elapsed.TotalSeconds);
+        return new QuantizeResult(options.Output, plan.Count, writer.ShardNames.Count, bytes, clock.Elapsed);
+    }
+
+    private static List<Job> Plan(ModelCheckpoint src, QuantizeScheme scheme)
+    {
+        if (src.Layout == WeightLayout.PackedInt4)
+            throw new NotSupportedException($"{src.Directory}: packed INT4 checkpoints cannot be re-encoded to {scheme}");
+        var jobs = new List<Job>();
+        foreach (var name in src.Tensors.Names)
+        {
+            var info = src.Tensors.Info(name);
+            var role = src.Architecture.Classify(name);
+            if (role.Kind == TensorKind.QuantScale)
+            {
+                if (scheme == QuantizeScheme.Fp8Block) jobs.Add(new Job(name, Spec(info, info.DType), null, CopyJob));
+                continue; // bf16: scales are folded into their weights
+            }
+            if (scheme == QuantizeScheme.Fp8Block)
+            {
+                if (info.DType == DType.F8_E4M3 || !src.Architecture.IsFp8Quantized(role) || info.Shape.Length != 2)
+                    jobs.Add(new Job(name, Spec(info, info.DType), null, CopyJob));
+                else
+                {
+                    var (r, c) = Fp8BlockQuantizer.ScaleShape((int)info.Shape[0], (int)info.Shape[1]);
+                    jobs.Add(new Job(name, Spec(info, DType.F8_E4M3), new TensorSpec(ModelCheckpoint.ScaleName(name), DType.F32, [r, c]), Fp8QuantizeJob));
+                }
+            }
+            else
+            {
+                if (info.DType == DType.F8_E4M3)
+                    jobs.Add(new Job(name, Spec(info, DType.BF16), null, Fp8ToBf16Job));
+                else if (info.DType is DType.F32 or DType.F16 or DType.F64 && role.Kind != TensorKind.RouterBias)
+                    jobs.Add(new Job(name, Spec(info, DType.BF16), null, FloatToBf16Job));
+                else
+                    jobs.Add(new Job(name, Spec(info, info.DType), null, CopyJob));
+            }
+        }
+        return jobs;
+    }
+
+    private static TensorSpec Spec(TensorInfo info, DType dtype) => new(info.Name, dtype, info.Shape);
+
+    private static void CopyJob(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter _)
+    {
+        const long chunk = 64L << 20;
+        long length = src.Tensors.Info(job.Source).ByteLength;
+        for (long off = 0; off < length; off += chunk)
+        {
+            using var view = src.Tensors.ReadRange(job.Source, off, Math.Min(chunk, length - off));
+            output.Write(view.Bytes);
+        }
+    }
+
+    /// <summary>Visits a 2-D tensor in slabs of whole 128-row blocks, each mapped only while it is processed.</summary>
+    private static void ForEachSlab(ModelCheckpoint src, string name, Action<TensorData, int, int> body)
+    {
+        var info = src.Tensors.Info(name);
+        int rows = (int)info.Shape[0], cols = info.Shape.Length > 1 ? (int)info.Shape[1] : 1;
+        int es = DTypeInfo.SizeOf(info.DType);
+        int slab = SlabRows(cols, es);
+        for (int r0 = 0; r0 < rows; r0 += slab)
+        {
+            int n = Math.Min(slab, rows - r0);
+            using var view = src.Tensors.ReadRange(name, (long)r0 * cols * es, (long)n * cols * es);
+            body(view, r0, n);
+        }
+    }
+
+    private static void Fp8QuantizeJob(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter writer)
+    {
+        var info = src.Tensors.Info(job.Source);
+        var (rows, cols) = info.Matrix;
+        int scaleCols = (cols + 127) / 128;
+        var scales = new float[((rows + 127) / 128) * scaleCols];
+        byte[]? fp8 = null;
+        float[]? widened = null;
+        ForEachSlab(src, job.Source, (view, r0, n) =>
+        {
+            int count = n * cols;
+            if (fp8 == null || fp8.Length < count) fp8 = new byte[count];
+            var scaleSlice = scales.AsSpan(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols);
+            if (info.DType == DType.BF16)
+                Fp8BlockQuantizer.Quantize(view.As<ushort>(), n, cols, fp8.AsSpan(0, count), scaleSlice);
+            else
+            {
+                if (widened == null || widened.Length < count) widened = new float[count];
+                TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
+                Fp8BlockQuantizer.Quantize(widened.AsSpan(0, count), n, cols, fp8.AsSpan(0, count), scaleSlice);
+            }
+            output.Write(fp8, 0, count);
+        });
+        writer.Write(job.Scale!.Name, MemoryMarshal.AsBytes(scales.AsSpan()));
+    }
+
+    private static void Fp8ToBf16Job(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter _)
+    {
+        var (rows, cols) = src.Tensors.Info(job.Source).Matrix;
+        int scaleCols = (cols + 127) / 128;
+        using var scaleData = src.Tensors.Read(ModelCheckpoint.ScaleName(job.Source));
+        ushort[]? bf16 = null;
+        ForEachSlab(src, job.Source, (view, r0, n) =>
+        {
+            int count = n * cols;
+            if (bf16 == null || bf16.Length < count) bf16 = new ushort[count];
+            Fp8BlockQuantizer.DequantizeToBf16(view.Bytes, scaleData.As<float>().Slice(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols),
+                n, cols, bf16.AsSpan(0, count));
+            output.Write(MemoryMarshal.AsBytes(bf16.AsSpan(0, count)));
+        });
+    }
+
+    private static void FloatToBf16Job(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter _)
+    {
+        var info = src.Tensors.Info(job.Source);
+        float[]? widened = null;
+        ushort[]? bf16 = null;
+        ForEachSlab(src, job.Source, (view, _, n) =>
+        {
+            int count = view.Length / DTypeInfo.SizeOf(info.DType);
+            if (widened == null || widened.Length < count) { widened = new float[count]; bf16 = new ushort[count]; }
+            TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
+            Bf16.FromSingle(widened.AsSpan(0, count), bf16!.AsSpan(0, count));
+            output.Write(MemoryMarshal.AsBytes(bf16.AsSpan(0, count)));
+        });
+    }
+
+    /// <summary>config.json with the scheme's quantization_config, and every non-weight file copied as is.</summary>
+    private static void WriteSideFiles(ModelCheckpoint src, string staging, QuantizeScheme scheme)
+    {
+        var config = (JsonObject)src.Architecture.Config.Root.DeepClone();
+        if (scheme == QuantizeScheme.Fp8Block)
+            config["quantization_config"] = new JsonObject
+            {
+                ["activation_scheme"] = "dynamic",
+                ["fmt"] = "e4m3",
+                ["quant_method"] = "fp8",
+                ["weight_block_size"] = new JsonArray(128, 128),
+            };
+        else
+        {
+            config.Remove("quantization_config");
+            config["torch_dtype"] = "bfloat16";
+        }
+        File.WriteAllText(Path.Combine(staging, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        foreach (var file in Directory.EnumerateFiles(src.Directory))
+        {
+            var name = Path.GetFileName(file);
+            if (name == "config.json" || name == SafetensorsCheckpoint.IndexFileName || name.EndsWith(".safetensors", StringComparison.Ordinal))
+                continue;
+            File.Copy(file, Path.Combine(staging, name));
+        }
+    }
+}

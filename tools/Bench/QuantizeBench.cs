@@ -1,0 +1,66 @@
+namespace Converter.Tools.Bench;
+
+/// <summary>
+/// quantize --scheme fp8-block (BF16 -> FP8) and --scheme bf16 (FP8 -> BF16) on synthetic checkpoints, each
+/// against `cp -r` of the same output bytes, page cache warm, best of N runs.
+/// </summary>
+public static class QuantizeBench
+{
+    public static int Run(string[] args)
+    {
+        string? bf16 = null, fp8 = null, work = "/tmp/converter-bench";
+        int runs = 2;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--bf16": bf16 = args[++i]; break;
+                case "--fp8": fp8 = args[++i]; break;
+                case "--work": work = args[++i]; break;
+                case "--runs": runs = int.Parse(args[++i]); break;
+                default:
+                    Console.WriteLine("quantize --bf16 <synthetic BF16 dir> --fp8 <synthetic FP8 dir> [--work DIR] [--runs N]");
+                    return args[i] is "--help" or "-h" ? 0 : 2;
+            }
+        }
+        if (bf16 == null || fp8 == null)
+        {
+            Console.Error.WriteLine("error: --bf16 and --fp8 are required (make them with tools/Synth)");
+            return 2;
+        }
+        var converter = Path.Combine(AppContext.BaseDirectory, "converter");
+        Directory.CreateDirectory(work);
+        Console.WriteLine($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}; runs: best of {runs}");
+        Console.WriteLine();
+        Console.WriteLine("| direction | input GB | output GB | converter s | cp s | ratio | converter GB/s (output) | peak RSS MiB |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|");
+        foreach (var (name, src, scheme) in new[] { ("BF16 -> FP8 block", bf16, "fp8-block"), ("FP8 -> BF16", fp8, "bf16") })
+        {
+            double inGb = CommandTimer.Warm(src) / 1e9;
+            var outDir = Path.Combine(work, scheme);
+            var cpDir = Path.Combine(work, scheme + "-cp");
+            double best = double.MaxValue, bestCp = double.MaxValue;
+            long rss = 0;
+            for (int r = 0; r < runs; r++)
+            {
+                var m = CommandTimer.Run(converter, "quantize", src, "-o", outDir, "--scheme", scheme, "--overwrite", "-q");
+                if (m.ExitCode != 0)
+                {
+                    Console.Error.WriteLine($"converter failed ({m.ExitCode}): {m.StdErr}");
+                    return 1;
+                }
+                best = Math.Min(best, m.Seconds);
+                rss = Math.Max(rss, m.PeakRssBytes);
+                CommandTimer.Warm(outDir);
+                if (Directory.Exists(cpDir)) Directory.Delete(cpDir, true);
+                var cp = CommandTimer.Run("cp", "-r", outDir, cpDir);
+                bestCp = Math.Min(bestCp, cp.Seconds);
+                Directory.Delete(cpDir, true);
+            }
+            double outGb = CommandTimer.FolderBytes(outDir) / 1e9;
+            Console.WriteLine($"| {name} | {inGb:F2} | {outGb:F2} | {best:F2} | {bestCp:F2} | {best / bestCp:F2}x | {outGb / best:F2} | {rss / 1048576.0:F0} |");
+            Directory.Delete(outDir, true);
+        }
+        return 0;
+    }
+}
