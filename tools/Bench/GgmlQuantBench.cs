@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Converter.Numerics.Ggml;
 
-namespace Converter.Bench;
+namespace Converter.Tools.Bench;
 
 /// <summary>
 /// Throughput of the ggml quantizers (float32 rows to ggml blocks, and back) on N(0,1) values, on 1 and 2
