@@ -1,0 +1,87 @@
+using System.Diagnostics;
+using Converter.Formats.Gguf;
+using Converter.Models;
+using Converter.Models.DeepseekV3;
+using Converter.Numerics.Ggml;
+using Microsoft.Extensions.Logging;
+
+namespace Converter.Pipelines;
+
+/// <param name="WeightType">ggml type of the projection weights, embeddings and output head.</param>
+/// <param name="OutputType">Overrides the type of <c>output.weight</c> (llama.cpp's mixes keep it at Q6_K or above).</param>
+public sealed record GgufExportOptions(string Output, GgmlType WeightType = GgmlType.F16, GgmlType? OutputType = null,
+    string? ModelName = null, bool Overwrite = false);
+
+public sealed record GgufExportResult(string Output, int Tensors, long BytesWritten, TimeSpan Elapsed,
+    IReadOnlyDictionary<GgmlType, int> TypeCounts);
+
+/// <summary>
+/// Checkpoint to GGUF: the architecture's map decides keys and tensors; weights are read as float32 (FP8 blocks
+/// dequantized), converted to the requested ggml type with the ggml-exact quantizers and streamed to the file
+/// tensor by tensor (3-D expert tensors one expert at a time), so memory stays bounded by one source tensor.
+/// </summary>
+public static class GgufExportPipeline
+{
+    public static GgufModelPlan Plan(ModelCheckpoint src, string? modelName = null) => src.Architecture switch
+    {
+        DeepseekV3Architecture d => DeepseekV3GgufMap.Build(d.Cfg, modelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(src.Directory))),
+        var a => throw new NotSupportedException($"{src.Directory}: no GGUF mapping for model_type '{a.ModelType}'"),
+    };
+
+    /// <summary>The requested type where the tensor's rows are whole blocks of it; otherwise Q8_0, then F16, then F32.</summary>
+    public static GgmlType ChooseType(GgufTensorPlan t, GgmlType requested)
+    {
+        if (t.KeepF32) return GgmlType.F32;
+        long ne0 = t.Dimensions[0];
+        foreach (var type in new[] { requested, GgmlType.Q8_0, GgmlType.F16 })
+        {
+            if (!GgmlTypeInfo.CanQuantize(type)) throw new NotSupportedException($"cannot write ggml type {type}");
+            if (ne0 % GgmlTypeInfo.BlockSize(type) == 0)
+                return type;
+        }
+        return GgmlType.F32;
+    }
+
+    public static GgufExportResult Run(ModelCheckpoint src, GgufExportOptions options, ILogger log, IProgress<PipelineProgress>? progress = null)
+    {
+        var clock = Stopwatch.StartNew();
+        if (File.Exists(options.Output) && !options.Overwrite)
+            throw new IOException($"{options.Output}: already exists (use overwrite)");
+        var plan = Plan(src, options.ModelName);
+        var types = new GgmlType[plan.Tensors.Count];
+        var counts = new Dictionary<GgmlType, int>();
+        for (int i = 0; i < types.Length; i++)
+        {
+            var t = plan.Tensors[i];
+            types[i] = ChooseType(t, t.Name == "output.weight" && options.OutputType is { } o ? o : options.WeightType);
+            counts[types[i]] = counts.GetValueOrDefault(types[i]) + 1;
+        }
+        log.LogInformation("GGUF {Arch}: {Count} tensors from {Dir} to {Out} ({Types})", plan.Architecture, types.Length,
+            src.Directory, options.Output, string.Join(", ", counts.Select(kv => $"{kv.Value} {kv.Key}")));
+
+        using var writer = new GgufWriter(options.Output);
+        foreach (var (key, value) in plan.Metadata) writer.Add(key, value);
+        writer.Add("general.quantization_version", GgufValue.UInt32(2));
+        for (int i = 0; i < types.Length; i++) writer.AddTensor(plan.Tensors[i].Name, plan.Tensors[i].Dimensions, types[i]);
+        writer.WriteHeader();
+
+        long bytes = 0;
+        for (int i = 0; i < types.Length; i++)
+        {
+            var t = plan.Tensors[i];
+            writer.BeginTensor(t.Name);
+            t.Produce(src.ReadFloat32, chunk =>
+            {
+                if (chunk.Length % t.Dimensions[0] != 0)
+                    throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {t.Dimensions[0]}");
+                writer.WriteTensorValues(chunk);
+            });
+            writer.EndTensor();
+            bytes += writer.Tensors[i].ByteSize;
+            progress?.Report(new PipelineProgress(i + 1, types.Length, bytes, t.Name));
+        }
+        writer.Commit();
+        log.LogInformation("wrote {Bytes:F3} GB in {Secs:F1} s", bytes / 1e9, clock.Elapsed.TotalSeconds);
+        return new GgufExportResult(options.Output, types.Length, bytes, clock.Elapsed, counts);
+    }
+}
