@@ -1,19 +1,26 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using Converter.Numerics.Ggml;
 
 namespace Converter.Tools.Bench;
 
 /// <summary>
 /// Throughput of the ggml quantizers (float32 rows to ggml blocks, and back) on N(0,1) values, on 1 and 2
-/// threads, with the scalar reference quantizer on one thread for comparison.
-/// Usage: GgmlQuantBench [million values, default 16] [repetitions, default 3]
+/// threads, with the scalar reference quantizer on one thread for comparison and, given the path of a
+/// libggml-base.so (e.g. tests/interop/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so),
+/// ggml's own quantize_row_*_ref timed in the same run on the same values.
+/// Usage: GgmlQuantBench [million values, default 16] [repetitions, default 3] [--ggml path/to/libggml-base.so]
 /// </summary>
-public static class GgmlQuantBench
+public static unsafe class GgmlQuantBench
 {
     public static int Run(string[] args)
     {
+        int ggmlAt = Array.IndexOf(args, "--ggml");
+        string? ggmlPath = ggmlAt >= 0 && ggmlAt + 1 < args.Length ? args[ggmlAt + 1] : null;
+        if (ggmlAt >= 0) args = [.. args[..ggmlAt], .. args[Math.Min(args.Length, ggmlAt + 2)..]];
         int millions = args.Length > 0 && int.TryParse(args[0], out int m) && m > 0 ? m : 16;
         int reps = args.Length > 1 && int.TryParse(args[1], out int r) && r > 0 ? r : 3;
+        nint ggml = ggmlPath != null ? NativeLibrary.Load(ggmlPath) : 0;
         int count = millions * 1024 * 1024;
 
         var rng = new Random(42);
@@ -25,27 +32,43 @@ public static class GgmlQuantBench
         GgmlType[] types = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.BF16];
         Console.WriteLine($"ggml quantizers, {millions}M N(0,1) values, best of {reps}, {Environment.ProcessorCount} cores");
         Console.WriteLine();
-        Console.WriteLine("| type | quantize 1 thread (M values/s) | quantize 2 threads | scalar reference 1 thread | dequantize 1 thread | dequantize 2 threads |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        Console.WriteLine("| type | quantize 1 thread (M values/s) | quantize 2 threads | C# scalar reference 1 thread | ggml quantize_row_*_ref 1 thread | dequantize 1 thread | dequantize 2 threads |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
         foreach (var type in types)
         {
             var q = new byte[GgmlTypeInfo.ByteSize(type, count)];
             double q1 = Best(reps, count, () => GgmlQuantizer.Quantize(type, x, q, 1));
             double q2 = Best(reps, count, () => GgmlQuantizer.Quantize(type, x, q, 2));
-            string refRate = "-";
+            string refRate = "-", ggmlRate = "-";
             if (type is not (GgmlType.F16 or GgmlType.BF16))
             {
-                // the scalar path is slow: time a slice of 1M values
+                // the scalar paths are slow: time a slice of 1M values
                 int n = Math.Min(count, 1 << 20);
                 var qs = new byte[GgmlTypeInfo.ByteSize(type, n)];
                 refRate = Best(1, n, () => GgmlReferenceQuantizer.Quantize(type, x.AsSpan(0, n), qs)).ToString("F1");
+                if (ggml != 0)
+                {
+                    var f = (delegate* unmanaged<float*, byte*, long, void>)NativeLibrary.GetExport(ggml, $"quantize_row_{GgmlName(type)}_ref");
+                    ggmlRate = Best(1, n, () =>
+                    {
+                        fixed (float* px = x)
+                        fixed (byte* py = qs)
+                            f(px, py, n);
+                    }).ToString("F1");
+                }
             }
             double d1 = Best(reps, count, () => GgmlQuantizer.Dequantize(type, q, y, 1));
             double d2 = Best(reps, count, () => GgmlQuantizer.Dequantize(type, q, y, 2));
-            Console.WriteLine($"| {type} | {q1:F1} | {q2:F1} | {refRate} | {d1:F1} | {d2:F1} |");
+            Console.WriteLine($"| {type} | {q1:F1} | {q2:F1} | {refRate} | {ggmlRate} | {d1:F1} | {d2:F1} |");
         }
         return 0;
     }
+
+    private static string GgmlName(GgmlType t) => t switch
+    {
+        GgmlType.Q4_K => "q4_K", GgmlType.Q5_K => "q5_K", GgmlType.Q6_K => "q6_K",
+        _ => t.ToString().ToLowerInvariant(),
+    };
 
     private static double Best(int reps, int values, Action action)
     {

@@ -70,11 +70,15 @@ public static class GgufExportPipeline
         {
             var t = plan.Tensors[i];
             writer.BeginTensor(t.Name);
+            long rowLength = t.Dimensions[0];
+            // whole rows, at most ~32M values per encode call: bounds the encode buffer whatever the tensor
+            int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
             t.Produce(src.ReadFloat32, chunk =>
             {
-                if (chunk.Length % t.Dimensions[0] != 0)
-                    throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {t.Dimensions[0]}");
-                writer.WriteTensorValues(chunk);
+                if (chunk.Length % rowLength != 0)
+                    throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {rowLength}");
+                for (int at = 0; at < chunk.Length; at += piece)
+                    writer.WriteTensorValues(chunk.Slice(at, Math.Min(piece, chunk.Length - at)));
             });
             writer.EndTensor();
             bytes += writer.Tensors[i].ByteSize;
