@@ -2,10 +2,29 @@ using Converter.Formats.Gguf;
 
 namespace Converter.Models;
 
+/// <summary>Logical float32 values of checkpoint tensors (FP8 blocks dequantized), row-major in PyTorch shape.</summary>
+public interface ICheckpointFloatSource
+{
+    /// <summary>The whole tensor.</summary>
+    float[] Read(string name);
+
+    /// <summary>Size of dimension 0 (the rows of a 2-D weight).</summary>
+    long Rows(string name);
+
+    long ElementCount(string name);
+
+    /// <summary>Rows [firstRow, firstRow + dst.Length / cols) of a tensor; <paramref name="firstRow"/> must be a
+    /// multiple of 128 (FP8 block rows).</summary>
+    void ReadRows(string name, long firstRow, Span<float> dst);
+
+    /// <summary>Preferred number of values per ReadRows call (bounds memory).</summary>
+    long SlabValues { get; }
+}
+
 /// <summary>Writes a tensor's float32 values in GGUF element order, in chunks of whole rows (ne0 values).</summary>
-/// <param name="read">Returns a checkpoint tensor's logical float32 values, row-major in its PyTorch shape.</param>
+/// <param name="source">The checkpoint's tensors.</param>
 /// <param name="write">Receives the next chunk of the GGUF tensor.</param>
-public delegate void GgufTensorProducer(Func<string, float[]> read, Action<ReadOnlySpan<float>> write);
+public delegate void GgufTensorProducer(ICheckpointFloatSource source, Action<ReadOnlySpan<float>> write);
 
 /// <summary>
 /// One GGUF tensor made from checkpoint tensors. <paramref name="Dimensions"/> are ggml ne[] (innermost first);

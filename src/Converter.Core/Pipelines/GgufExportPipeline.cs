@@ -10,7 +10,11 @@ namespace Converter.Pipelines;
 /// <param name="WeightType">ggml type of the projection weights, embeddings and output head.</param>
 /// <param name="OutputType">Overrides the type of <c>output.weight</c> (llama.cpp's mixes keep it at Q6_K or above).</param>
 public sealed record GgufExportOptions(string Output, GgmlType WeightType = GgmlType.F16, GgmlType? OutputType = null,
-    string? ModelName = null, bool Overwrite = false);
+    string? ModelName = null, bool Overwrite = false)
+{
+    /// <summary>Values read per slab of a large 2-D tensor (whole 128-row blocks, at least one).</summary>
+    public long SlabValues { get; init; } = 1L << 24;
+}
 
 public sealed record GgufExportResult(string Output, int Tensors, long BytesWritten, TimeSpan Elapsed,
     IReadOnlyDictionary<GgmlType, int> TypeCounts);
@@ -65,6 +69,7 @@ public static class GgufExportPipeline
         for (int i = 0; i < types.Length; i++) writer.AddTensor(plan.Tensors[i].Name, plan.Tensors[i].Dimensions, types[i]);
         writer.WriteHeader();
 
+        var source = new CheckpointSource(src, options.SlabValues);
         long bytes = 0;
         for (int i = 0; i < types.Length; i++)
         {
@@ -73,7 +78,7 @@ public static class GgufExportPipeline
             long rowLength = t.Dimensions[0];
             // whole rows, at most ~32M values per encode call: bounds the encode buffer whatever the tensor
             int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
-            t.Produce(src.ReadFloat32, chunk =>
+            t.Produce(source, chunk =>
             {
                 if (chunk.Length % rowLength != 0)
                     throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {rowLength}");
@@ -87,5 +92,39 @@ public static class GgufExportPipeline
         writer.Commit();
         log.LogInformation("wrote {Bytes:F3} GB in {Secs:F1} s", bytes / 1e9, clock.Elapsed.TotalSeconds);
         return new GgufExportResult(options.Output, types.Length, bytes, clock.Elapsed, counts);
+    }
+
+    /// <summary>Float32 reads of a checkpoint; row slabs map only their own bytes (and FP8 scale rows).</summary>
+    private sealed class CheckpointSource(ModelCheckpoint src, long slabValues) : ICheckpointFloatSource
+    {
+        public long SlabValues => slabValues;
+
+        public float[] Read(string name) => src.ReadFloat32(name);
+
+        public long Rows(string name) => src.Tensors.Info(name).Shape is { Length: > 0 } s ? s[0] : 1;
+
+        public long ElementCount(string name) => src.Tensors.Info(name).ElementCount;
+
+        public void ReadRows(string name, long firstRow, Span<float> dst)
+        {
+            var info = src.Tensors.Info(name);
+            long cols = info.ElementCount / Math.Max(1, Rows(name));
+            if (firstRow % 128 != 0 || dst.Length % cols != 0)
+                throw new ArgumentException($"tensor '{name}': rows must start at a multiple of 128 and be whole rows of {cols}");
+            int n = (int)(dst.Length / cols);
+            if (src.IsFp8(name))
+            {
+                var scaleInfo = src.Tensors.Info(ModelCheckpoint.ScaleName(name));
+                long scaleCols = scaleInfo.Shape[1];
+                long sr0 = firstRow / 128, srn = (n + 127) / 128;
+                using var w = src.Tensors.ReadRange(name, firstRow * cols, n * cols);
+                using var s = src.Tensors.ReadRange(scaleInfo.Name, sr0 * scaleCols * 4, srn * scaleCols * 4);
+                Numerics.Fp8BlockQuantizer.Dequantize(w.Bytes, s.As<float>(), n, (int)cols, dst);
+                return;
+            }
+            int es = Tensors.DTypeInfo.SizeOf(info.DType);
+            using var v = src.Tensors.ReadRange(name, firstRow * cols * es, n * cols * es);
+            Tensors.TensorConvert.ToFloat32(info, v.Bytes, dst);
+        }
     }
 }

@@ -93,7 +93,7 @@ public static class DeepseekV3GgufMap
         void Matrix(string name, string src, long outDim, long inDim) =>
             list.Add(new GgufTensorPlan(name, [inDim, outDim], false, [src], Copy(src)));
         void Vector(string name, string src, long n) =>
-            list.Add(new GgufTensorPlan(name, [n], true, [src], Copy(src)));
+            list.Add(new GgufTensorPlan(name, [n], true, [src], (source, write) => write(source.Read(src))));
 
         Matrix("token_embd.weight", "model.embed_tokens.weight", v, h);
         for (int i = 0; i < c.NumHiddenLayers; i++)
@@ -148,22 +148,39 @@ public static class DeepseekV3GgufMap
         return list;
     }
 
-    private static GgufTensorProducer Copy(string src) => (read, write) => write(read(src));
+    /// <summary>A 2-D weight as it is, in slabs of whole 128-row blocks, so a huge embedding never sits in memory whole.</summary>
+    private static GgufTensorProducer Copy(string src) => (source, write) =>
+    {
+        long rows = source.Rows(src), cols = source.ElementCount(src) / Math.Max(1, rows);
+        long slabRows = Math.Max(128, source.SlabValues / Math.Max(1, cols) / 128 * 128);
+        if (rows <= slabRows)
+        {
+            write(source.Read(src));
+            return;
+        }
+        var buffer = new float[checked((int)(slabRows * cols))];
+        for (long r0 = 0; r0 < rows; r0 += slabRows)
+        {
+            var slab = buffer.AsSpan(0, (int)(Math.Min(slabRows, rows - r0) * cols));
+            source.ReadRows(src, r0, slab);
+            write(slab);
+        }
+    };
 
     /// <summary>Expert e is the e-th [rows, cols] slab of the 3-D tensor, written one expert at a time.</summary>
     private static void Experts(List<GgufTensorPlan> list, string name, string prefix, string part, long[] dims, int experts)
     {
         var sources = Enumerable.Range(0, experts).Select(e => $"{prefix}mlp.experts.{e}.{part}.weight").ToArray();
-        list.Add(new GgufTensorPlan(name, dims, false, sources, (read, write) =>
+        list.Add(new GgufTensorPlan(name, dims, false, sources, (source, write) =>
         {
-            foreach (var s in sources) write(read(s));
+            foreach (var s in sources) write(source.Read(s));
         }));
     }
 
     /// <summary>attn_k_b [nope, kv_lora, nh]: for each head, the nope rows of kv_b_proj transposed to [kv_lora, nope].</summary>
-    private static GgufTensorProducer KB(DeepseekV3Config c, string src) => (read, write) =>
+    private static GgufTensorProducer KB(DeepseekV3Config c, string src) => (source, write) =>
     {
-        var w = read(src);
+        var w = source.Read(src);
         int nope = c.QkNopeHeadDim, vd = c.VHeadDim, kv = c.KvLoraRank;
         var head = new float[kv * nope];
         for (int hd = 0; hd < c.NumAttentionHeads; hd++)
@@ -177,9 +194,9 @@ public static class DeepseekV3GgufMap
     };
 
     /// <summary>attn_v_b [kv_lora, v, nh]: for each head, the v rows of kv_b_proj as they are.</summary>
-    private static GgufTensorProducer VB(DeepseekV3Config c, string src) => (read, write) =>
+    private static GgufTensorProducer VB(DeepseekV3Config c, string src) => (source, write) =>
     {
-        var w = read(src);
+        var w = source.Read(src);
         int nope = c.QkNopeHeadDim, vd = c.VHeadDim, kv = c.KvLoraRank;
         for (int hd = 0; hd < c.NumAttentionHeads; hd++)
             write(w.AsSpan((hd * (nope + vd) + nope) * kv, vd * kv));
