@@ -126,6 +126,23 @@ public class GgmlQuantizerTests
         back[7].Should().Be(-2.5f);
     }
 
+    [Theory]
+    [InlineData(GgmlType.Q8_0, float.NaN)]
+    [InlineData(GgmlType.Q4_K, float.PositiveInfinity)]
+    [InlineData(GgmlType.Q6_K, float.NegativeInfinity)]
+    public void RefusesNonFiniteValuesNamingTheBlock(GgmlType type, float bad)
+    {
+        var x = new float[256 * 300];
+        x[256 * 200 + 3] = bad;
+        var y = new byte[GgmlTypeInfo.ByteSize(type, x.Length)];
+        var act = () => GgmlQuantizer.Quantize(type, x, y);
+        int block = (256 * 200 + 3) / GgmlTypeInfo.BlockSize(type);
+        act.Should().Throw<ArgumentException>().WithMessage($"*value {256 * 200 + 3} (block {block})*");
+        // plain float types carry non-finite values through
+        var h = new byte[2 * x.Length];
+        GgmlQuantizer.Quantize(GgmlType.BF16, x, h);
+    }
+
     [Fact]
     public void RejectsPartialBlocksAndWrongDestinationSize()
     {

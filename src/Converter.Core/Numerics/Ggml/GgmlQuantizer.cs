@@ -7,7 +7,8 @@ namespace Converter.Numerics.Ggml;
 /// <summary>
 /// One entry point for every ggml type a GGUF writer emits: float32 rows to ggml bytes and back.
 /// The quantized bytes equal ggml's reference quantizers (quantize_row_*_ref, what llama-quantize runs without
-/// an importance matrix) bit for bit; decoding equals ggml's to_float bit for bit.
+/// an importance matrix) bit for bit; decoding equals ggml's to_float bit for bit. Block types refuse NaN and
+/// infinity (ArgumentException naming the value), for which ggml's result is not defined.
 /// </summary>
 public static unsafe class GgmlQuantizer
 {
@@ -29,7 +30,12 @@ public static unsafe class GgmlQuantizer
         fixed (byte* pd = dst)
         {
             ForChunks(src.Length / block, block, maxDegreeOfParallelism, (nint)ps, (nint)pd,
-                (s, d, first, count) => QuantizeBlocks(type, (float*)s + (long)first * block, (byte*)d + (long)first * bytes, count));
+                (s, d, first, count) =>
+                {
+                    if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16))
+                        EnsureFinite(type, (float*)s + (long)first * block, (long)count * block, (long)first * block);
+                    QuantizeBlocks(type, (float*)s + (long)first * block, (byte*)d + (long)first * bytes, count);
+                });
         }
     }
 
@@ -67,6 +73,28 @@ public static unsafe class GgmlQuantizer
             int first = c * perChunk;
             action(src, dst, first, Math.Min(perChunk, blocks - first));
         });
+    }
+
+    /// <summary>
+    /// Block quantization of NaN or infinity has no meaningful result (ggml's depends on comparison order and
+    /// undefined float-to-int casts), so it is refused, naming the value's index.
+    /// </summary>
+    private static void EnsureFinite(GgmlType type, float* x, long n, long firstIndex)
+    {
+        long i = 0;
+        bool allFinite = true;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var max = Vector256.Create(float.MaxValue);
+            var ok = Vector256<float>.AllBitsSet;
+            for (; i + 8 <= n; i += 8) ok &= Vector256.LessThanOrEqual(Vector256.Abs(Vector256.Load(x + i)), max);
+            allFinite = Vector256.ExtractMostSignificantBits(ok) == 0xFFu;
+        }
+        for (long j = i; j < n; j++) allFinite &= float.IsFinite(x[j]);
+        if (allFinite) return;
+        for (long j = 0; j < n; j++)
+            if (!float.IsFinite(x[j]))
+                throw new ArgumentException($"{type}: value {firstIndex + j} (block {(firstIndex + j) / GgmlTypeInfo.BlockSize(type)}) is {x[j]}; only finite values can be quantized");
     }
 
     /// <summary>Which kernels run; tests pin each so every path is checked on any machine.</summary>
