@@ -7,4 +7,5 @@ root.Options.Add(GlobalOptions.Verbose);
 root.Options.Add(GlobalOptions.Quiet);
 root.Subcommands.Add(InspectCommand.Create());
 root.Subcommands.Add(QuantizeCommand.Create());
+root.Subcommands.Add(VerifyCommand.Create());
 return root.Parse(args).Invoke();

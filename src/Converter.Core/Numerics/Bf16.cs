@@ -34,7 +34,7 @@ public static class Bf16
             throw new ArgumentException("Destination is shorter than source.", nameof(destination));
         ReadOnlySpan<uint> src = MemoryMarshal.Cast<float, uint>(source);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (SimdPaths.Use256)
         {
             ref uint s = ref MemoryMarshal.GetReference(src);
             ref ushort d = ref MemoryMarshal.GetReference(destination);
@@ -45,7 +45,7 @@ public static class Bf16
                 Vector256.Narrow(lo, hi).StoreUnsafe(ref d, (nuint)i);
             }
         }
-        else if (Vector128.IsHardwareAccelerated)
+        else if (SimdPaths.Use128)
         {
             ref uint s = ref MemoryMarshal.GetReference(src);
             ref ushort d = ref MemoryMarshal.GetReference(destination);
@@ -67,7 +67,7 @@ public static class Bf16
             throw new ArgumentException("Destination is shorter than source.", nameof(destination));
         Span<uint> dst = MemoryMarshal.Cast<float, uint>(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (SimdPaths.Use256)
         {
             ref ushort s = ref MemoryMarshal.GetReference(source);
             ref uint d = ref MemoryMarshal.GetReference(dst);
@@ -78,7 +78,7 @@ public static class Bf16
                 (hi << 16).StoreUnsafe(ref d, (nuint)(i + 8));
             }
         }
-        else if (Vector128.IsHardwareAccelerated)
+        else if (SimdPaths.Use128)
         {
             ref ushort s = ref MemoryMarshal.GetReference(source);
             ref uint d = ref MemoryMarshal.GetReference(dst);
@@ -101,6 +101,15 @@ public static class Bf16
         Vector256<uint> isNaN = Vector256.GreaterThan(bits & Vector256.Create(0x7FFF_FFFFu), Vector256.Create(0x7F80_0000u));
         Vector256<uint> quiet = bits | Vector256.Create(0x0040_0000u);
         return Vector256.ConditionalSelect(isNaN, quiet, rounded) >>> 16;
+    }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<uint> Round512(Vector512<uint> bits)
+    {
+        Vector512<uint> rounded = bits + Vector512.Create(0x7FFFu) + ((bits >>> 16) & Vector512<uint>.One);
+        Vector512<uint> isNaN = Vector512.GreaterThan(bits & Vector512.Create(0x7FFF_FFFFu), Vector512.Create(0x7F80_0000u));
+        Vector512<uint> quiet = bits | Vector512.Create(0x0040_0000u);
+        return Vector512.ConditionalSelect(isNaN, quiet, rounded) >>> 16;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -27,7 +27,7 @@ public static class F16
             throw new ArgumentException("Destination is shorter than source.", nameof(destination));
         ReadOnlySpan<uint> src = MemoryMarshal.Cast<float, uint>(source);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (SimdPaths.Use256)
         {
             ref uint s = ref MemoryMarshal.GetReference(src);
             ref ushort d = ref MemoryMarshal.GetReference(destination);
@@ -48,7 +48,7 @@ public static class F16
             throw new ArgumentException("Destination is shorter than source.", nameof(destination));
         Span<uint> dst = MemoryMarshal.Cast<float, uint>(destination);
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (SimdPaths.Use256)
         {
             ref ushort s = ref MemoryMarshal.GetReference(source);
             ref uint d = ref MemoryMarshal.GetReference(dst);

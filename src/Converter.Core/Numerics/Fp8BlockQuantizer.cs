@@ -13,7 +13,7 @@ namespace Converter.Numerics;
 /// <para>An all-zero block (amax = 0; the reference has none) stores the scale DeepGEMM's quantizer would
 /// (amax floored at 1e-4: 1e-4f / 448) and zero codes, so no consumer ever sees a zero or NaN scale.
 /// Non-finite inputs throw <see cref="ArgumentException"/> naming the block.</para>
-/// All methods run block rows in parallel (<paramref name="maxDegreeOfParallelism"/> -1 = all cores).
+/// All methods run block rows in parallel (<c>maxDegreeOfParallelism</c>: -1 = all cores, 1 = the calling thread only).
 /// </summary>
 public static class Fp8BlockQuantizer
 {
@@ -133,10 +133,7 @@ public static class Fp8BlockQuantizer
         for (int bc = 0; bc < nb; bc++)
         {
             int c0 = bc * BlockSize, width = Math.Min(cols, c0 + BlockSize) - c0;
-            // amax on magnitude bits: for non-negative floats integer order is float order, and NaN/inf sort on top.
-            uint amaxBits = 0;
-            for (int r = r0; r < r1; r++)
-                amaxBits = Math.Max(amaxBits, MaxMagnitudeBf16(w + (long)r * cols + c0, width));
+            uint amaxBits = BlockMaxMagnitudeBf16(w + (long)r0 * cols + c0, cols, r1 - r0, width);
             if (amaxBits >= 0x7F80u) return br * nb + bc;
             float scale = ScaleOf(Bf16.ToSingle((ushort)amaxBits));
             scales[br * nb + bc] = scale;
@@ -146,26 +143,62 @@ public static class Fp8BlockQuantizer
         return -1;
     }
 
-    private static unsafe uint MaxMagnitudeBf16(ushort* p, int n)
+    /// <summary>Largest magnitude in a block, as bits: for non-negative floats integer order is float order,
+    /// and NaN/inf sort above every finite value, so one integer max also detects them.</summary>
+    private static unsafe uint BlockMaxMagnitudeBf16(ushort* p, int stride, int height, int width)
     {
-        int i = 0;
         uint m = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 16)
+        int vw = 0;
+        if (SimdPaths.Use512 && width >= 32)
         {
-            Vector256<ushort> mask = Vector256.Create((ushort)0x7FFF), acc = Vector256<ushort>.Zero;
-            for (; i <= n - 16; i += 16)
-                acc = Vector256.Max(acc, Vector256.Load(p + i) & mask);
-            Vector128<ushort> h = Vector128.Max(acc.GetLower(), acc.GetUpper());
-            for (int k = 0; k < 8; k++) m = Math.Max(m, h.GetElement(k));
+            vw = width & ~31;
+            Vector512<ushort> mask = Vector512.Create((ushort)0x7FFF), acc = Vector512<ushort>.Zero;
+            for (int r = 0; r < height; r++)
+                for (int i = 0; i < vw; i += 32)
+                    acc = Vector512.Max(acc, Vector512.Load(p + (long)r * stride + i) & mask);
+            m = Reduce(Vector256.Max(acc.GetLower(), acc.GetUpper()));
         }
-        for (; i < n; i++) m = Math.Max(m, (uint)(p[i] & 0x7FFF));
+        else if (SimdPaths.Use256 && width >= 16)
+        {
+            vw = width & ~15;
+            Vector256<ushort> mask = Vector256.Create((ushort)0x7FFF), acc = Vector256<ushort>.Zero;
+            for (int r = 0; r < height; r++)
+                for (int i = 0; i < vw; i += 16)
+                    acc = Vector256.Max(acc, Vector256.Load(p + (long)r * stride + i) & mask);
+            m = Reduce(acc);
+        }
+        for (int r = 0; r < height; r++)
+            for (int i = vw; i < width; i++)
+                m = Math.Max(m, (uint)(p[(long)r * stride + i] & 0x7FFF));
+        return m;
+    }
+
+    private static uint Reduce(Vector256<ushort> v)
+    {
+        Vector128<ushort> h = Vector128.Max(v.GetLower(), v.GetUpper());
+        uint m = 0;
+        for (int k = 0; k < 8; k++) m = Math.Max(m, h.GetElement(k));
         return m;
     }
 
     private static unsafe void EncodeRowBf16(ushort* src, byte* dst, int n, float scale)
     {
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (SimdPaths.Use512)
+        {
+            Vector512<float> s = Vector512.Create(scale);
+            for (; i <= n - 64; i += 64)
+            {
+                Fp8Spans.WidenBf16(Vector512.Load(src + i), out var a, out var b);
+                Fp8Spans.WidenBf16(Vector512.Load(src + i + 32), out var c, out var d);
+                Fp8Spans.Pack(
+                    E4M3Format.Encode512((a.AsSingle() / s).AsUInt32()),
+                    E4M3Format.Encode512((b.AsSingle() / s).AsUInt32()),
+                    E4M3Format.Encode512((c.AsSingle() / s).AsUInt32()),
+                    E4M3Format.Encode512((d.AsSingle() / s).AsUInt32())).Store(dst + i);
+            }
+        }
+        if (SimdPaths.Use256)
         {
             Vector256<float> s = Vector256.Create(scale);
             for (; i <= n - 32; i += 32)
@@ -191,9 +224,7 @@ public static class Fp8BlockQuantizer
         for (int bc = 0; bc < nb; bc++)
         {
             int c0 = bc * BlockSize, width = Math.Min(cols, c0 + BlockSize) - c0;
-            uint amaxBits = 0;
-            for (int r = r0; r < r1; r++)
-                amaxBits = Math.Max(amaxBits, MaxMagnitude(w + (long)r * cols + c0, width));
+            uint amaxBits = BlockMaxMagnitude(w + (long)r0 * cols + c0, cols, r1 - r0, width);
             if (amaxBits >= 0x7F80_0000u) return br * nb + bc;
             float scale = ScaleOf(BitConverter.UInt32BitsToSingle(amaxBits));
             scales[br * nb + bc] = scale;
@@ -203,26 +234,56 @@ public static class Fp8BlockQuantizer
         return -1;
     }
 
-    private static unsafe uint MaxMagnitude(uint* p, int n)
+    private static unsafe uint BlockMaxMagnitude(uint* p, int stride, int height, int width)
     {
-        int i = 0;
         uint m = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 8)
+        int vw = 0;
+        if (SimdPaths.Use512 && width >= 16)
         {
-            Vector256<uint> mask = Vector256.Create(0x7FFF_FFFFu), acc = Vector256<uint>.Zero;
-            for (; i <= n - 8; i += 8)
-                acc = Vector256.Max(acc, Vector256.Load(p + i) & mask);
-            Vector128<uint> h = Vector128.Max(acc.GetLower(), acc.GetUpper());
-            for (int k = 0; k < 4; k++) m = Math.Max(m, h.GetElement(k));
+            vw = width & ~15;
+            Vector512<uint> mask = Vector512.Create(0x7FFF_FFFFu), acc = Vector512<uint>.Zero;
+            for (int r = 0; r < height; r++)
+                for (int i = 0; i < vw; i += 16)
+                    acc = Vector512.Max(acc, Vector512.Load(p + (long)r * stride + i) & mask);
+            m = Reduce(Vector256.Max(acc.GetLower(), acc.GetUpper()));
         }
-        for (; i < n; i++) m = Math.Max(m, p[i] & 0x7FFF_FFFFu);
+        else if (SimdPaths.Use256 && width >= 8)
+        {
+            vw = width & ~7;
+            Vector256<uint> mask = Vector256.Create(0x7FFF_FFFFu), acc = Vector256<uint>.Zero;
+            for (int r = 0; r < height; r++)
+                for (int i = 0; i < vw; i += 8)
+                    acc = Vector256.Max(acc, Vector256.Load(p + (long)r * stride + i) & mask);
+            m = Reduce(acc);
+        }
+        for (int r = 0; r < height; r++)
+            for (int i = vw; i < width; i++)
+                m = Math.Max(m, p[(long)r * stride + i] & 0x7FFF_FFFFu);
         return m;
+    }
+
+    private static uint Reduce(Vector256<uint> v)
+    {
+        Vector128<uint> h = Vector128.Max(v.GetLower(), v.GetUpper());
+        return Math.Max(Math.Max(h.GetElement(0), h.GetElement(1)), Math.Max(h.GetElement(2), h.GetElement(3)));
     }
 
     private static unsafe void EncodeRow(uint* src, byte* dst, int n, float scale)
     {
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (SimdPaths.Use512)
+        {
+            Vector512<float> s = Vector512.Create(scale);
+            for (; i <= n - 64; i += 64)
+            {
+                Fp8Spans.Pack(
+                    E4M3Format.Encode512((Vector512.Load(src + i).AsSingle() / s).AsUInt32()),
+                    E4M3Format.Encode512((Vector512.Load(src + i + 16).AsSingle() / s).AsUInt32()),
+                    E4M3Format.Encode512((Vector512.Load(src + i + 32).AsSingle() / s).AsUInt32()),
+                    E4M3Format.Encode512((Vector512.Load(src + i + 48).AsSingle() / s).AsUInt32())).Store(dst + i);
+            }
+        }
+        if (SimdPaths.Use256)
         {
             Vector256<float> s = Vector256.Create(scale);
             for (; i <= n - 32; i += 32)
@@ -260,7 +321,19 @@ public static class Fp8BlockQuantizer
     private static unsafe void DecodeRow(byte* src, uint* dst, int n, float scale)
     {
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (SimdPaths.Use512)
+        {
+            Vector512<float> s = Vector512.Create(scale);
+            for (; i <= n - 64; i += 64)
+            {
+                Fp8Spans.Unpack(Vector512.Load(src + i), out var a, out var b, out var c, out var d);
+                (E4M3Format.Decode512(a).AsSingle() * s).AsUInt32().Store(dst + i);
+                (E4M3Format.Decode512(b).AsSingle() * s).AsUInt32().Store(dst + i + 16);
+                (E4M3Format.Decode512(c).AsSingle() * s).AsUInt32().Store(dst + i + 32);
+                (E4M3Format.Decode512(d).AsSingle() * s).AsUInt32().Store(dst + i + 48);
+            }
+        }
+        if (SimdPaths.Use256)
         {
             Vector256<float> s = Vector256.Create(scale);
             for (; i <= n - 32; i += 32)
@@ -279,7 +352,21 @@ public static class Fp8BlockQuantizer
     private static unsafe void DecodeRowBf16(byte* src, ushort* dst, int n, float scale)
     {
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
+        if (SimdPaths.Use512)
+        {
+            Vector512<float> s = Vector512.Create(scale);
+            for (; i <= n - 64; i += 64)
+            {
+                Fp8Spans.Unpack(Vector512.Load(src + i), out var a, out var b, out var c, out var d);
+                Vector512<uint> ra = Bf16.Round512((E4M3Format.Decode512(a).AsSingle() * s).AsUInt32());
+                Vector512<uint> rb = Bf16.Round512((E4M3Format.Decode512(b).AsSingle() * s).AsUInt32());
+                Vector512<uint> rc = Bf16.Round512((E4M3Format.Decode512(c).AsSingle() * s).AsUInt32());
+                Vector512<uint> rd = Bf16.Round512((E4M3Format.Decode512(d).AsSingle() * s).AsUInt32());
+                Vector512.Narrow(ra, rb).Store(dst + i);
+                Vector512.Narrow(rc, rd).Store(dst + i + 32);
+            }
+        }
+        if (SimdPaths.Use256)
         {
             Vector256<float> s = Vector256.Create(scale);
             for (; i <= n - 32; i += 32)

@@ -16,6 +16,9 @@ internal interface IFp8Format
     /// <summary>Eight codes (0..255 per lane) -> eight float32 bit patterns.</summary>
     static abstract Vector256<uint> Decode256(Vector256<uint> codes);
     static abstract uint DecodeScalar(uint code);
+    /// <summary>Sixteen-lane versions of <see cref="Encode256"/> and <see cref="Decode256"/> (same arithmetic).</summary>
+    static abstract Vector512<uint> Encode512(Vector512<uint> f32Bits);
+    static abstract Vector512<uint> Decode512(Vector512<uint> codes);
 }
 
 /// <summary>
@@ -63,6 +66,20 @@ internal readonly struct E4M3Format : IFp8Format
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<uint> Encode512(Vector512<uint> bits)
+    {
+        Vector512<uint> sign = (bits >>> 24) & Vector512.Create(0x80u);
+        Vector512<uint> a = bits & Vector512.Create(0x7FFF_FFFFu);
+        Vector512<uint> normal = (a - Vector512.Create(Rebias - 0x7FFFFu) + ((a >>> 20) & Vector512<uint>.One)) >>> 20;
+        Vector512<uint> sub = (a.AsSingle() + Vector512.Create(SubMagic).AsSingle()).AsUInt32() - Vector512.Create(SubMagic);
+        // a < 2^31, so signed compares (native on AVX2) order it correctly.
+        Vector512<int> ai = a.AsInt32();
+        Vector512<uint> r = Vector512.ConditionalSelect(Vector512.LessThan(ai, Vector512.Create((int)MinNormal)).AsUInt32(), sub, normal);
+        r = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(ai, Vector512.Create((int)Overflow)).AsUInt32(), Vector512.Create(0x7Fu), r);
+        return r | sign;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static uint DecodeScalar(uint code)
     {
         uint sign = (code & 0x80u) << 24;
@@ -85,6 +102,20 @@ internal readonly struct E4M3Format : IFp8Format
         Vector256<int> ei = em.AsInt32();
         Vector256<uint> r = Vector256.ConditionalSelect(Vector256.LessThan(ei, Vector256.Create(8)).AsUInt32(), sub, normal);
         r = Vector256.ConditionalSelect(Vector256.Equals(ei, Vector256.Create(0x7F)).AsUInt32(), Vector256.Create(NaNBits), r);
+        return r | sign;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<uint> Decode512(Vector512<uint> codes)
+    {
+        Vector512<uint> sign = (codes & Vector512.Create(0x80u)) << 24;
+        Vector512<uint> em = codes & Vector512.Create(0x7Fu);
+        Vector512<uint> normal = (em << 20) + Vector512.Create(Rebias);
+        // Subnormals via int -> float conversion, so no float32 subnormal ever enters the FPU.
+        Vector512<uint> sub = (Vector512.ConvertToSingle(em.AsInt32()) * Vector512.Create(1f / 512f)).AsUInt32();
+        Vector512<int> ei = em.AsInt32();
+        Vector512<uint> r = Vector512.ConditionalSelect(Vector512.LessThan(ei, Vector512.Create(8)).AsUInt32(), sub, normal);
+        r = Vector512.ConditionalSelect(Vector512.Equals(ei, Vector512.Create(0x7F)).AsUInt32(), Vector512.Create(NaNBits), r);
         return r | sign;
     }
 }
@@ -130,6 +161,20 @@ internal readonly struct E5M2Format : IFp8Format
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<uint> Encode512(Vector512<uint> bits)
+    {
+        Vector512<uint> sign = (bits >>> 24) & Vector512.Create(0x80u);
+        Vector512<uint> a = bits & Vector512.Create(0x7FFF_FFFFu);
+        Vector512<uint> normal = (a - Vector512.Create(Rebias - 0xFFFFFu) + ((a >>> 21) & Vector512<uint>.One)) >>> 21;
+        Vector512<uint> sub = (a.AsSingle() + Vector512.Create(SubMagic).AsSingle()).AsUInt32() - Vector512.Create(SubMagic);
+        Vector512<int> ai = a.AsInt32();
+        Vector512<uint> r = Vector512.ConditionalSelect(Vector512.LessThan(ai, Vector512.Create((int)MinNormal)).AsUInt32(), sub, normal);
+        Vector512<uint> big = Vector512.ConditionalSelect(Vector512.GreaterThan(ai, Vector512.Create(0x7F80_0000)).AsUInt32(), Vector512.Create(0x7Fu), Vector512.Create(0x7Cu));
+        r = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(ai, Vector512.Create((int)Overflow)).AsUInt32(), big, r);
+        return r | sign;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static uint DecodeScalar(uint code)
     {
         uint sign = (code & 0x80u) << 24;
@@ -154,6 +199,21 @@ internal readonly struct E5M2Format : IFp8Format
             | (Vector256.GreaterThan(ei, Vector256.Create(0x7C)).AsUInt32() & Vector256.Create(0x0040_0000u));
         Vector256<uint> r = Vector256.ConditionalSelect(Vector256.LessThan(ei, Vector256.Create(4)).AsUInt32(), sub, normal);
         r = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(ei, Vector256.Create(0x7C)).AsUInt32(), special, r);
+        return r | sign;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<uint> Decode512(Vector512<uint> codes)
+    {
+        Vector512<uint> sign = (codes & Vector512.Create(0x80u)) << 24;
+        Vector512<uint> em = codes & Vector512.Create(0x7Fu);
+        Vector512<uint> normal = (em << 21) + Vector512.Create(Rebias);
+        Vector512<uint> sub = (Vector512.ConvertToSingle(em.AsInt32()) * Vector512.Create(1f / 65536f)).AsUInt32();
+        Vector512<int> ei = em.AsInt32();
+        Vector512<uint> special = Vector512.Create(0x7F80_0000u) | ((em & Vector512.Create(3u)) << 21)
+            | (Vector512.GreaterThan(ei, Vector512.Create(0x7C)).AsUInt32() & Vector512.Create(0x0040_0000u));
+        Vector512<uint> r = Vector512.ConditionalSelect(Vector512.LessThan(ei, Vector512.Create(4)).AsUInt32(), sub, normal);
+        r = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(ei, Vector512.Create(0x7C)).AsUInt32(), special, r);
         return r | sign;
     }
 }

@@ -1,0 +1,315 @@
+using Converter.Formats.Safetensors;
+using Converter.Tensors;
+
+namespace Converter.Verification;
+
+/// <summary>
+/// A golden evaluation file (golden/&lt;model&gt;/eval.safetensors) loaded and shape-checked: what the reference
+/// implementation computed for a batch of held-out token sequences. Routing data is optional (the FP8 golden
+/// has none): without it every position counts as stable.
+/// </summary>
+public sealed class GoldenSet
+{
+    public const string TokensName = "tokens";
+    public const string LogitsName = "logits";
+    public const string NllName = "nll";
+    public const string HiddenStatesName = "hidden_states_seq0";
+    public const string RouteTopKName = "route_topk_idx";
+    public const string RouteMarginName = "route_margin";
+
+    public string Path { get; }
+    public int Batch { get; }
+    public int Seq { get; }
+    public int Vocab { get; }
+    /// <summary>[batch, seq] token ids.</summary>
+    public int[] Tokens { get; }
+    /// <summary>[batch, seq, vocab].</summary>
+    public float[] Logits { get; }
+    /// <summary>[batch, seq - 1]: NLL of token s+1 given tokens 0..s.</summary>
+    public float[] Nll { get; }
+
+    /// <summary>[layers + 1, seq, hidden] for sequence 0, or null.</summary>
+    public float[]? HiddenStates { get; }
+    /// <summary>Entries of <see cref="HiddenStates"/>: embedding output, each layer, the last after the final norm.</summary>
+    public int HiddenStateCount { get; }
+    public int HiddenSize { get; }
+
+    /// <summary>[moeLayers, batch, seq, k] expert ids, or null.</summary>
+    public int[]? RouteTopK { get; }
+    /// <summary>[moeLayers, batch, seq] gap between the k-th and (k+1)-th selection score, or null.</summary>
+    public float[]? RouteMargin { get; }
+    public int MoeLayers { get; }
+    public int TopK { get; }
+
+    public bool HasRouting => RouteTopK != null;
+    public int Positions => Batch * Seq;
+
+    private GoldenSet(string path, int batch, int seq, int vocab, int[] tokens, float[] logits, float[] nll,
+        float[]? hidden, int hiddenCount, int hiddenSize, int[]? topk, float[]? margin, int moeLayers, int k)
+    {
+        Path = path;
+        Batch = batch;
+        Seq = seq;
+        Vocab = vocab;
+        Tokens = tokens;
+        Logits = logits;
+        Nll = nll;
+        HiddenStates = hidden;
+        HiddenStateCount = hiddenCount;
+        HiddenSize = hiddenSize;
+        RouteTopK = topk;
+        RouteMargin = margin;
+        MoeLayers = moeLayers;
+        TopK = k;
+    }
+
+    /// <summary>Builds a golden set from arrays already in memory (tests, other tools); shapes are checked.</summary>
+    public static GoldenSet FromArrays(string name, int batch, int seq, int vocab, int[] tokens, float[] logits, float[] nll,
+        float[]? hiddenStates = null, int hiddenStateCount = 0, int hiddenSize = 0,
+        int[]? routeTopK = null, float[]? routeMargin = null, int moeLayers = 0, int topK = 0)
+    {
+        Require(name, TokensName, tokens.Length == (long)batch * seq, $"has {tokens.Length} elements, expected [{batch}, {seq}]");
+        Require(name, LogitsName, logits.Length == (long)batch * seq * vocab, $"has {logits.Length} elements, expected [{batch}, {seq}, {vocab}]");
+        Require(name, NllName, nll.Length == (long)batch * (seq - 1), $"has {nll.Length} elements, expected [{batch}, {seq - 1}]");
+        if (hiddenStates != null)
+            Require(name, HiddenStatesName, hiddenStates.Length == (long)hiddenStateCount * seq * hiddenSize,
+                $"has {hiddenStates.Length} elements, expected [{hiddenStateCount}, {seq}, {hiddenSize}]");
+        Require(name, RouteTopKName, (routeTopK == null) == (routeMargin == null), $"'{RouteTopKName}' and '{RouteMarginName}' must both be present or both absent");
+        if (routeTopK != null)
+        {
+            Require(name, RouteTopKName, routeTopK.Length == (long)moeLayers * batch * seq * topK,
+                $"has {routeTopK.Length} elements, expected [{moeLayers}, {batch}, {seq}, {topK}]");
+            Require(name, RouteMarginName, routeMargin!.Length == (long)moeLayers * batch * seq,
+                $"has {routeMargin.Length} elements, expected [{moeLayers}, {batch}, {seq}]");
+        }
+        CheckTokens(name, tokens, vocab);
+        return new GoldenSet(name, batch, seq, vocab, tokens, logits, nll, hiddenStates, hiddenStates == null ? 0 : hiddenStateCount,
+            hiddenStates == null ? 0 : hiddenSize, routeTopK, routeMargin, routeTopK == null ? 0 : moeLayers, routeTopK == null ? 0 : topK);
+    }
+
+    /// <summary>Loads and validates <paramref name="path"/>; errors name the file and the tensor.</summary>
+    public static GoldenSet Load(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: golden file not found", path);
+        using var f = SafetensorsFile.Open(path);
+
+        var tokInfo = Get(f, TokensName, 2, integer: true);
+        int batch = Dim(tokInfo, 0), seq = Dim(tokInfo, 1);
+        if (batch < 1 || seq < 2)
+            throw Bad(path, TokensName, $"shape {tokInfo.ShapeText} needs at least one sequence of two tokens");
+
+        var logInfo = Get(f, LogitsName, 3, integer: false);
+        ExpectShape(logInfo, [batch, seq, -1], $"[{batch}, {seq}, vocab] to match '{TokensName}' {tokInfo.ShapeText}");
+        int vocab = Dim(logInfo, 2);
+        if (vocab < 2) throw Bad(path, LogitsName, $"vocabulary of {vocab} is too small");
+
+        var nllInfo = Get(f, NllName, 2, integer: false);
+        ExpectShape(nllInfo, [batch, seq - 1], $"[{batch}, {seq - 1}] (one NLL per predicted token of '{TokensName}' {tokInfo.ShapeText})");
+
+        var tokens = ReadInt32(f, tokInfo);
+        CheckTokens(path, tokens, vocab);
+        var logits = ReadFloat(f, logInfo);
+        for (int i = 0; i < logits.Length; i++)
+            if (!float.IsFinite(logits[i]))
+                throw Bad(path, LogitsName, $"element {i} is {logits[i]}; golden logits must be finite");
+        var nll = ReadFloat(f, nllInfo);
+
+        float[]? hidden = null;
+        int hiddenCount = 0, hiddenSize = 0;
+        if (f.Contains(HiddenStatesName))
+        {
+            var hInfo = Get(f, HiddenStatesName, 3, integer: false);
+            ExpectShape(hInfo, [-1, seq, -1], $"[layers + 1, {seq}, hidden] for sequence 0 of '{TokensName}' {tokInfo.ShapeText}");
+            hiddenCount = Dim(hInfo, 0);
+            hiddenSize = Dim(hInfo, 2);
+            if (hiddenCount < 2 || hiddenSize < 1)
+                throw Bad(path, HiddenStatesName, $"shape {hInfo.ShapeText} needs the embedding output and at least one layer");
+            hidden = ReadFloat(f, hInfo);
+        }
+
+        int[]? topk = null;
+        float[]? margin = null;
+        int moeLayers = 0, k = 0;
+        bool hasIdx = f.Contains(RouteTopKName), hasMargin = f.Contains(RouteMarginName);
+        if (hasIdx != hasMargin)
+            throw Bad(path, hasIdx ? RouteMarginName : RouteTopKName,
+                $"is missing while '{(hasIdx ? RouteTopKName : RouteMarginName)}' is present (routing data needs both)");
+        if (hasIdx)
+        {
+            var iInfo = Get(f, RouteTopKName, 4, integer: true);
+            ExpectShape(iInfo, [-1, batch, seq, -1], $"[moe_layers, {batch}, {seq}, k] to match '{TokensName}' {tokInfo.ShapeText}");
+            moeLayers = Dim(iInfo, 0);
+            k = Dim(iInfo, 3);
+            if (moeLayers < 1 || k < 1) throw Bad(path, RouteTopKName, $"shape {iInfo.ShapeText} has no routing entries");
+            var mInfo = Get(f, RouteMarginName, 3, integer: false);
+            ExpectShape(mInfo, [moeLayers, batch, seq], $"[{moeLayers}, {batch}, {seq}] to match '{RouteTopKName}' {iInfo.ShapeText}");
+            topk = ReadInt32(f, iInfo);
+            for (int i = 0; i < topk.Length; i++)
+                if (topk[i] < 0)
+                    throw Bad(path, RouteTopKName, $"element {i} is a negative expert id ({topk[i]})");
+            margin = ReadFloat(f, mInfo);
+        }
+
+        return new GoldenSet(path, batch, seq, vocab, tokens, logits, nll, hidden, hiddenCount, hiddenSize, topk, margin, moeLayers, k);
+    }
+
+    /// <summary>
+    /// Checks the golden against the model it is meant to verify; throws <see cref="InvalidDataException"/>
+    /// naming both sides on the first mismatch. Null arguments are not checked.
+    /// </summary>
+    public void CheckModel(int vocabSize, int? maxPositions = null, int? hiddenSize = null, int? numLayers = null,
+        int? moeLayers = null, int? expertsPerToken = null)
+    {
+        if (vocabSize != Vocab)
+            throw new InvalidDataException($"{Path}: tensor '{LogitsName}' has vocabulary {Vocab} but the model's vocab_size is {vocabSize}");
+        if (maxPositions is int mp && Seq > mp)
+            throw new InvalidDataException($"{Path}: tensor '{TokensName}' has sequence length {Seq}, longer than the model's max_position_embeddings {mp}");
+        if (HiddenStates != null && hiddenSize is int h && h != HiddenSize)
+            throw new InvalidDataException($"{Path}: tensor '{HiddenStatesName}' has hidden size {HiddenSize} but the model's hidden_size is {h}");
+        if (HiddenStates != null && numLayers is int l && l + 1 != HiddenStateCount)
+            throw new InvalidDataException($"{Path}: tensor '{HiddenStatesName}' has {HiddenStateCount} entries but the model has {l} layers (expected {l + 1})");
+        if (HasRouting && moeLayers is int m && m != MoeLayers)
+            throw new InvalidDataException($"{Path}: tensor '{RouteTopKName}' has {MoeLayers} MoE layers but the model has {m}");
+        if (HasRouting && expertsPerToken is int e && e != TopK)
+            throw new InvalidDataException($"{Path}: tensor '{RouteTopKName}' selects {TopK} experts per token but the model's num_experts_per_tok is {e}");
+    }
+
+    /// <summary>Checks the golden against an architecture's config (vocabulary, positions, layers, routing).</summary>
+    public void CheckModel(Converter.Models.ModelArchitecture arch)
+    {
+        int moe = 0;
+        for (int i = 0; i < arch.NumLayers; i++)
+            if (arch.IsMoeLayer(i)) moe++;
+        CheckModel(arch.VocabSize, arch.Config.IntOrNull("max_position_embeddings"), arch.HiddenSize, arch.NumLayers,
+            moe, arch.NumExpertsPerToken);
+    }
+
+    /// <summary>
+    /// Checks the golden against a config.json of any model family, through the keys Hugging Face configs share
+    /// (vocab_size, max_position_embeddings, hidden_size, num_hidden_layers, num_experts_per_tok); an architecture
+    /// this project maps is checked through <see cref="CheckModel(Converter.Models.ModelArchitecture)"/> instead,
+    /// which also knows its MoE layer count.
+    /// </summary>
+    public void CheckModel(Converter.Models.ConfigJson config)
+    {
+        if (config.ModelType is { } type && Converter.Models.ArchitectureRegistry.Supported.Contains(type))
+        {
+            CheckModel(Converter.Models.ArchitectureRegistry.FromConfig(config));
+            return;
+        }
+        CheckModel(config.Int("vocab_size"), config.IntOrNull("max_position_embeddings"), config.IntOrNull("hidden_size"),
+            config.IntOrNull("num_hidden_layers"), null, config.IntOrNull("num_experts_per_tok"));
+    }
+
+    /// <summary>Checks that an artifact's outputs have the golden's shapes; names the artifact on mismatch.</summary>
+    public void CheckOutputs(ArtifactOutputs outputs, string artifact)
+    {
+        long want = (long)Batch * Seq * Vocab;
+        if (outputs.Logits.Length != want)
+        {
+            string hint = outputs.Logits.Length % ((long)Batch * Seq) == 0
+                ? $" (vocabulary {outputs.Logits.Length / ((long)Batch * Seq)} vs the golden's {Vocab})" : "";
+            throw new InvalidDataException($"{artifact}: returned {outputs.Logits.Length} logits, golden '{LogitsName}' in {Path} has [{Batch}, {Seq}, {Vocab}] = {want}{hint}");
+        }
+        if (outputs.HiddenStates is { } hs && HiddenStates != null)
+        {
+            if (hs.Length != HiddenStateCount)
+                throw new InvalidDataException($"{artifact}: returned {hs.Length} hidden states, golden '{HiddenStatesName}' in {Path} has {HiddenStateCount}");
+            for (int i = 0; i < hs.Length; i++)
+                if (hs[i].Length != (long)Seq * HiddenSize)
+                    throw new InvalidDataException($"{artifact}: hidden state {i} has {hs[i].Length} values, golden '{HiddenStatesName}' in {Path} has [{Seq}, {HiddenSize}]");
+        }
+        if (outputs.RoutingTopK is { } rt && HasRouting)
+        {
+            if (rt.Length != MoeLayers)
+                throw new InvalidDataException($"{artifact}: returned routing for {rt.Length} MoE layers, golden '{RouteTopKName}' in {Path} has {MoeLayers}");
+            for (int i = 0; i < rt.Length; i++)
+                if (rt[i].Length != (long)Batch * Seq * TopK)
+                    throw new InvalidDataException($"{artifact}: routing of MoE layer {i} has {rt[i].Length} ids, golden '{RouteTopKName}' in {Path} has [{Batch}, {Seq}, {TopK}]");
+        }
+    }
+
+    /// <summary>Per position (batch-major): true when every MoE layer's routing margin is at least <paramref name="threshold"/>.</summary>
+    public bool[] StableMask(double threshold)
+    {
+        var stable = new bool[Positions];
+        Array.Fill(stable, true);
+        if (RouteMargin == null) return stable;
+        int n = Positions;
+        for (int m = 0; m < MoeLayers; m++)
+        {
+            var row = RouteMargin.AsSpan(m * n, n);
+            for (int p = 0; p < n; p++)
+                if (!(row[p] >= threshold)) stable[p] = false; // NaN margins count as unstable
+        }
+        return stable;
+    }
+
+    /// <summary>Smallest routing margin over MoE layers at a position, or +inf without routing data.</summary>
+    public float MinMargin(int position)
+    {
+        if (RouteMargin == null) return float.PositiveInfinity;
+        float min = float.PositiveInfinity;
+        for (int m = 0; m < MoeLayers; m++) min = MathF.Min(min, RouteMargin[m * Positions + position]);
+        return min;
+    }
+
+    private static void CheckTokens(string path, int[] tokens, int vocab)
+    {
+        for (int i = 0; i < tokens.Length; i++)
+            if ((uint)tokens[i] >= (uint)vocab)
+                throw Bad(path, TokensName, $"element {i} is token {tokens[i]}, outside the vocabulary [0, {vocab}) of '{LogitsName}'");
+    }
+
+    private static TensorInfo Get(SafetensorsFile f, string name, int rank, bool integer)
+    {
+        if (!f.Contains(name)) throw Bad(f.Path, name, "is missing");
+        var info = f.Info(name);
+        if (info.Shape.Length != rank)
+            throw Bad(f.Path, name, $"has rank {info.Shape.Length} (shape {info.ShapeText}), expected rank {rank}");
+        bool ok = integer ? info.DType is DType.I32 or DType.I64 or DType.I16 or DType.U8 or DType.I8
+                          : info.DType is DType.F32 or DType.F64 or DType.BF16 or DType.F16;
+        if (!ok) throw Bad(f.Path, name, $"is {info.DType}, expected {(integer ? "an integer" : "a floating-point")} dtype");
+        foreach (var d in info.Shape)
+            if (d > int.MaxValue) throw Bad(f.Path, name, $"shape {info.ShapeText} is too large");
+        return info;
+    }
+
+    private static void ExpectShape(TensorInfo info, int[] expected, string what)
+    {
+        for (int i = 0; i < expected.Length; i++)
+            if (expected[i] >= 0 && info.Shape[i] != expected[i])
+                throw Bad(info.File, info.Name, $"has shape {info.ShapeText}, expected {what}");
+    }
+
+    private static int Dim(TensorInfo info, int i) => (int)info.Shape[i];
+
+    private static float[] ReadFloat(SafetensorsFile f, TensorInfo info)
+    {
+        using var t = f.Read(info);
+        return TensorConvert.ToFloat32(t);
+    }
+
+    private static int[] ReadInt32(SafetensorsFile f, TensorInfo info)
+    {
+        using var t = f.Read(info);
+        if (info.DType == DType.I32) return t.As<int>().ToArray();
+        var wide = TensorConvert.ToInt64(t);
+        var result = new int[wide.Length];
+        for (int i = 0; i < wide.Length; i++)
+        {
+            if (wide[i] is < int.MinValue or > int.MaxValue)
+                throw Bad(info.File, info.Name, $"element {i} ({wide[i]}) does not fit in int32");
+            result[i] = (int)wide[i];
+        }
+        return result;
+    }
+
+    private static void Require(string path, string tensor, bool ok, string message)
+    {
+        if (!ok) throw Bad(path, tensor, message);
+    }
+
+    private static InvalidDataException Bad(string path, string tensor, string message) =>
+        new($"{path}: tensor '{tensor}' {message}");
+}
