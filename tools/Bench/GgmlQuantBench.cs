@@ -32,12 +32,14 @@ public static unsafe class GgmlQuantBench
         GgmlType[] types = [GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q5_K, GgmlType.Q6_K, GgmlType.F16, GgmlType.BF16];
         Console.WriteLine($"ggml quantizers, {millions}M N(0,1) values, best of {reps}, {Environment.ProcessorCount} cores");
         Console.WriteLine();
-        Console.WriteLine("| type | quantize 1 thread (M values/s) | quantize 2 threads | C# scalar reference 1 thread | ggml quantize_row_*_ref 1 thread | dequantize 1 thread | dequantize 2 threads |");
+        Console.WriteLine("M values/s; \"a / b\": a per wall-clock second, b per CPU second of this process (robust to other load)");
+        Console.WriteLine();
+        Console.WriteLine("| type | quantize 1 thread | quantize 2 threads | C# scalar reference 1 thread | ggml quantize_row_*_ref 1 thread | dequantize 1 thread | dequantize 2 threads |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
         foreach (var type in types)
         {
             var q = new byte[GgmlTypeInfo.ByteSize(type, count)];
-            double q1 = Best(reps, count, () => GgmlQuantizer.Quantize(type, x, q, 1));
+            var q1 = BestBoth(reps, count, () => GgmlQuantizer.Quantize(type, x, q, 1));
             double q2 = Best(reps, count, () => GgmlQuantizer.Quantize(type, x, q, 2));
             string refRate = "-", ggmlRate = "-";
             if (type is not (GgmlType.F16 or GgmlType.BF16))
@@ -49,17 +51,18 @@ public static unsafe class GgmlQuantBench
                 if (ggml != 0)
                 {
                     var f = (delegate* unmanaged<float*, byte*, long, void>)NativeLibrary.GetExport(ggml, $"quantize_row_{GgmlName(type)}_ref");
-                    ggmlRate = Best(1, n, () =>
+                    var g = BestBoth(2, n, () =>
                     {
                         fixed (float* px = x)
                         fixed (byte* py = qs)
                             f(px, py, n);
-                    }).ToString("F1");
+                    });
+                    ggmlRate = $"{g.Wall:F1} / {g.Cpu:F1}";
                 }
             }
             double d1 = Best(reps, count, () => GgmlQuantizer.Dequantize(type, q, y, 1));
             double d2 = Best(reps, count, () => GgmlQuantizer.Dequantize(type, q, y, 2));
-            Console.WriteLine($"| {type} | {q1:F1} | {q2:F1} | {refRate} | {ggmlRate} | {d1:F1} | {d2:F1} |");
+            Console.WriteLine($"| {type} | {q1.Wall:F1} / {q1.Cpu:F1} | {q2:F1} | {refRate} | {ggmlRate} | {d1:F1} | {d2:F1} |");
         }
         return 0;
     }
@@ -70,16 +73,25 @@ public static unsafe class GgmlQuantBench
         _ => t.ToString().ToLowerInvariant(),
     };
 
-    private static double Best(int reps, int values, Action action)
+    /// <summary>M values per second of wall time, best of <paramref name="reps"/>.</summary>
+    private static double Best(int reps, int values, Action action) => BestBoth(reps, values, action).Wall;
+
+    /// <summary>Wall-clock and process-CPU-time rates (the latter stays meaningful on a shared, loaded machine).</summary>
+    private static (double Wall, double Cpu) BestBoth(int reps, int values, Action action)
     {
         action(); // warm up (JIT tiers, page faults)
-        double best = double.MaxValue;
+        double wall = double.MaxValue, cpu = double.MaxValue;
+        var process = Process.GetCurrentProcess();
         for (int i = 0; i < reps; i++)
         {
+            process.Refresh();
+            var c0 = process.TotalProcessorTime;
             var sw = Stopwatch.StartNew();
             action();
-            best = Math.Min(best, sw.Elapsed.TotalSeconds);
+            wall = Math.Min(wall, sw.Elapsed.TotalSeconds);
+            process.Refresh();
+            cpu = Math.Min(cpu, (process.TotalProcessorTime - c0).TotalSeconds);
         }
-        return values / best / 1e6;
+        return (values / wall / 1e6, values / Math.Max(cpu, 1e-9) / 1e6);
     }
 }
