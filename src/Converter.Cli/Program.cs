@@ -10,6 +10,7 @@ root.Subcommands.Add(InspectCommand.Create());
 root.Subcommands.Add(QuantizeCommand.Create());
 var export = new Command("export", "Write a deployable artifact (ONNX, GGUF) from a checkpoint");
 export.Subcommands.Add(ExportOnnxCommand.Create());
+export.Subcommands.Add(GgufCommand.Create());
 root.Subcommands.Add(export);
 root.Subcommands.Add(VerifyCommand.Create(RunnerRegistration.RegisterAll(ArtifactRunnerFactory.Default)));
 root.Subcommands.Add(ShardCommand.Create());
