@@ -19,6 +19,19 @@ public abstract class ModelArchitecture
     public abstract int NumRoutedExperts { get; }
     public abstract int NumExpertsPerToken { get; }
     public abstract bool IsMoeLayer(int layer);
+    /// <summary>Routed experts form this many contiguous groups (group-limited routing); 1 when the family has none.</summary>
+    public virtual int NumExpertGroups => 1;
+    /// <summary>Groups a token may draw its experts from (DeepSeek-V3's topk_group).</summary>
+    public virtual int TopkExpertGroups => 1;
+
+    /// <summary>Every MoE layer, main layers first, then MTP layers (which have their own experts).</summary>
+    public IReadOnlyList<int> MoeLayers()
+    {
+        var list = new List<int>();
+        for (int l = 0; l < NumLayers + NumMtpLayers; l++)
+            if (IsMoeLayer(l)) list.Add(l);
+        return list;
+    }
 
     /// <summary>Every tensor of a complete BF16 checkpoint of this config, in a stable order.</summary>
     public abstract IReadOnlyList<ExpectedTensor> ExpectedTensors();

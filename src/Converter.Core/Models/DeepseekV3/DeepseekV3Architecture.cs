@@ -18,6 +18,8 @@ public sealed partial class DeepseekV3Architecture : ModelArchitecture
     public override int NumRoutedExperts => Cfg.NRoutedExperts;
     public override int NumExpertsPerToken => Cfg.NumExpertsPerTok;
     public override bool IsMoeLayer(int layer) => Cfg.IsMoeLayer(layer);
+    public override int NumExpertGroups => Cfg.NGroup;
+    public override int TopkExpertGroups => Cfg.TopkGroup;
 
     public override IReadOnlyList<ExpectedTensor> ExpectedTensors()
     {
