@@ -12,6 +12,8 @@ public sealed class ExpertForward
 {
     public int Hidden { get; }
     public int Intermediate { get; }
+    /// <summary>Rows computed in parallel by at most this many threads (0: all cores).</summary>
+    public int MaxThreads { get; init; }
     private readonly float[] _gate, _up, _down;
 
     public ExpertForward(float[] gate, float[] up, float[] down, int hidden, int intermediate)
@@ -31,7 +33,7 @@ public sealed class ExpertForward
         var aa = new float[rows * Intermediate];
         var ya = new float[rows * Hidden];
         int h = Hidden, i = Intermediate;
-        Parallel.For(0, rows, r =>
+        Parallel.For(0, rows, new ParallelOptions { MaxDegreeOfParallelism = MaxThreads > 0 ? MaxThreads : -1 }, r =>
         {
             var xr = xa.AsSpan(r * h, h);
             var ar = aa.AsSpan(r * i, i);

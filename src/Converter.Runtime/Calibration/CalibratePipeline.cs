@@ -40,7 +40,7 @@ public sealed record CalibrateResult(string OutputDirectory, CalibrationData Dat
 /// (stats/absmax.layer{L}.safetensors); the dispatch/combine traffic report; summary.md.
 /// The MoE inputs come from the graph values <see cref="DeepseekV3OnnxNames.MoeInput"/>, added as outputs to a copy
 /// of the model. Accumulators (the Hessians are hidden² and intermediate² float64 per expert) are held for a group of
-/// layers that fits the memory budget; the tokens are run once per group (routing is recorded on the first pass).
+/// layers that fits the memory budget; the tokens are run once per group (each pass records its layers' routing).
 /// The folder is written to a staging folder and renamed into place at the end.
 /// </summary>
 public static class CalibratePipeline
@@ -114,7 +114,7 @@ public static class CalibratePipeline
             for (int pass = 0; pass < groups.Count; pass++)
             {
                 var layers = groups[pass];
-                var state = layers.ToDictionary(l => l, l => new LayerState(ckpt, l, c, o.Hessians, o.CommReport));
+                var state = layers.ToDictionary(l => l, l => new LayerState(ckpt, l, c, o.Hessians, o.CommReport, o.Threads));
                 for (int b0 = 0; b0 < sequences; b0 += o.Batch)
                 {
                     cancellation.ThrowIfCancellationRequested();
@@ -123,8 +123,7 @@ public static class CalibratePipeline
                     foreach (var l in layers)
                     {
                         var (x, route) = outs[l];
-                        if (pass == 0 || !o.Hessians)
-                            for (int i = 0; i < route.Length; i++) topk[l][b0 * seqLen * k + i] = checked((int)route[i]);
+                        for (int i = 0; i < route.Length; i++) topk[l][b0 * seqLen * k + i] = checked((int)route[i]); // each layer is in one group
                         state[l].Add(x, route, rows, $"{DeepseekV3OnnxNames.MoeInput(l)} (sequences {b0}..{b0 + nb - 1})");
                     }
                     step++;
@@ -135,7 +134,6 @@ public static class CalibratePipeline
                     state[l].Write(staging, data);
                     if (state[l].Comm is { } cs) comm.Add(cs);
                 }
-                // Later passes re-run the whole model: their routing must be what the first pass recorded.
             }
             // extra info for consumers
             data.Extra["min_expert_tokens"] = o.MinExpertTokens;

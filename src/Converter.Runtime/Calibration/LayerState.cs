@@ -19,7 +19,7 @@ internal sealed class LayerState
     private readonly float[][]? _absGateUp, _absDown;
     private readonly float[]? _absPooled;
 
-    public LayerState(ModelCheckpoint ckpt, int layer, DeepseekV3Config c, bool hessians, bool comm)
+    public LayerState(ModelCheckpoint ckpt, int layer, DeepseekV3Config c, bool hessians, bool comm, int threads = 0)
     {
         Layer = layer;
         (_h, _mi, _k) = (c.HiddenSize, c.MoeIntermediateSize, c.NumExpertsPerTok);
@@ -31,7 +31,7 @@ internal sealed class LayerState
             string p = $"model.layers.{layer}.mlp.experts.";
             for (int i = 0; i < e; i++)
                 _experts[i] = new ExpertForward(ckpt.ReadFloat32($"{p}{i}.gate_proj.weight"), ckpt.ReadFloat32($"{p}{i}.up_proj.weight"),
-                    ckpt.ReadFloat32($"{p}{i}.down_proj.weight"), _h, _mi);
+                    ckpt.ReadFloat32($"{p}{i}.down_proj.weight"), _h, _mi) { MaxThreads = threads };
         }
         if (hessians)
         {

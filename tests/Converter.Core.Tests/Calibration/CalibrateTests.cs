@@ -147,4 +147,24 @@ public class CalibrateTests(CalibrationFixture fx, ITestOutputHelper log) : ICla
         var again = () => CalibratePipeline.Run(fx.Model, fx.TokensPath, fx.Calib, new CalibrateOptions(OnnxDir: fx.Onnx));
         again.Should().Throw<IOException>().WithMessage("*exists*");
     }
+
+    [Fact]
+    public void ASmallMemoryBudgetRunsOnePassPerLayerWithTheSameResult()
+    {
+        using var tmp = new TestData.TempDir();
+        var r = CalibratePipeline.Run(fx.Model, fx.TokensPath, tmp["c"], new CalibrateOptions(Batch: 8, Threads: 2, OnnxDir: fx.Onnx, CommReport: false, MemoryBudgetBytes: 1));
+        r.Passes.Should().Be(MoeLayers.Length);
+        var a = CalibrationData.Load(fx.Calib);
+        var b = CalibrationData.Load(tmp["c"]);
+        foreach (var l in MoeLayers)
+        {
+            b.TopK[l].Should().Equal(a.TopK[l], $"layer {l}");
+            using var ra = HessianStats.LayerReader.TryOpen(fx.Calib, l, Experts)!;
+            using var rb = HessianStats.LayerReader.TryOpen(tmp["c"], l, Experts)!;
+            rb.Tokens.Should().Equal(ra.Tokens);
+            var ha = ra.Read(HessianStats.ExpertName(3, ExpertInput.Down), Inter)!;
+            var hb = rb.Read(HessianStats.ExpertName(3, ExpertInput.Down), Inter)!;
+            for (int i = 0; i < ha.Length; i++) hb[i].Should().BeApproximately(ha[i], 1e-5 * Math.Max(1, Math.Abs(ha[i])));
+        }
+    }
 }
