@@ -187,7 +187,7 @@ public static class CommReportWriter
             sb.AppendLine($"<line x1=\"{lx}\" x2=\"{lx + 20}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{palette[i % palette.Length]}\" stroke-width=\"3\"/>");
             sb.AppendLine($"<text x=\"{lx + 26}\" y=\"{ly}\" dominant-baseline=\"middle\">layer {layers[i].Layer}</text>");
         }
-        sb.AppendLine($"<text x=\"{left}\" y=\"{height - 12}\" font-size=\"11\" fill=\"#555\">Higher is better. Large dots: BF16, E4M3, E5M2; the line joins LogFMT-4..16. Clipped at 0 and {maxSnr.ToString(inv)} dB.</text>");
+        sb.AppendLine($"<text x=\"{left}\" y=\"{height - 12}\" font-size=\"11\" fill=\"#555\">Higher is better. Large dots: BF16, E4M3, E5M2; the line joins LogFMT-4..16; layers with equal SNR overlap. Clipped at 0 and {maxSnr.ToString(inv)} dB.</text>");
         sb.AppendLine("</svg>");
         return sb.ToString();
     }
