@@ -11,6 +11,7 @@ root.Subcommands.Add(QuantizeCommand.Create());
 root.Subcommands.Add(CalibrateCommand.Create());
 var export = new Command("export", "Write a deployable artifact (ONNX, GGUF) from a checkpoint");
 export.Subcommands.Add(ExportOnnxCommand.Create());
+export.Subcommands.Add(GgufCommand.Create());
 root.Subcommands.Add(export);
 root.Subcommands.Add(VerifyCommand.Create(RunnerRegistration.RegisterAll(ArtifactRunnerFactory.Default)));
 root.Subcommands.Add(ShardCommand.Create());

@@ -158,6 +158,21 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         return new ArtifactOutputs(logits, hidden, route);
     }
 
+    /// <summary>Opens ONNX artifacts for <see cref="ArtifactRunnerFactory"/> (<c>verify</c>): cpu or cuda, threads.</summary>
+    public static IArtifactRunner Open(string path, RunnerOptions options)
+    {
+        var provider = options.ExecutionProvider.ToLowerInvariant() switch
+        {
+            "cpu" => OnnxExecutionProvider.Cpu,
+            "cuda" => OnnxExecutionProvider.Cuda,
+            var other => throw new ArgumentException($"execution provider '{other}' is not cpu or cuda"),
+        };
+        return new OnnxArtifactRunner(path, new OnnxRunnerOptions(provider, options.Threads));
+    }
+
+    /// <summary>Registers <see cref="Open"/> as the factory's ONNX runner.</summary>
+    public static ArtifactRunnerFactory RegisterWith(ArtifactRunnerFactory factory) => factory.Register(ArtifactKind.Onnx, Open);
+
     public void Dispose()
     {
         if (_diagnostic != null && !ReferenceEquals(_diagnostic, _plain)) _diagnostic.Dispose();

@@ -65,3 +65,32 @@ public class ExportOnnxCliTests : IDisposable
         Directory.Exists(_tmp["x"]).Should().BeFalse();
     }
 }
+
+/// <summary>`export onnx` then `verify` (with the ONNX runner registered) on the golden: the whole ONNX path.</summary>
+public class ExportOnnxVerifyTests(Xunit.Abstractions.ITestOutputHelper log) : IDisposable
+{
+    private readonly TestData.TempDir _tmp = new();
+
+    public void Dispose() => _tmp.Dispose();
+
+    [Theory]
+    [InlineData("tiny-dsv3", "fp32", "tiny-dsv3", "fp32")]
+    [InlineData("tiny-dsv3", "fp8", "tiny-dsv3-fp8", "fp32")]
+    public void ExportedModelPassesVerify(string model, string weights, string golden, string preset)
+    {
+        var outDir = _tmp["onnx"];
+        var export = new RootCommand("t") { ExportOnnxCommand.Create() };
+        export.Options.Add(GlobalOptions.Verbose);
+        export.Options.Add(GlobalOptions.Quiet);
+        export.Parse(["onnx", TestData.Model(model), "-o", outDir, "--weights", weights, "-q"]).Invoke().Should().Be(CommandRunner.Ok);
+
+        var factory = OnnxArtifactRunner.RegisterWith(new ArtifactRunnerFactory());
+        var verify = new RootCommand("t") { VerifyCommand.Create(factory) };
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var parse = verify.Parse(["verify", outDir, "--golden", TestData.Golden(golden, "eval.safetensors"), "--layers", "--format-preset", preset]);
+        int rc = parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
+        log.WriteLine(stdout.ToString() + stderr);
+        (rc, stdout.ToString() + stderr).Should().Be((0, stdout.ToString() + stderr));
+    }
+}

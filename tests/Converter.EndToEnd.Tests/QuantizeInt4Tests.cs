@@ -247,4 +247,29 @@ public class QuantizeInt4Tests(ITestOutputHelper output) : IDisposable
         q.IsPackedInt4("model.layers.1.mlp.experts.0.up_proj.weight").Should().BeTrue();
         q.IsPackedInt4("model.layers.1.mlp.experts.0.down_proj.weight").Should().BeFalse();
     }
+
+    [Fact]
+    public void DamagedPackedCheckpointsAreRefusedNamingTheTensor()
+    {
+        var good = _tmp["good"];
+        using (var src = ModelCheckpoint.Open(TestData.Model("tiny-dsv3")))
+            QuantizePipeline.Run(src, new QuantizeOptions(QuantizeScheme.Int4, good) { Int4 = new Int4Options(64, false) }, NullLogger.Instance);
+        const string w = "model.layers.2.mlp.experts.7.up_proj.";
+
+        void Refused(string name, Func<TestCheckpoints.Entry, TestCheckpoints.Entry?>? edit, Action<System.Text.Json.Nodes.JsonObject>? config, params string[] expected)
+        {
+            var dir = _tmp[name];
+            TestCheckpoints.Copy(good, dir, edit, config);
+            var act = () => ModelCheckpoint.Open(dir);
+            var e = act.Should().Throw<InvalidDataException>().Which;
+            foreach (var x in expected) e.Message.Should().Contain(x);
+        }
+        Refused("no-scale", e => e.Name == w + "weight_scale" ? null : e, null, w + "weight", "weight_scale");
+        Refused("bad-shape", e => e.Name == w + "weight_shape" ? e with { Bytes = BitConverter.GetBytes(128L).Concat(BitConverter.GetBytes(128L)).ToArray() } : e, null,
+            w + "weight_shape", "[128, 128]", "[128, 256]");
+        Refused("scale-cols", e => e.Name == w + "weight_scale" ? e with { Shape = [256, 2], Bytes = new byte[256 * 2 * 2] } : e, null, w + "weight_scale");
+        Refused("no-zp", e => e.Name == w + "weight_zero_point" ? null : e, null, w + "weight", "weight_zero_point");
+        Refused("no-config", null, c => c.Remove("quantization_config"), "weight_packed", "quantization_config");
+        Refused("ignored", null, c => c["quantization_config"]!["ignore"]!.AsArray().Add("re:.*layers\\.2\\.mlp\\.experts\\.7\\.up_proj"), w + "weight", "ignore");
+    }
 }
