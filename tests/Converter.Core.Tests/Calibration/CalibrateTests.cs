@@ -167,4 +167,29 @@ public class CalibrateTests(CalibrationFixture fx, ITestOutputHelper log) : ICla
             for (int i = 0; i < ha.Length; i++) hb[i].Should().BeApproximately(ha[i], 1e-5 * Math.Max(1, Math.Abs(ha[i])));
         }
     }
+
+    [Fact]
+    public void OnnxLogFmtAgreesWithTheCodecOnDispatchAndCombineTraffic()
+    {
+        var x = fx.MoeInputs([2])[2];
+        int rows = 1024;
+        var dispatch = x[..(rows * Hidden)];
+        using var ckpt = ModelCheckpoint.Open(fx.Model);
+        string p = "model.layers.2.mlp.experts.5.";
+        var fwd = new ExpertForward(ckpt.ReadFloat32(p + "gate_proj.weight"), ckpt.ReadFloat32(p + "up_proj.weight"), ckpt.ReadFloat32(p + "down_proj.weight"), Hidden, Inter);
+        var combine = new float[rows * Hidden];
+        fwd.Run(dispatch, rows, new float[rows * Inter], combine);
+        foreach (var (side, data) in new[] { ("dispatch", dispatch), ("combine", combine) })
+            foreach (var bits in new[] { 6, 8, 10, 12 })
+            {
+                var f = Converter.Numerics.ActivationFormats.ActivationFormat.LogFmt(bits);
+                var expected = new float[data.Length];
+                Converter.Numerics.ActivationFormats.ActivationQuantizer.QuantizeDequantize(f, data, expected, Hidden, side);
+                var actual = SimulateCommTests.RunQdq(data, rows, Hidden, f);
+                int same = 0;
+                for (int i = 0; i < data.Length; i++) if (BitConverter.SingleToInt32Bits(actual[i]) == BitConverter.SingleToInt32Bits(expected[i])) same++;
+                log.WriteLine($"{side} {f}: {same}/{data.Length} bit-identical");
+                (same / (double)data.Length).Should().BeGreaterThanOrEqualTo(0.9999);
+            }
+    }
 }

@@ -23,7 +23,7 @@ public class SimulateCommTests(ITestOutputHelper log)
         return g.HiddenSeq0!;
     }
 
-    private static float[] RunQdq(float[] x, int rows, int width, ActivationFormat format)
+    internal static float[] RunQdq(float[] x, int rows, int width, ActivationFormat format)
     {
         var model = new OnnxModelBuilder();
         var g = new OnnxGraphBuilder("qdq");
