@@ -94,6 +94,9 @@ public static class CalibratePipeline
                 int per = (int)Math.Clamp(o.MemoryBudgetBytes / Math.Max(1, perLayer), 1, moeLayers.Length);
                 for (int i = 0; i < moeLayers.Length; i += per) groups.Add(moeLayers[i..Math.Min(moeLayers.Length, i + per)]);
             }
+            if ((o.Hessians || o.CommReport) && perLayer > o.MemoryBudgetBytes)
+                logger.LogWarning("One MoE layer's accumulators need ~{GB:F1} GB, more than the {Budget:F1} GB budget: running one layer per pass " +
+                    "(experts are not split across passes)", perLayer / 1e9, o.MemoryBudgetBytes / 1e9);
             logger.LogInformation("Calibrating on {Seq} x {Len} tokens, {Layers} MoE layers in {Passes} pass(es) (~{MB:N0} MB of accumulators per layer)",
                 sequences, seqLen, moeLayers.Length, groups.Count, perLayer / 1e6);
 
