@@ -5,6 +5,7 @@ var benches = new Dictionary<string, (string Help, Func<string[], int> Run)>
 {
     ["quantize"] = ("quantize fp8-block and bf16 on a synthetic checkpoint against cp of the output bytes", QuantizeBench.Run),
     ["verify"] = ("golden comparison (softmax/KL) throughput", VerifyBench.Run),
+    ["shard"] = ("expert-parallel sharding of a synthetic checkpoint (contiguous, balanced +R) against cp of the output bytes", ShardBench.Run),
     ["fp8-codec"] = ("FP8 block quantize (bf16->fp8) and dequantize (fp8->bf16) of a 7168x2048 weight, 1 and 2 threads, against Span copy", Fp8CodecBench.Run),
 };
 if (args.Length == 0 || !benches.TryGetValue(args[0], out var bench))
