@@ -1,12 +1,16 @@
 using System.CommandLine;
 using Converter.Cli;
 using Converter.Cli.Commands;
+using Converter.Runtime;
 
-var root = new RootCommand("converter: turn DeepSeek-V3-family MoE checkpoints into verified FP8, ONNX and GGUF artifacts");
+var root = new RootCommand("converter: turn DeepSeek-V3-family MoE checkpoints into verified FP8, INT4, ONNX and GGUF artifacts");
 root.Options.Add(GlobalOptions.Verbose);
 root.Options.Add(GlobalOptions.Quiet);
 root.Subcommands.Add(InspectCommand.Create());
 root.Subcommands.Add(QuantizeCommand.Create());
-root.Subcommands.Add(VerifyCommand.Create());
+var export = new Command("export", "Write a deployable artifact (ONNX, GGUF) from a checkpoint");
+export.Subcommands.Add(ExportOnnxCommand.Create());
+root.Subcommands.Add(export);
+root.Subcommands.Add(VerifyCommand.Create(RunnerRegistration.RegisterAll(ArtifactRunnerFactory.Default)));
 root.Subcommands.Add(ShardCommand.Create());
 return root.Parse(args).Invoke();

@@ -4,6 +4,8 @@ using Converter.Tools.Bench;
 var benches = new Dictionary<string, (string Help, Func<string[], int> Run)>
 {
     ["quantize"] = ("quantize fp8-block and bf16 on a synthetic checkpoint against cp of the output bytes", QuantizeBench.Run),
+    ["logfmt"] = ("LogFMT-n encode/decode and activation-format throughput against a memory copy", LogFmtBench.Run),
+    ["onnx"] = ("ONNX export time/RSS at DeepSeek-V3 shapes and ONNX Runtime tokens/s with top-k 2, 4, 8", OnnxBench.Run),
     ["verify"] = ("golden comparison (softmax/KL) throughput", VerifyBench.Run),
     ["shard"] = ("expert-parallel sharding of a synthetic checkpoint (contiguous, balanced +R) against cp of the output bytes", ShardBench.Run),
     ["fp8-codec"] = ("FP8 block quantize (bf16->fp8) and dequantize (fp8->bf16) of a 7168x2048 weight, 1 and 2 threads, against Span copy", Fp8CodecBench.Run),

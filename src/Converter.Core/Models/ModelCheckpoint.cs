@@ -1,3 +1,4 @@
+using Converter.Formats.CompressedTensors;
 using Converter.Formats.Safetensors;
 using Converter.Tensors;
 
@@ -16,13 +17,16 @@ public sealed class ModelCheckpoint : IDisposable
     public ModelArchitecture Architecture { get; }
     public SafetensorsCheckpoint Tensors { get; }
     public WeightLayout Layout { get; }
+    /// <summary>The compressed-tensors INT4 config when the checkpoint declares one (layout PackedInt4), else null.</summary>
+    public CompressedTensorsConfig? Int4Config { get; }
 
-    private ModelCheckpoint(string dir, ModelArchitecture arch, SafetensorsCheckpoint tensors, WeightLayout layout)
+    private ModelCheckpoint(string dir, ModelArchitecture arch, SafetensorsCheckpoint tensors, WeightLayout layout, CompressedTensorsConfig? int4)
     {
         Directory = dir;
         Architecture = arch;
         Tensors = tensors;
         Layout = layout;
+        Int4Config = int4;
     }
 
     public static ModelCheckpoint Open(string dir)
@@ -31,8 +35,11 @@ public sealed class ModelCheckpoint : IDisposable
         var st = SafetensorsCheckpoint.Open(dir);
         try
         {
-            var layout = Validate(arch, st);
-            return new ModelCheckpoint(dir, arch, st, layout);
+            var int4 = arch.Config.Root["quantization_config"] is System.Text.Json.Nodes.JsonObject q && CompressedTensorsConfig.IsCompressedTensors(q)
+                ? CompressedTensorsConfig.Parse(q, arch.Config.Path)
+                : null;
+            var layout = Validate(arch, st, int4);
+            return new ModelCheckpoint(dir, arch, st, layout, int4);
         }
         catch
         {
@@ -43,7 +50,7 @@ public sealed class ModelCheckpoint : IDisposable
 
     public static string ScaleName(string weightName) => weightName + "_scale_inv";
 
-    private static WeightLayout Validate(ModelArchitecture arch, SafetensorsCheckpoint st)
+    private static WeightLayout Validate(ModelArchitecture arch, SafetensorsCheckpoint st, CompressedTensorsConfig? int4)
     {
         var layout = WeightLayout.Dense;
         foreach (var name in st.Names)
@@ -56,8 +63,15 @@ public sealed class ModelCheckpoint : IDisposable
         {
             if (!st.Contains(t.Name))
             {
-                if (st.Contains(t.Name.Replace(".weight", ".weight_packed")))
+                if (st.Contains(PackQuantized.PartName(t.Name, PackQuantized.Packed)))
                 {
+                    if (int4 == null)
+                        throw new InvalidDataException($"{st.Directory}: '{t.Name}' is stored packed (weight_packed) but config.json has no compressed-tensors quantization_config");
+                    if (!t.Role.IsLinearWeight || t.Shape.Length != 2)
+                        throw new InvalidDataException($"{st.Directory}: '{t.Name}' is stored packed but is not a projection weight");
+                    if (int4.IsIgnored(t.Name[..^".weight".Length]))
+                        throw new InvalidDataException($"{st.Directory}: '{t.Name}' is stored packed but quantization_config.ignore lists it");
+                    PackQuantized.Validate(st, t.Name, t.Shape[0], t.Shape[1], int4.Scheme);
                     layout = WeightLayout.PackedInt4;
                     continue;
                 }
@@ -91,15 +105,26 @@ public sealed class ModelCheckpoint : IDisposable
             if (!st.Contains(weight) || st.Info(weight).DType != DType.F8_E4M3)
                 throw new InvalidDataException($"{st.Info(name).File}: scale '{name}' has no FP8 weight '{weight}'");
         }
+        foreach (var name in st.Names)
+        {
+            if (!PackQuantized.IsPart(name, out var weight) || name.EndsWith(".weight_scale_inv", StringComparison.Ordinal)) continue;
+            if (!st.Contains(PackQuantized.PartName(weight, PackQuantized.Packed)))
+                throw new InvalidDataException($"{st.Info(name).File}: '{name}' has no packed weight '{PackQuantized.PartName(weight, PackQuantized.Packed)}'");
+        }
         return layout;
     }
 
     /// <summary>True when the named weight is stored as FP8 e4m3 with a block scale.</summary>
     public bool IsFp8(string name) => Tensors.Contains(name) && Tensors.Info(name).DType == DType.F8_E4M3;
 
-    /// <summary>The logical float32 value of a tensor: FP8 weights dequantized with their 128x128 block scales.</summary>
+    /// <summary>True when the named weight is stored as compressed-tensors pack-quantized INT4.</summary>
+    public bool IsPackedInt4(string name) => Int4Config != null && !Tensors.Contains(name) && name.EndsWith(".weight", StringComparison.Ordinal)
+        && Tensors.Contains(PackQuantized.PartName(name, PackQuantized.Packed));
+
+    /// <summary>The logical float32 value of a tensor: packed INT4 weights dequantized ((q - zp) * scale), FP8 weights dequantized with their 128x128 block scales.</summary>
     public float[] ReadFloat32(string name)
     {
+        if (IsPackedInt4(name)) return PackQuantized.Dequantize(Tensors, name, Int4Config!.Scheme);
         using var t = Tensors.Read(name);
         if (t.Info.DType != DType.F8_E4M3) return TensorConvert.ToFloat32(t);
         using var s = Tensors.Read(ScaleName(name));

@@ -66,6 +66,12 @@ public static class ModelInspector
 
         var shards = ckpt.Tensors.Shards.Select(s => (Path.GetFileName(s.Path), s.Length, s.Tensors.Count)).ToList();
         var notes = new List<string>();
+        if (ckpt.Int4Config is { } ct)
+        {
+            int packed = arch.ExpectedTensors().Count(t => ckpt.IsPackedInt4(t.Name));
+            notes.Add($"INT4 compressed-tensors pack-quantized: group size {ct.GroupSize}, {(ct.Symmetric ? "symmetric" : "asymmetric")}, " +
+                $"targets [{string.Join(", ", ct.Targets)}], {packed} packed linear(s), {ct.Ignore.Count} ignore entr{(ct.Ignore.Count == 1 ? "y" : "ies")}");
+        }
         if (arch.NumMtpLayers > 0)
             notes.Add($"{arch.NumMtpLayers} multi-token-prediction layer(s) (layer {arch.NumLayers}..): kept in safetensors outputs, not part of the ONNX or GGUF main graph");
         return new InspectReport(ckpt.Directory, arch.ModelType, ckpt.Layout,

@@ -10,9 +10,13 @@ using Microsoft.Extensions.Logging;
 
 namespace Converter.Pipelines;
 
-public enum QuantizeScheme { Fp8Block, Bf16 }
+public enum QuantizeScheme { Fp8Block, Bf16, Int4 }
 
-public sealed record QuantizeOptions(QuantizeScheme Scheme, string Output, long MaxShardBytes = 5_000_000_000, bool Overwrite = false);
+public sealed record QuantizeOptions(QuantizeScheme Scheme, string Output, long MaxShardBytes = 5_000_000_000, bool Overwrite = false)
+{
+    /// <summary>Settings of <see cref="QuantizeScheme.Int4"/> (defaults when null).</summary>
+    public Int4Options? Int4 { get; init; }
+}
 
 public sealed record QuantizeResult(string Output, int Tensors, int Shards, long BytesWritten, TimeSpan Elapsed);
 
@@ -21,23 +25,32 @@ public sealed record QuantizeResult(string Output, int Tensors, int Shards, long
 /// to BF16 (what fp8_cast_bf16.py does, on CPU). Work proceeds in slabs of whole 128-row blocks, so memory
 /// stays bounded by a slab, whatever the tensor or checkpoint size.
 /// </summary>
-public static class QuantizePipeline
+public static partial class QuantizePipeline
 {
     /// <summary>Rows per slab: whole FP8 blocks, about 32 MB of source per slab for wide tensors.</summary>
     private static int SlabRows(int cols, int elementSize) =>
         Math.Max(128, (int)Math.Min(int.MaxValue, 32L * 1024 * 1024 / Math.Max(1, (long)cols * elementSize)) / 128 * 128);
 
-    private sealed record Job(string Source, TensorSpec Output, TensorSpec? Scale, Action<ModelCheckpoint, Job, Stream, SafetensorsWriter> Run);
+    private sealed record Job(string Source, TensorSpec Output, TensorSpec? Scale, Action<ModelCheckpoint, Job, Stream, SafetensorsWriter> Run)
+    {
+        /// <summary>Further tensors the job writes itself through the writer (INT4 parts), in plan order.</summary>
+        public IReadOnlyList<TensorSpec> Parts { get; init; } = [];
+        /// <summary>True when the job writes <see cref="Output"/> itself too (no stream is opened for it).</summary>
+        public bool WritesAll { get; init; }
+    }
 
     public static QuantizeResult Run(ModelCheckpoint src, QuantizeOptions options, ILogger log, IProgress<PipelineProgress>? progress = null)
     {
         var clock = Stopwatch.StartNew();
-        var jobs = Plan(src, options.Scheme);
+        Int4Context? int4 = options.Scheme == QuantizeScheme.Int4 ? Int4Context.Create(src, options.Int4 ?? new Int4Options(), log) : null;
+        using var int4Scope = int4;
+        var jobs = int4 != null ? PlanInt4(src, int4) : Plan(src, options.Scheme);
         var plan = new List<TensorSpec>();
         foreach (var j in jobs)
         {
             plan.Add(j.Output);
             if (j.Scale != null) plan.Add(j.Scale);
+            plan.AddRange(j.Parts);
         }
         log.LogInformation("{Scheme}: {Jobs} tensors from {Dir} ({Bytes:F2} GB) to {Out}",
             options.Scheme, plan.Count, src.Directory, src.Tensors.TotalBytes / 1e9, options.Output);
@@ -47,12 +60,13 @@ public static class QuantizePipeline
         for (int i = 0; i < jobs.Count; i++)
         {
             var job = jobs[i];
-            var stream = writer.BeginTensor(job.Output.Name, out _);
+            var stream = job.WritesAll ? Stream.Null : writer.BeginTensor(job.Output.Name, out _);
             job.Run(src, job, stream, writer);
-            bytes += job.Output.ByteLength + (job.Scale?.ByteLength ?? 0);
+            bytes += job.Output.ByteLength + (job.Scale?.ByteLength ?? 0) + job.Parts.Sum(p => p.ByteLength);
             progress?.Report(new PipelineProgress(i + 1, jobs.Count, bytes, job.Output.Name));
         }
-        WriteSideFiles(src, writer.StagingDirectory, options.Scheme);
+        WriteSideFiles(src, writer.StagingDirectory, options.Scheme, int4?.Config);
+        int4?.LogSummary();
         writer.Commit();
         log.LogInformation("wrote {Shards} shard(s), {Bytes:F2} GB in {Secs:F1} s", writer.ShardNames.Count, bytes / 1e9, clock.Elapsed.TotalSeconds);
         return new QuantizeResult(options.Output, plan.Count, writer.ShardNames.Count, bytes, clock.Elapsed);
@@ -181,10 +195,15 @@ public static class QuantizePipeline
     }
 
     /// <summary>config.json with the scheme's quantization_config, and every non-weight file copied as is.</summary>
-    private static void WriteSideFiles(ModelCheckpoint src, string staging, QuantizeScheme scheme)
+    private static void WriteSideFiles(ModelCheckpoint src, string staging, QuantizeScheme scheme, Formats.CompressedTensors.CompressedTensorsConfig? int4)
     {
         var config = (JsonObject)src.Architecture.Config.Root.DeepClone();
-        if (scheme == QuantizeScheme.Fp8Block)
+        if (int4 != null)
+        {
+            config["quantization_config"] = int4.ToJson();
+            config["torch_dtype"] = "bfloat16";
+        }
+        else if (scheme == QuantizeScheme.Fp8Block)
             config["quantization_config"] = new JsonObject
             {
                 ["activation_scheme"] = "dynamic",

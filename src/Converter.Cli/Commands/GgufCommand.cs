@@ -1,0 +1,52 @@
+using System.CommandLine;
+using Converter.Models;
+using Converter.Numerics.Ggml;
+using Converter.Pipelines;
+using Microsoft.Extensions.Logging;
+
+namespace Converter.Cli.Commands;
+
+public static class GgufCommand
+{
+    private static readonly Dictionary<string, GgmlType> Types = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["f32"] = GgmlType.F32, ["f16"] = GgmlType.F16, ["bf16"] = GgmlType.BF16, ["q8_0"] = GgmlType.Q8_0,
+        ["q4_0"] = GgmlType.Q4_0, ["q4_k"] = GgmlType.Q4_K, ["q5_k"] = GgmlType.Q5_K, ["q6_k"] = GgmlType.Q6_K,
+    };
+
+    public static Command Create()
+    {
+        var dir = new Argument<string>("model-dir") { Description = "Source model folder (BF16, F16, F32 or DeepSeek FP8 safetensors)" };
+        var output = new Option<string>("--output", "-o") { Description = "Output .gguf file (must not exist unless --overwrite)", Required = true };
+        var type = new Option<string>("--type")
+        {
+            Description = "ggml type of the weights (rows that are not whole blocks fall back to q8_0, then f16); norms, router and biases stay f32",
+            DefaultValueFactory = _ => "f16",
+        };
+        type.AcceptOnlyFromAmong([.. Types.Keys]);
+        var outputType = new Option<string?>("--output-type") { Description = "Type of output.weight (default: --type)" };
+        outputType.AcceptOnlyFromAmong([.. Types.Keys]);
+        var name = new Option<string?>("--name") { Description = "general.name (default: the folder name)" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output file if it exists" };
+        var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (deepseek2; ggml-exact quantizers; streaming, atomic)")
+        {
+            dir, output, type, outputType, name, overwrite,
+        };
+        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        {
+            var log = loggers.CreateLogger("gguf");
+            var options = new GgufExportOptions(
+                parse.GetValue(output)!,
+                Types[parse.GetValue(type)!],
+                parse.GetValue(outputType) is { } o ? Types[o] : null,
+                parse.GetValue(name),
+                parse.GetValue(overwrite));
+            using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);
+            var result = GgufExportPipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse));
+            log.LogInformation("done: {Tensors} tensors, {GB:F3} GB, {Secs:F2} s, peak RSS {Rss}",
+                result.Tensors, result.BytesWritten / 1e9, result.Elapsed.TotalSeconds, ProcessStats.PeakRssText());
+            return CommandRunner.Ok;
+        }));
+        return cmd;
+    }
+}

@@ -1,0 +1,182 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Text.Json.Nodes;
+using Converter.Formats.Safetensors;
+using Converter.Tensors;
+
+namespace Converter.Calibration;
+
+/// <summary>Which input of an expert a Hessian describes: gate_proj and up_proj read the same input.</summary>
+public enum ExpertInput { GateUp, Down }
+
+/// <summary>
+/// GPTQ's per-linear input statistics in a calibration folder: one file per MoE layer,
+/// <c>stats/hessian.layer{L}.safetensors</c>, holding
+/// <list type="bullet">
+/// <item><c>experts.{E}.gate_up</c> F32 [hidden, hidden]: mean of x x^T over the tokens routed to expert E (input of gate_proj and up_proj);</item>
+/// <item><c>experts.{E}.down</c> F32 [moe_intermediate, moe_intermediate]: the same over E's intermediate activations (input of down_proj);</item>
+/// <item><c>experts.tokens</c> I64 [n_routed_experts]: how many tokens each expert's Hessians average (0: the expert's tensors may be absent);</item>
+/// <item><c>pooled.gate_up</c> F32 [hidden, hidden]: mean over every token entering the layer's MoE.</item>
+/// </list>
+/// Hessians are means (X^T X / n): GPTQ's result does not depend on the overall scale, and means keep
+/// layers of different token counts comparable. calibration.json lists the files under extra.stats.hessian.
+/// </summary>
+public static class HessianStats
+{
+    public const string Folder = "stats";
+
+    public static string FileName(int layer) => $"hessian.layer{layer}.safetensors";
+
+    public static string ExpertName(int expert, ExpertInput input) => $"experts.{expert}.{(input == ExpertInput.GateUp ? "gate_up" : "down")}";
+
+    public const string TokensName = "experts.tokens", PooledGateUpName = "pooled.gate_up";
+
+    /// <summary>Writes one layer's file (atomically) and records it in the manifest's extra.stats.hessian list (call <see cref="CalibrationData.Save"/> after).</summary>
+    public static void WriteLayer(string calibrationDir, CalibrationData data, int layer, IReadOnlyList<HessianAccumulator?> gateUp,
+        IReadOnlyList<HessianAccumulator?> down, HessianAccumulator? pooledGateUp)
+    {
+        var dir = Path.Combine(calibrationDir, Folder);
+        Directory.CreateDirectory(dir);
+        var plan = new List<TensorSpec> { new(TokensName, DType.I64, [gateUp.Count]) };
+        var tokens = new long[gateUp.Count];
+        var writes = new List<(string, HessianAccumulator)>();
+        for (int e = 0; e < gateUp.Count; e++)
+        {
+            tokens[e] = gateUp[e]?.Count ?? 0;
+            if (gateUp[e] is { Count: > 0 } g) writes.Add((ExpertName(e, ExpertInput.GateUp), g));
+            if (down[e] is { Count: > 0 } d) writes.Add((ExpertName(e, ExpertInput.Down), d));
+        }
+        if (pooledGateUp is { Count: > 0 }) writes.Add((PooledGateUpName, pooledGateUp));
+        foreach (var (n, a) in writes) plan.Add(new TensorSpec(n, DType.F32, [a.K, a.K]));
+        var staging = Path.Combine(dir, $".layer{layer}");
+        using (var w = new SafetensorsWriter(staging, plan, long.MaxValue, overwrite: true))
+        {
+            w.Write(TokensName, MemoryMarshal.AsBytes(tokens.AsSpan()));
+            foreach (var (n, a) in writes) w.Write(n, MemoryMarshal.AsBytes(a.MeanF32().AsSpan()));
+            w.Commit();
+        }
+        File.Move(Path.Combine(staging, "model.safetensors"), Path.Combine(dir, FileName(layer)), overwrite: true);
+        Directory.Delete(staging, true);
+
+        var stats = data.Extra["stats"] as JsonObject ?? new JsonObject();
+        data.Extra["stats"] = stats;
+        var list = stats["hessian"] as JsonArray ?? new JsonArray();
+        stats["hessian"] = list;
+        var rel = Folder + "/" + FileName(layer);
+        if (!list.Any(n => n?.GetValue<string>() == rel)) list.Add(rel);
+    }
+
+    /// <summary>One layer's Hessians, opened on demand.</summary>
+    public sealed class LayerReader : IDisposable
+    {
+        private readonly SafetensorsFile _file;
+        public int Layer { get; }
+        public long[] Tokens { get; }
+
+        private LayerReader(SafetensorsFile file, int layer, long[] tokens)
+        {
+            _file = file;
+            Layer = layer;
+            Tokens = tokens;
+        }
+
+        /// <summary>Opens stats/hessian.layer{L}.safetensors, or returns null when the folder has none for this layer.</summary>
+        public static LayerReader? TryOpen(string calibrationDir, int layer, int experts)
+        {
+            var path = Path.Combine(calibrationDir, Folder, FileName(layer));
+            if (!File.Exists(path)) return null;
+            var f = SafetensorsFile.Open(path);
+            try
+            {
+                if (!f.Contains(TokensName)) throw new InvalidDataException($"{path}: tensor '{TokensName}' is missing");
+                var info = f.Info(TokensName);
+                if (info.DType != DType.I64 || info.Shape.Length != 1 || info.Shape[0] != experts)
+                    throw new InvalidDataException($"{path}: '{TokensName}' is {info.DType} {info.ShapeText}, expected I64 [{experts}]");
+                using var d = f.Read(info);
+                return new LayerReader(f, layer, d.As<long>().ToArray());
+            }
+            catch
+            {
+                f.Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>The Hessian named (an expert's or the pooled one) as float64 [k, k], or null when absent.</summary>
+        public double[]? Read(string name, int k)
+        {
+            if (!_file.Contains(name)) return null;
+            var info = _file.Info(name);
+            if (info.DType != DType.F32 || info.Shape.Length != 2 || info.Shape[0] != k || info.Shape[1] != k)
+                throw new InvalidDataException($"{_file.Path}: '{name}' is {info.DType} {info.ShapeText}, expected F32 [{k}, {k}]");
+            using var d = _file.Read(info);
+            var f = d.As<float>();
+            var h = new double[f.Length];
+            for (int i = 0; i < f.Length; i++) h[i] = f[i];
+            return h;
+        }
+
+        public void Dispose() => _file.Dispose();
+    }
+}
+
+/// <summary>Accumulates X^T X (float64) over rows of inputs x [k], for <see cref="HessianStats"/>.</summary>
+public sealed class HessianAccumulator
+{
+    public int K { get; }
+    public long Count { get; private set; }
+    private readonly double[] _sum;
+
+    public HessianAccumulator(int k)
+    {
+        K = k;
+        _sum = new double[(long)k * k];
+    }
+
+    /// <summary>Adds rows x (row-major [rows, k]), each with weight 1.</summary>
+    public void Add(ReadOnlySpan<float> x, int rows)
+    {
+        var xd = new double[K];
+        for (int r = 0; r < rows; r++)
+        {
+            var row = x.Slice(r * K, K);
+            for (int i = 0; i < K; i++) xd[i] = row[i];
+            for (int i = 0; i < K; i++)
+            {
+                double a = xd[i];
+                if (a == 0) continue;
+                var dst = _sum.AsSpan(i * K, i + 1); // lower triangle, mirrored in Mean
+                int j = 0;
+                if (Vector256.IsHardwareAccelerated)
+                {
+                    var va = Vector256.Create(a);
+                    ref double pd = ref MemoryMarshal.GetReference(dst);
+                    ref double px = ref xd[0];
+                    for (; j <= i + 1 - 4; j += 4)
+                        (Vector256.LoadUnsafe(ref pd, (nuint)j) + va * Vector256.LoadUnsafe(ref px, (nuint)j)).StoreUnsafe(ref pd, (nuint)j);
+                }
+                for (; j <= i; j++) dst[j] += a * xd[j];
+            }
+        }
+        Count += rows;
+    }
+
+    /// <summary>The mean X^T X / n as a full symmetric float64 matrix.</summary>
+    public double[] Mean()
+    {
+        var h = new double[_sum.Length];
+        double inv = Count == 0 ? 0 : 1.0 / Count;
+        for (int i = 0; i < K; i++)
+            for (int j = 0; j <= i; j++)
+                h[(long)i * K + j] = h[(long)j * K + i] = _sum[(long)i * K + j] * inv;
+        return h;
+    }
+
+    public float[] MeanF32()
+    {
+        var m = Mean();
+        var f = new float[m.Length];
+        for (int i = 0; i < m.Length; i++) f[i] = (float)m[i];
+        return f;
+    }
+}

@@ -1,0 +1,180 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Converter.Formats.Onnx.Proto;
+using Google.Protobuf;
+using DataType = Converter.Formats.Onnx.Proto.TensorProto.Types.DataType;
+
+namespace Converter.Formats.Onnx;
+
+/// <summary>
+/// Writes an ONNX model folder: <c>model.onnx</c> plus every initializer streamed, tensor by tensor, into
+/// <c>model.onnx.data</c> (TensorProto data_location EXTERNAL with location/offset/length, offsets aligned).
+/// Everything goes to a hidden temporary folder beside the destination and is renamed into place by
+/// <see cref="Commit"/>; disposing without committing deletes it, so a failed export leaves nothing behind.
+/// Memory use is whatever the caller holds for the tensor being written; the writer only buffers the stream.
+/// </summary>
+public sealed class OnnxExternalDataWriter : IDisposable
+{
+    public const string ModelFileName = "model.onnx";
+    public const string DataFileName = "model.onnx.data";
+
+    private readonly string _destination;
+    private readonly string _tempDir;
+    private readonly bool _overwrite;
+    private readonly int _alignment;
+    private readonly FileStream _data;
+    private readonly List<TensorProto> _initializers = new();
+    private readonly HashSet<string> _names = new(StringComparer.Ordinal);
+    private TensorSink? _open;
+    private bool _committed, _disposed;
+
+    public string Destination => _destination;
+    /// <summary>The folder being written; side files (config copies, notes) may be put here before commit.</summary>
+    public string StagingDirectory => _tempDir;
+    public IReadOnlyList<TensorProto> Initializers => _initializers;
+    public long DataBytes => _data.Length;
+
+    public OnnxExternalDataWriter(string destination, bool overwrite, int alignment = 64)
+    {
+        if (alignment <= 0 || (alignment & (alignment - 1)) != 0) throw new ArgumentException("alignment must be a power of two", nameof(alignment));
+        _destination = Path.GetFullPath(destination);
+        _overwrite = overwrite;
+        _alignment = alignment;
+        if (File.Exists(_destination)) throw new IOException($"{_destination}: a file is in the way of the output folder");
+        if (Directory.Exists(_destination) && !overwrite && Directory.EnumerateFileSystemEntries(_destination).Any())
+            throw new IOException($"{_destination}: output folder already exists and is not empty (use --overwrite to replace it)");
+        var parent = Path.GetDirectoryName(_destination)!;
+        Directory.CreateDirectory(parent);
+        _tempDir = Path.Combine(parent, $".{Path.GetFileName(_destination)}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(_tempDir);
+        _data = new FileStream(Path.Combine(_tempDir, DataFileName), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+    }
+
+    /// <summary>Writes a whole initializer at once.</summary>
+    public TensorProto Add(string name, DataType type, long[] dims, ReadOnlySpan<byte> bytes)
+    {
+        using var s = Begin(name, type, dims);
+        s.Write(bytes);
+        return s.Complete();
+    }
+
+    public TensorProto Add<T>(string name, DataType type, long[] dims, ReadOnlySpan<T> values) where T : unmanaged =>
+        Add(name, type, dims, MemoryMarshal.AsBytes(values));
+
+    /// <summary>Starts an initializer whose bytes arrive in pieces (e.g. expert by expert); one at a time.</summary>
+    public TensorSink Begin(string name, DataType type, long[] dims)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_committed) throw new InvalidOperationException("writer already committed");
+        if (_open != null) throw new InvalidOperationException($"initializer '{_open.Name}' is still being written");
+        if (!_names.Add(name)) throw new ArgumentException($"initializer '{name}' written twice");
+        long pad = (_alignment - _data.Position % _alignment) % _alignment;
+        for (long i = 0; i < pad; i++) _data.WriteByte(0);
+        _open = new TensorSink(this, name, type, dims, _data.Position, OnnxTensors.ByteLength(type, dims));
+        return _open;
+    }
+
+    private TensorProto Finish(TensorSink s)
+    {
+        long written = _data.Position - s.Offset;
+        if (written != s.ByteLength)
+            throw new InvalidOperationException($"initializer '{s.Name}': {written} bytes written, {s.ByteLength} expected for its shape");
+        var t = new TensorProto { Name = s.Name, DataType = (int)s.Type, DataLocation = TensorProto.Types.DataLocation.External };
+        t.Dims.AddRange(s.Dims);
+        t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = DataFileName });
+        t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = s.Offset.ToString(CultureInfo.InvariantCulture) });
+        t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = s.ByteLength.ToString(CultureInfo.InvariantCulture) });
+        _initializers.Add(t);
+        _open = null;
+        return t;
+    }
+
+    /// <summary>
+    /// Adds the written initializers to <paramref name="model"/>'s graph, writes model.onnx, and moves the
+    /// folder to the destination (replacing an existing one only when overwrite was allowed).
+    /// </summary>
+    public void Commit(ModelProto model)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_open != null) throw new InvalidOperationException($"initializer '{_open.Name}' was not completed");
+        model.Graph.Initializer.AddRange(_initializers);
+        _data.Flush(true);
+        _data.Dispose();
+        var modelPath = Path.Combine(_tempDir, ModelFileName);
+        using (var fs = new FileStream(modelPath, FileMode.CreateNew, FileAccess.Write))
+        {
+            model.WriteTo(fs);
+            fs.Flush(true);
+        }
+        string? backup = null;
+        if (Directory.Exists(_destination))
+        {
+            if (!_overwrite && Directory.EnumerateFileSystemEntries(_destination).Any())
+                throw new IOException($"{_destination}: output folder appeared during the export (use --overwrite to replace it)");
+            backup = _tempDir + ".old";
+            Directory.Move(_destination, backup);
+        }
+        Directory.Move(_tempDir, _destination);
+        if (backup != null) Directory.Delete(backup, true);
+        _committed = true;
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _data.Dispose();
+        if (!_committed && Directory.Exists(_tempDir))
+        {
+            try { Directory.Delete(_tempDir, true); } catch (IOException) { }
+        }
+    }
+
+    /// <summary>The open initializer: append its bytes in order, then <see cref="Complete"/>.</summary>
+    public sealed class TensorSink : IDisposable
+    {
+        private readonly OnnxExternalDataWriter _owner;
+        private TensorProto? _done;
+
+        public string Name { get; }
+        public DataType Type { get; }
+        public long[] Dims { get; }
+        public long Offset { get; }
+        public long ByteLength { get; }
+        public long Written => _owner._data.Position - Offset;
+
+        internal TensorSink(OnnxExternalDataWriter owner, string name, DataType type, long[] dims, long offset, long byteLength)
+        {
+            _owner = owner;
+            Name = name;
+            Type = type;
+            Dims = dims;
+            Offset = offset;
+            ByteLength = byteLength;
+        }
+
+        public void Write(ReadOnlySpan<byte> bytes)
+        {
+            if (_done != null) throw new InvalidOperationException($"initializer '{Name}' already completed");
+            if (Written + bytes.Length > ByteLength)
+                throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
+            _owner._data.Write(bytes);
+        }
+
+        /// <summary>Appends typed values; spans over 2 GiB of bytes are written in pieces.</summary>
+        public unsafe void Write<T>(ReadOnlySpan<T> values) where T : unmanaged
+        {
+            int chunk = (1 << 30) / sizeof(T);
+            for (int i = 0; i < values.Length; i += chunk)
+                Write(MemoryMarshal.AsBytes(values.Slice(i, Math.Min(chunk, values.Length - i))));
+        }
+
+        public TensorProto Complete() => _done ??= _owner.Finish(this);
+
+        /// <summary>Disposing an incomplete sink leaves the writer unusable for commit (the export failed).</summary>
+        public void Dispose()
+        {
+            if (_done == null && _owner._open == this) _owner._open = this; // stays open: Commit will refuse
+        }
+    }
+}

@@ -1,0 +1,174 @@
+using Converter.Formats.Onnx;
+using DataType = Converter.Formats.Onnx.Proto.TensorProto.Types.DataType;
+using static Converter.Formats.Onnx.OnnxAttr;
+
+namespace Converter.Models.DeepseekV3.Onnx;
+
+/// <summary>
+/// Bodies of the model-local functions (domain <c>converter.ai</c>). Each is generated for one config, so head
+/// counts and widths are constants in the body; weights come in as inputs (a body cannot see initializers).
+/// Layouts: hidden states [batch, seq, hidden]; inside a body tokens are flattened to [tokens, hidden] for Gemm
+/// against PyTorch-layout [out, in] weights.
+/// </summary>
+internal static class DeepseekV3OnnxFunctions
+{
+    public const string MlaName = "MLA", MoeName = "MoE", MlpName = "MLP", DequantName = "DequantizeFp8Block",
+        DequantCastName = "DequantizeFp8BlockCast";
+
+    /// <summary>
+    /// MLA, expanded form. Inputs: x, additive mask [b|1, 1, s, s], position_ids, cos, sin, then the projections
+    /// (q_a, q_a_norm, q_b or q), kv_a, kv_a_norm, kv_b, o. Rope runs interleaved on the rope slice of q and on
+    /// the single shared k_pe head, which is then broadcast to every head; the softmax scale carries YaRN's mscale².
+    /// </summary>
+    public static void Mla(OnnxModelBuilder model, DeepseekV3Config c)
+    {
+        var f = model.Function(DeepseekV3OnnxNames.Domain, MlaName);
+        f.DocString = "DeepSeek-V3 multi-head latent attention (expanded), causal, interleaved rope on the rope slice";
+        int nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, rope = c.QkRopeHeadDim, vd = c.VHeadDim, kvr = c.KvLoraRank, h = c.HiddenSize;
+        float eps = (float)c.RmsNormEps;
+        string x = f.Input("x"), mask = f.Input("mask"), pos = f.Input("position_ids"), cos = f.Input("cos"), sin = f.Input("sin");
+        string? qa = null, qaNorm = null, qb = null, qw = null;
+        if (c.QLoraRank != null)
+        {
+            qa = f.Input("q_a_proj"); qaNorm = f.Input("q_a_layernorm"); qb = f.Input("q_b_proj");
+        }
+        else
+        {
+            qw = f.Input("q_proj");
+        }
+        string kva = f.Input("kv_a_proj_with_mqa"), kvaNorm = f.Input("kv_a_layernorm"), kvb = f.Input("kv_b_proj"), o = f.Input("o_proj");
+
+        string bs = f.Shape(x, 0, 2);
+        string x2 = f.Reshape(x, -1, h);
+        string q = qw != null
+            ? f.Linear(x2, qw)
+            : f.Linear(f.Op("RMSNormalization", [f.Linear(x2, qa!), qaNorm!], Float("epsilon", eps), Int("axis", -1)), qb!);
+        string q4 = f.Transpose(f.Reshape(q, f.Concat(0, bs, f.ConstInt64(nh, nope + rope))), 0, 2, 1, 3); // [b, nh, s, qk]
+        var qParts = f.Split(q4, 3, nope, rope);
+        string qPe = f.Op("RotaryEmbedding", [qParts[1], cos, sin, pos], Int("interleaved", 1));
+
+        string ckv = f.Linear(x2, kva);
+        var kvParts = f.Split(ckv, 1, kvr, rope);
+        string cNorm = f.Op("RMSNormalization", [kvParts[0], kvaNorm], Float("epsilon", eps), Int("axis", -1));
+        string kv = f.Linear(cNorm, kvb);
+        string kv4 = f.Transpose(f.Reshape(kv, f.Concat(0, bs, f.ConstInt64(nh, nope + vd))), 0, 2, 1, 3); // [b, nh, s, nope+v]
+        var kvSplit = f.Split(kv4, 3, nope, vd);
+        string kPe = f.Transpose(f.Reshape(kvParts[1], f.Concat(0, bs, f.ConstInt64(1, rope))), 0, 2, 1, 3); // [b, 1, s, rope]
+        kPe = f.Op("RotaryEmbedding", [kPe, cos, sin, pos], Int("interleaved", 1));
+        string kPeAll = f.Op("Expand", [kPe, f.ConstInt64(1, nh, 1, 1)]);
+
+        string qFull = f.Concat(3, qParts[0], qPe);
+        string kFull = f.Concat(3, kvSplit[0], kPeAll);
+        // The 4-D (batch, heads, seq, head) layout: the 3-D one loses V's width inside a function body.
+        string attn = f.Op("Attention", [qFull, kFull, kvSplit[1], mask], Float("scale", (float)c.SoftmaxScale));
+        string merged = f.Reshape(f.Transpose(attn, 0, 2, 1, 3), -1, nh * vd);
+        string y = f.Reshape(f.Linear(merged, o), f.Shape(x));
+        f.Output(y);
+    }
+
+    /// <summary>silu(x Wg^T) * (x Wu^T) Wd^T on [tokens, hidden].</summary>
+    private static string SwiGlu(OnnxNodeBuilder f, string x2, string gate, string up, string down)
+    {
+        string g = f.Linear(x2, gate);
+        string act = f.Mul(g, f.Op("Sigmoid", [g]));
+        return f.Linear(f.Mul(act, f.Linear(x2, up)), down);
+    }
+
+    /// <summary>Dense MLP (first_k_dense_replace layers): inputs x, gate, up, down.</summary>
+    public static void Mlp(OnnxModelBuilder model, DeepseekV3Config c)
+    {
+        var f = model.Function(DeepseekV3OnnxNames.Domain, MlpName);
+        f.DocString = "SwiGLU MLP";
+        string x = f.Input("x"), gate = f.Input("gate_proj"), up = f.Input("up_proj"), down = f.Input("down_proj");
+        string x2 = f.Reshape(x, -1, c.HiddenSize);
+        f.Output(f.Reshape(SwiGlu(f, x2, gate, up, down), f.Shape(x)));
+    }
+
+    /// <summary>
+    /// DeepSeek-V3 MoE. Inputs: x, router weight [E, hidden], e_score_correction_bias [E], fc1 [E, 2I, hidden]
+    /// (gate and up rows interleaved), fc2 [E, hidden, I], then shared gate/up/down when the config has shared
+    /// experts. Outputs: y, top-k expert ids [tokens, k] (int64).
+    /// Routing as transformers: sigmoid scores; bias added for selection only; groups scored by their top-2
+    /// sum; experts outside the top groups set to 0; top-k; weights = unbiased scores (normalised when
+    /// norm_topk_prob) times routed_scaling_factor. Experts run sparsely in com.microsoft.MoE: the exact weights
+    /// go in as log(w) over -inf so its softmax returns w / sum(w), and the output is multiplied by sum(w).
+    /// </summary>
+    public static void Moe(OnnxModelBuilder model, DeepseekV3Config c)
+    {
+        model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
+        var f = model.Function(DeepseekV3OnnxNames.Domain, MoeName);
+        f.DocString = "DeepSeek-V3 sigmoid group-limited top-k routing over com.microsoft.MoE, plus shared experts";
+        int e = c.NRoutedExperts, g = c.NGroup, perGroup = e / g, k = c.NumExpertsPerTok, h = c.HiddenSize;
+        string x = f.Input("x"), router = f.Input("gate"), bias = f.Input("e_score_correction_bias");
+        string fc1 = f.Input("fc1"), fc2 = f.Input("fc2");
+        string? sg = null, su = null, sd = null;
+        if (c.NSharedExperts > 0)
+        {
+            sg = f.Input("shared_gate_proj"); su = f.Input("shared_up_proj"); sd = f.Input("shared_down_proj");
+        }
+
+        string x2 = f.Reshape(x, -1, h);
+        string scores = f.Op("Sigmoid", [f.Linear(x2, router)]);                 // [t, E]
+        string choice = f.Add(scores, bias);
+        string grouped = f.Reshape(choice, -1, g, perGroup);
+        string top2 = f.Op("TopK", [grouped, f.ConstInt64(Math.Min(2, perGroup))], 2, "", Int("axis", -1))[0];
+        string groupScores = f.Op("ReduceSum", [top2, f.ConstInt64(-1)], Int("keepdims", 0)); // [t, G]
+        string groupIdx = f.Op("TopK", [groupScores, f.ConstInt64(c.TopkGroup)], 2, "", Int("axis", -1))[1];
+        string zeros = f.Mul(groupScores, f.ScalarFloat(0f));
+        string ones = f.Op("ConstantOfShape", [f.Shape(groupIdx)], Tensor("value", OnnxTensors.Float("", [1], 1f)));
+        string groupMask = f.Op("ScatterElements", [zeros, groupIdx, ones], Int("axis", 1));
+        string expertMask = f.Reshape(f.Op("Expand", [f.Unsqueeze(groupMask, 2), f.ConstInt64(1, 1, perGroup)]), -1, e);
+        string masked = f.Op("Where", [f.Cast(expertMask, DataType.Bool), choice, f.ScalarFloat(0f)]);
+        string topIdx = f.Op("TopK", [masked, f.ConstInt64(k)], 2, "", Int("axis", -1))[1]; // [t, k]
+        string w = f.Op("GatherElements", [scores, topIdx], Int("axis", 1));
+        if (c.NormTopkProb)
+            w = f.Op("Div", [w, f.Add(f.Op("ReduceSum", [w, f.ConstInt64(1)], Int("keepdims", 1)), f.ScalarFloat(1e-20f))]);
+        w = f.Mul(w, f.ScalarFloat((float)c.RoutedScalingFactor));
+        string wSum = f.Op("ReduceSum", [w, f.ConstInt64(1)], Int("keepdims", 1)); // [t, 1]
+        string negInf = f.Op("Expand", [f.ScalarFloat(float.NegativeInfinity), f.Shape(scores)]);
+        string routerProbs = f.Op("ScatterElements", [negInf, topIdx, f.Op("Log", [w])], Int("axis", 1));
+        string experts = f.Op("MoE", [x2, routerProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
+            Int("k", k), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+            Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
+        string y = f.Mul(experts, wSum);
+        if (sg != null) y = f.Add(y, SwiGlu(f, x2, sg, su!, sd!));
+        f.Output(f.Reshape(y, f.Shape(x)));
+        f.Output(topIdx);
+    }
+
+    /// <summary>
+    /// float = e4m3 codes * scale for DeepSeek's 128x128 blocks, any leading dims: the scale [..., R, C] is
+    /// repeated 128 times along rows (trimmed to the weight's rows) and DequantizeLinear runs blocked along the
+    /// last axis with block 128 (ONNX blocking is one-dimensional).
+    /// </summary>
+    public static void DequantizeFp8Block(OnnxModelBuilder model)
+    {
+        var f = model.Function(DeepseekV3OnnxNames.Domain, DequantName);
+        f.DocString = "DeepSeek FP8 128x128 block dequantization";
+        string w = f.Input("w"), s = f.Input("scale_inv");
+        string rep = f.Op("Expand", [f.Unsqueeze(s, -2), f.ConstInt64(128, 1)]);           // [..., R, 128, C]
+        string shape = f.Concat(0, f.Shape(s, 0, -2), f.ConstInt64(-1), f.Shape(s, -1));
+        string rows = f.Shape(w, -2, -1);
+        string full = f.Op("Slice", [f.Reshape(rep, shape), f.ConstInt64(0), rows, f.ConstInt64(-2)]);
+        f.Output(f.Op("DequantizeLinear", [w, full], Int("axis", -1), Int("block_size", 128)));
+    }
+
+    /// <summary>
+    /// The same dequantization for weights whose column count is a multiple of 128, as Cast + Mul: codes viewed as
+    /// [..., N, C, 128] times the row-repeated scale [..., N, C, 1]; the values are identical (code * scale in
+    /// float32). Unlike DequantizeLinear, ONNX Runtime constant-folds this at load (fast runs, fp32 memory).
+    /// </summary>
+    public static void DequantizeFp8BlockCast(OnnxModelBuilder model)
+    {
+        var f = model.Function(DeepseekV3OnnxNames.Domain, DequantCastName);
+        f.DocString = "DeepSeek FP8 128x128 block dequantization (columns a multiple of 128)";
+        string w = f.Input("w"), s = f.Input("scale_inv");
+        string rep = f.Op("Expand", [f.Unsqueeze(s, -2), f.ConstInt64(128, 1)]);           // [..., R, 128, C]
+        string shape = f.Concat(0, f.Shape(s, 0, -2), f.ConstInt64(-1), f.Shape(s, -1));
+        string rows = f.Shape(w, -2, -1);
+        string full = f.Op("Slice", [f.Reshape(rep, shape), f.ConstInt64(0), rows, f.ConstInt64(-2)]); // [..., N, C]
+        string wShape = f.Shape(w);
+        string blocks = f.Reshape(f.Cast(w, DataType.Float), f.Concat(0, f.Shape(w, 0, -1), f.ConstInt64(-1, 128)));
+        f.Output(f.Reshape(f.Mul(blocks, f.Unsqueeze(full, -1)), wShape));
+    }
+}

@@ -1,0 +1,211 @@
+using Converter.Formats.Onnx;
+using Converter.Formats.Onnx.Proto;
+using DataType = Converter.Formats.Onnx.Proto.TensorProto.Types.DataType;
+using static Converter.Formats.Onnx.OnnxAttr;
+using N = Converter.Models.DeepseekV3.Onnx.DeepseekV3OnnxNames;
+
+namespace Converter.Models.DeepseekV3.Onnx;
+
+/// <summary>Where an initializer's bytes come from.</summary>
+public enum InitializerSource
+{
+    /// <summary>One checkpoint tensor as float32 (FP8 sources dequantized).</summary>
+    Float32,
+    /// <summary>Routed experts' gate and up stacked [E, 2I, hidden] with rows interleaved (gate i, up i).</summary>
+    StackedFc1Float32,
+    /// <summary>Routed experts' down projections stacked [E, hidden, I].</summary>
+    StackedFloat32,
+    /// <summary>e4m3 codes of one weight or of experts stacked: copied from an FP8 source or quantized.</summary>
+    Fp8Codes,
+    /// <summary>The block scales belonging to the preceding <see cref="Fp8Codes"/> initializer.</summary>
+    Fp8Scales,
+    /// <summary>Values computed at export (rope tables).</summary>
+    Computed,
+}
+
+/// <summary>One initializer of the exported model: its name, type, shape and source tensors.</summary>
+public sealed record OnnxInitializerPlan(string Name, DataType Type, long[] Dims, InitializerSource Source,
+    string[] Tensors, float[]? Values = null)
+{
+    public long ByteLength => OnnxTensors.ByteLength(Type, Dims);
+}
+
+/// <summary>The graph (no initializer data yet) and the ordered list of initializers to stream into it.</summary>
+public sealed record DeepseekV3OnnxExport(ModelProto Model, IReadOnlyList<OnnxInitializerPlan> Initializers,
+    IReadOnlyList<string> HiddenStateOutputs, IReadOnlyList<string> RoutingOutputs);
+
+/// <summary>
+/// Builds the deepseek_v3 forward graph: embedding, per layer RMSNorm + MLA + residual, RMSNorm + MoE/MLP +
+/// residual, final norm, lm_head. Inputs input_ids (and optionally attention_mask, position_ids) int64
+/// [batch, sequence]; output logits float32 [batch, sequence, vocab]. The MTP layers are not part of it.
+/// </summary>
+public static class DeepseekV3OnnxGraph
+{
+    public static DeepseekV3OnnxExport Build(DeepseekV3Config c, DeepseekV3OnnxOptions options)
+    {
+        bool fp8 = options.Weights == OnnxWeightFormat.Fp8;
+        var model = new OnnxModelBuilder { DocString = $"deepseek_v3 ({c.NumHiddenLayers} layers) exported by converter, weights {options.Weights}" };
+        model.Import(N.Domain, 1);
+        DeepseekV3OnnxFunctions.Mla(model, c);
+        if (c.FirstKDenseReplace > 0 || Enumerable.Range(0, c.NumHiddenLayers).Any(l => !c.IsMoeLayer(l))) DeepseekV3OnnxFunctions.Mlp(model, c);
+        if (Enumerable.Range(0, c.NumHiddenLayers).Any(c.IsMoeLayer)) DeepseekV3OnnxFunctions.Moe(model, c);
+        if (fp8)
+        {
+            DeepseekV3OnnxFunctions.DequantizeFp8Block(model);
+            if (options.Fp8CastDequantize) DeepseekV3OnnxFunctions.DequantizeFp8BlockCast(model);
+        }
+        string DequantFor(long cols) => options.Fp8CastDequantize && cols % 128 == 0 ? DeepseekV3OnnxFunctions.DequantCastName : DeepseekV3OnnxFunctions.DequantName;
+
+        var g = new OnnxGraphBuilder("deepseek_v3");
+        var plan = new List<OnnxInitializerPlan>();
+        long h = c.HiddenSize, v = c.VocabSize;
+
+        string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null)
+        {
+            plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values));
+            return g.Initializer(name);
+        }
+        string Plain(string name, params long[] dims) => Init(name, DataType.Float, dims, InitializerSource.Float32, [name]);
+        // A projection weight [out, in] as float32 for the function bodies (dequantized in the graph for fp8).
+        string Linear(string name, long rows, long cols)
+        {
+            if (!fp8) return Plain(name, rows, cols);
+            string w = Init(name, DataType.Float8E4M3Fn, [rows, cols], InitializerSource.Fp8Codes, [name]);
+            string s = Init(name + "_scale_inv", DataType.Float, [(rows + 127) / 128, (cols + 127) / 128], InitializerSource.Fp8Scales, [name]);
+            return g.Op(DequantFor(cols), [w, s], 1, N.Domain)[0];
+        }
+        string DequantStacked(string name, string[] tensors, long e, long rows, long cols)
+        {
+            string w = Init(name, DataType.Float8E4M3Fn, [e, rows, cols], InitializerSource.Fp8Codes, tensors);
+            string s = Init(name + "_scale_inv", DataType.Float, [e, (rows + 127) / 128, (cols + 127) / 128], InitializerSource.Fp8Scales, tensors);
+            return g.Op(DequantFor(cols), [w, s], 1, N.Domain)[0];
+        }
+
+        // Inputs, embedding, mask, positions.
+        string ids = g.Input(N.InputIds, DataType.Int64, "batch", "sequence");
+        string? attentionMask = options.AttentionMaskInput ? g.Input(N.AttentionMask, DataType.Int64, "batch", "sequence") : null;
+        string? positionIds = options.PositionIdsInput ? g.Input(N.PositionIds, DataType.Int64, "batch", "sequence") : null;
+        string embed = Plain("model.embed_tokens.weight", v, h);
+        string hidden = g.Reserve(N.Embedding);
+        g.OpNamed("Gather", [embed, ids], [hidden]);
+
+        string seq = g.Reshape(g.Shape(ids, 1, 2), g.ConstInt64());
+        string range = g.Op("Range", [g.ScalarInt64(0), seq, g.ScalarInt64(1)]);
+        string causal = g.Op("LessOrEqual", [g.Unsqueeze(range, 0), g.Unsqueeze(range, 1)]);   // [s, s]: key <= query
+        string allowed = attentionMask == null
+            ? g.Unsqueeze(causal, 0, 1)
+            : g.Op("And", [causal, g.Unsqueeze(g.Cast(attentionMask, DataType.Bool), 1, 2)]);  // [b, 1, s, s]
+        // A large finite bias (not -inf) keeps fully padded rows finite.
+        string mask = g.Op("Where", [allowed, g.ScalarFloat(0f), g.ScalarFloat(-1e9f)]);
+        string positions = positionIds ?? g.Op("Expand", [g.Unsqueeze(range, 0), g.Shape(ids)]);
+
+        int maxPos = c.MaxPositionEmbeddings;
+        var (cosT, sinT) = DeepseekV3Rope.Tables(c, maxPos);
+        long half = c.QkRopeHeadDim / 2;
+        string cos = Init("rope.cos_cache", DataType.Float, [maxPos, half], InitializerSource.Computed, [], cosT);
+        string sin = Init("rope.sin_cache", DataType.Float, [maxPos, half], InitializerSource.Computed, [], sinT);
+
+        float eps = (float)c.RmsNormEps;
+        var hiddenOutputs = new List<string> { N.Embedding };
+        var routingOutputs = new List<string>();
+        for (int layer = 0; layer < c.NumHiddenLayers; layer++)
+        {
+            string p = $"model.layers.{layer}.";
+            string RmsNorm(string x, string weight, long dim) =>
+                g.Op("RMSNormalization", [x, Plain(weight, dim)], Float("epsilon", eps), Int("axis", -1));
+
+            string xn = RmsNorm(hidden, p + "input_layernorm.weight", h);
+            var mlaInputs = new List<string> { xn, mask, positions, cos, sin };
+            string a = p + "self_attn.";
+            long nh = c.NumAttentionHeads;
+            if (c.QLoraRank is { } q)
+            {
+                mlaInputs.Add(Linear(a + "q_a_proj.weight", q, h));
+                mlaInputs.Add(Plain(a + "q_a_layernorm.weight", q));
+                mlaInputs.Add(Linear(a + "q_b_proj.weight", nh * c.QkHeadDim, q));
+            }
+            else
+            {
+                mlaInputs.Add(Linear(a + "q_proj.weight", nh * c.QkHeadDim, h));
+            }
+            mlaInputs.Add(Linear(a + "kv_a_proj_with_mqa.weight", c.KvLoraRank + c.QkRopeHeadDim, h));
+            mlaInputs.Add(Plain(a + "kv_a_layernorm.weight", c.KvLoraRank));
+            mlaInputs.Add(Linear(a + "kv_b_proj.weight", nh * (c.QkNopeHeadDim + c.VHeadDim), c.KvLoraRank));
+            mlaInputs.Add(Linear(a + "o_proj.weight", h, nh * c.VHeadDim));
+            string attn = g.Fresh($"layer{layer}.attn");
+            g.OpNamed(DeepseekV3OnnxFunctions.MlaName, mlaInputs, [attn], N.Domain);
+            hidden = g.Add(hidden, attn);
+
+            string xn2 = RmsNorm(hidden, p + "post_attention_layernorm.weight", h);
+            string mlpOut = g.Fresh($"layer{layer}.mlp");
+            if (c.IsMoeLayer(layer))
+            {
+                long e = c.NRoutedExperts, mi = c.MoeIntermediateSize;
+                string m = p + "mlp.";
+                string router = Plain(m + "gate.weight", e, h);
+                string bias = c.TopkMethod == "noaux_tc"
+                    ? Plain(m + "gate.e_score_correction_bias", e)
+                    : g.ConstFloat([e], new float[e]);
+                string[] Experts(string part) => Enumerable.Range(0, (int)e).Select(i => $"{m}experts.{i}.{part}.weight").ToArray();
+                string fc1, fc2;
+                if (fp8)
+                {
+                    string gate = DequantStacked(m + "experts.gate_proj.weight", Experts("gate_proj"), e, mi, h);
+                    string up = DequantStacked(m + "experts.up_proj.weight", Experts("up_proj"), e, mi, h);
+                    // Interleave rows (gate i, up i): com.microsoft.MoE's swiglu_fusion=1 layout.
+                    fc1 = g.Reshape(g.Concat(2, g.Unsqueeze(gate, 2), g.Unsqueeze(up, 2)), e, 2 * mi, h);
+                    fc2 = DequantStacked(m + "experts.down_proj.weight", Experts("down_proj"), e, h, mi);
+                }
+                else
+                {
+                    fc1 = Init(m + "experts.fc1.weight", DataType.Float, [e, 2 * mi, h], InitializerSource.StackedFc1Float32,
+                        [.. Experts("gate_proj"), .. Experts("up_proj")]);
+                    fc2 = Init(m + "experts.fc2.weight", DataType.Float, [e, h, mi], InitializerSource.StackedFloat32, Experts("down_proj"));
+                }
+                var moeInputs = new List<string> { xn2, router, bias, fc1, fc2 };
+                if (c.NSharedExperts > 0)
+                {
+                    long si = mi * c.NSharedExperts;
+                    moeInputs.Add(Linear(m + "shared_experts.gate_proj.weight", si, h));
+                    moeInputs.Add(Linear(m + "shared_experts.up_proj.weight", si, h));
+                    moeInputs.Add(Linear(m + "shared_experts.down_proj.weight", h, si));
+                }
+                string route = g.Reserve(N.Routing(layer));
+                g.OpNamed(DeepseekV3OnnxFunctions.MoeName, moeInputs, [mlpOut, route], N.Domain);
+                routingOutputs.Add(route);
+            }
+            else
+            {
+                long inter = c.IntermediateSize;
+                g.OpNamed(DeepseekV3OnnxFunctions.MlpName,
+                    [xn2, Linear(p + "mlp.gate_proj.weight", inter, h), Linear(p + "mlp.up_proj.weight", inter, h), Linear(p + "mlp.down_proj.weight", h, inter)],
+                    [mlpOut], N.Domain);
+            }
+            string layerOut = g.Reserve(N.Layer(layer));
+            g.OpNamed("Add", [hidden, mlpOut], [layerOut]);
+            hidden = layerOut;
+            if (layer < c.NumHiddenLayers - 1) hiddenOutputs.Add(layerOut);
+        }
+
+        string final = g.Reserve(N.FinalNorm);
+        g.OpNamed("RMSNormalization", [hidden, Plain("model.norm.weight", h)], [final], "", Float("epsilon", eps), Int("axis", -1));
+        hiddenOutputs.Add(final);
+        string lmHead = Plain("lm_head.weight", v, h);
+        string flatLogits = g.Linear(g.Reshape(final, -1, h), lmHead);
+        g.OpNamed("Reshape", [flatLogits, g.Concat(0, g.Shape(ids), g.ConstInt64(v))], [N.Logits]);
+        g.Output(N.Logits, DataType.Float, "batch", "sequence", v);
+
+        if (options.DiagnosticOutputs)
+        {
+            foreach (var name in hiddenOutputs) g.Output(name, DataType.Float, "batch", "sequence", h);
+            if (!hiddenOutputs.Contains(N.Layer(c.NumHiddenLayers - 1))) g.Output(N.Layer(c.NumHiddenLayers - 1), DataType.Float, "batch", "sequence", h);
+            foreach (var name in routingOutputs) g.Output(name, DataType.Int64, null, c.NumExpertsPerTok);
+        }
+
+        model.Metadata[N.HiddenStatesKey] = string.Join(",", hiddenOutputs);
+        model.Metadata[N.RoutingKey] = string.Join(",", routingOutputs);
+        model.Metadata["converter.model_type"] = "deepseek_v3";
+        model.Metadata["converter.weights"] = options.Weights.ToString().ToLowerInvariant();
+        return new DeepseekV3OnnxExport(model.Build(g), plan, hiddenOutputs, routingOutputs);
+    }
+}

@@ -1,0 +1,45 @@
+namespace Converter.Models.DeepseekV3.Onnx;
+
+/// <summary>How projection weights are stored in the ONNX file.</summary>
+public enum OnnxWeightFormat
+{
+    /// <summary>float32 initializers.</summary>
+    Fp32,
+    /// <summary>float8e4m3fn initializers with DeepSeek's 128x128 block scales, dequantized in the graph.</summary>
+    Fp8,
+}
+
+/// <summary>Choices for the exported graph.</summary>
+/// <param name="Weights">fp32 or fp8 projection weights.</param>
+/// <param name="AttentionMaskInput">Declare an <c>attention_mask</c> int64 [batch, sequence] input (Optimum convention).</param>
+/// <param name="PositionIdsInput">Declare a <c>position_ids</c> int64 [batch, sequence] input.</param>
+/// <param name="DiagnosticOutputs">Also output every hidden state and each MoE layer's top-k expert ids.</param>
+/// <param name="Fp8CastDequantize">fp8 only: dequantize weights whose column count is a multiple of 128 with
+/// Cast + Mul instead of blocked DequantizeLinear. Same values; ONNX Runtime constant-folds Cast + Mul at load, so
+/// the session runs at fp32 speed but holds fp32 weights (at real DeepSeek shapes, 2 layers / 16 experts, loading
+/// peaked at ~24 GB). Off by default: DequantizeLinear is not folded, keeps memory low and is slower per run.</param>
+public sealed record DeepseekV3OnnxOptions(
+    OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
+    bool AttentionMaskInput = true,
+    bool PositionIdsInput = true,
+    bool DiagnosticOutputs = false,
+    bool Fp8CastDequantize = false);
+
+/// <summary>Stable value names of the exported graph (diagnostic outputs refer to them).</summary>
+public static class DeepseekV3OnnxNames
+{
+    public const string Domain = "converter.ai";
+    public const string InputIds = "input_ids";
+    public const string AttentionMask = "attention_mask";
+    public const string PositionIds = "position_ids";
+    public const string Logits = "logits";
+    public const string Embedding = "hidden.embed";
+    public const string FinalNorm = "hidden.final_norm";
+    public static string Layer(int layer) => $"hidden.layer.{layer}";
+    public static string Routing(int layer) => $"routing.layer.{layer}.topk";
+
+    /// <summary>Model metadata key: comma-separated hidden-state values (embedding, layers 0..L-2, final norm).</summary>
+    public const string HiddenStatesKey = "converter.hidden_states";
+    /// <summary>Model metadata key: comma-separated top-k expert-id values, one per MoE layer in order.</summary>
+    public const string RoutingKey = "converter.routing";
+}

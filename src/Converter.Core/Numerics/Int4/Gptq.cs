@@ -1,0 +1,178 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
+namespace Converter.Numerics.Int4;
+
+/// <summary>GPTQ settings: dampening as a fraction of the mean Hessian diagonal, lazy-update block width,
+/// activation order, and the clipping search used when a group's scale is chosen.</summary>
+public sealed record GptqOptions(double PercDamp = 0.01, int BlockSize = 128, bool ActOrder = false)
+{
+    public Int4ClipSearch Clip { get; init; } = Int4ClipSearch.Default;
+}
+
+/// <summary>A Hessian prepared for GPTQ (shared by every weight that reads the same input, e.g. gate_proj and up_proj).</summary>
+public sealed class GptqFactor
+{
+    public required int K { get; init; }
+    /// <summary>Upper Cholesky factor of the (permuted, dampened) inverse Hessian, [K, K] row-major.</summary>
+    public required float[] U { get; init; }
+    /// <summary>Processing order: column p of the factor is input column Perm[p] (identity without act-order).</summary>
+    public required int[] Perm { get; init; }
+    public required bool[] Dead { get; init; }
+    public required bool ActOrder { get; init; }
+
+    public static GptqFactor Create(ReadOnlySpan<double> hessian, int k, GptqOptions options, int maxThreads = -1)
+    {
+        var perm = new int[k];
+        for (int i = 0; i < k; i++) perm[i] = i;
+        double[] h;
+        if (options.ActOrder)
+        {
+            var diag = new double[k];
+            for (int i = 0; i < k; i++) diag[i] = hessian[i * k + i];
+            // Descending diagonal, stable: the columns with the largest input energy are quantized first.
+            perm = Enumerable.Range(0, k).OrderBy(i => -diag[i]).ThenBy(i => i).ToArray();
+            h = new double[(long)k * k];
+            for (int i = 0; i < k; i++)
+                for (int j = 0; j < k; j++) h[(long)i * k + j] = hessian[perm[i] * k + perm[j]];
+        }
+        else h = hessian.ToArray();
+        var u = HessianFactor.InverseCholeskyUpper(h, k, options.PercDamp, out var deadPermuted, maxThreads);
+        var dead = new bool[k];
+        for (int p = 0; p < k; p++) dead[perm[p]] = deadPermuted[p];
+        return new GptqFactor { K = k, U = u, Perm = perm, Dead = dead, ActOrder = options.ActOrder };
+    }
+}
+
+/// <summary>
+/// GPTQ (Frantar et al. 2022) for INT4 groups along K. Columns are quantized in order (or in activation
+/// order), each column's error divided by the factor's diagonal is spread over the columns not yet quantized,
+/// within a block of <see cref="GptqOptions.BlockSize"/> columns at once and to the rest lazily at block end.
+/// Rows are independent given the factor, so tiles of rows run in parallel.
+/// Group scales: without act-order a group's scale is chosen from the updated weights when the algorithm
+/// reaches its first column; with act-order ("static groups") every group's scale is chosen up front from the
+/// original weights, so groups stay contiguous in the stored layout and no g_idx is needed.
+/// Dead inputs (zero Hessian diagonal) get weight 0, as the reference implementation does.
+/// </summary>
+public static class Gptq
+{
+    private const int RowTile = 16;
+
+    public static Int4Weight Quantize(ReadOnlySpan<float> weight, int rows, int cols, ReadOnlySpan<double> hessian, Int4Scheme scheme,
+        GptqOptions options, int maxThreads = -1, string tensor = "weight")
+    {
+        scheme.CheckShape(rows, cols, tensor);
+        if (hessian.Length != (long)cols * cols)
+            throw new InvalidDataException($"tensor '{tensor}': Hessian has {hessian.Length} values, expected [{cols}, {cols}]");
+        return Quantize(weight, rows, cols, GptqFactor.Create(hessian, cols, options, maxThreads), scheme, options, maxThreads, tensor);
+    }
+
+    public static Int4Weight Quantize(ReadOnlySpan<float> weight, int rows, int cols, GptqFactor factor, Int4Scheme scheme,
+        GptqOptions options, int maxThreads = -1, string tensor = "weight")
+    {
+        scheme.CheckShape(rows, cols, tensor);
+        if (factor.K != cols) throw new InvalidDataException($"tensor '{tensor}': Hessian is [{factor.K}, {factor.K}], weight has {cols} inputs");
+        if (options.BlockSize % scheme.GroupSize != 0)
+            throw new ArgumentException($"GPTQ block size {options.BlockSize} must be a multiple of the group size {scheme.GroupSize}");
+        var result = Int4Weight.Allocate(rows, cols, scheme);
+        int tiles = (rows + RowTile - 1) / RowTile;
+        unsafe
+        {
+            fixed (float* p = weight)
+            {
+                var w = (nint)p;
+                Parallel.For(0, tiles, new ParallelOptions { MaxDegreeOfParallelism = maxThreads }, t =>
+                {
+                    int r0 = t * RowTile, n = Math.Min(RowTile, rows - r0);
+                    QuantizeTile(new ReadOnlySpan<float>((float*)w + (long)r0 * cols, n * cols), r0, n, cols, factor, scheme, options, result);
+                });
+            }
+        }
+        return result;
+    }
+
+    private static void QuantizeTile(ReadOnlySpan<float> src, int r0, int n, int k, GptqFactor f, Int4Scheme scheme, GptqOptions o, Int4Weight res)
+    {
+        int g = scheme.GroupSize, groups = k / g, bs = o.BlockSize;
+        var w = new float[n * k];
+        var err = new float[n * bs];
+        var scratch = new sbyte[g];
+        var scale = new float[n * groups];
+        var zero = new float[n * groups];
+        // Working copy in processing order, dead inputs zeroed.
+        for (int r = 0; r < n; r++)
+            for (int p = 0; p < k; p++)
+            {
+                int c = f.Perm[p];
+                w[r * k + p] = f.Dead[c] ? 0f : src[r * k + c];
+            }
+        if (f.ActOrder)
+        {
+            var orig = new float[k];
+            for (int r = 0; r < n; r++)
+            {
+                for (int c = 0; c < k; c++) orig[c] = f.Dead[c] ? 0f : src[r * k + c];
+                for (int gi = 0; gi < groups; gi++)
+                    SetGroup(orig.AsSpan(gi * g, g), r, gi);
+            }
+        }
+
+        void SetGroup(ReadOnlySpan<float> values, int r, int gi)
+        {
+            var (s, z) = Int4GroupQuantizer.QuantizeGroup(values, scheme.Symmetric, o.Clip, scratch);
+            res.Scales[(r0 + r) * groups + gi] = s;
+            res.Zeros[(r0 + r) * groups + gi] = z;
+            scale[r * groups + gi] = Bf16.ToSingle(s);
+            zero[r * groups + gi] = z;
+        }
+
+        var u = f.U;
+        for (int i1 = 0; i1 < k; i1 += bs)
+        {
+            int i2 = Math.Min(k, i1 + bs), cnt = i2 - i1;
+            for (int i = 0; i < cnt; i++)
+            {
+                int p = i1 + i, c = f.Perm[p], gi = c / g;
+                if (!f.ActOrder && c % g == 0)
+                    for (int r = 0; r < n; r++) SetGroup(w.AsSpan(r * k + p, g), r, gi);
+                float d = u[(long)p * k + p];
+                var urow = u.AsSpan((int)((long)p * k + p + 1), i2 - p - 1);
+                for (int r = 0; r < n; r++)
+                {
+                    float x = w[r * k + p], s = scale[r * groups + gi], z = zero[r * groups + gi];
+                    sbyte q = Int4Scheme.Quantize(x, s, z);
+                    res.Q[(long)(r0 + r) * k + c] = q;
+                    float e = (x - Int4Scheme.Dequantize(q, s, (int)z)) / d;
+                    err[r * bs + i] = e;
+                    Axpy(-e, urow, w.AsSpan(r * k + p + 1, urow.Length));
+                }
+            }
+            // Lazy update of the columns after the block, in chunks so the chunk of every tile row stays in cache.
+            const int chunk = 512;
+            for (int c0 = i2; c0 < k; c0 += chunk)
+            {
+                int len = Math.Min(chunk, k - c0);
+                for (int i = 0; i < cnt; i++)
+                {
+                    var urow = u.AsSpan((int)((long)(i1 + i) * k + c0), len);
+                    for (int r = 0; r < n; r++)
+                        Axpy(-err[r * bs + i], urow, w.AsSpan(r * k + c0, len));
+                }
+            }
+        }
+    }
+
+    internal static void Axpy(float alpha, ReadOnlySpan<float> x, Span<float> y)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            ref float px = ref MemoryMarshal.GetReference(x);
+            ref float py = ref MemoryMarshal.GetReference(y);
+            var va = Vector256.Create(alpha);
+            for (; i <= x.Length - 8; i += 8)
+                (Vector256.LoadUnsafe(ref py, (nuint)i) + va * Vector256.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
+        }
+        for (; i < x.Length; i++) y[i] += alpha * x[i];
+    }
+}

@@ -1,0 +1,130 @@
+using System.Diagnostics;
+using Converter.Formats.Gguf;
+using Converter.Models;
+using Converter.Models.DeepseekV3;
+using Converter.Numerics.Ggml;
+using Microsoft.Extensions.Logging;
+
+namespace Converter.Pipelines;
+
+/// <param name="WeightType">ggml type of the projection weights, embeddings and output head.</param>
+/// <param name="OutputType">Overrides the type of <c>output.weight</c> (llama.cpp's mixes keep it at Q6_K or above).</param>
+public sealed record GgufExportOptions(string Output, GgmlType WeightType = GgmlType.F16, GgmlType? OutputType = null,
+    string? ModelName = null, bool Overwrite = false)
+{
+    /// <summary>Values read per slab of a large 2-D tensor (whole 128-row blocks, at least one).</summary>
+    public long SlabValues { get; init; } = 1L << 24;
+}
+
+public sealed record GgufExportResult(string Output, int Tensors, long BytesWritten, TimeSpan Elapsed,
+    IReadOnlyDictionary<GgmlType, int> TypeCounts);
+
+/// <summary>
+/// Checkpoint to GGUF: the architecture's map decides keys and tensors; weights are read as float32 (FP8 blocks
+/// dequantized), converted to the requested ggml type with the ggml-exact quantizers and streamed to the file
+/// tensor by tensor (3-D expert tensors one expert at a time), so memory stays bounded by one source tensor.
+/// </summary>
+public static class GgufExportPipeline
+{
+    public static GgufModelPlan Plan(ModelCheckpoint src, string? modelName = null) => src.Architecture switch
+    {
+        DeepseekV3Architecture d => DeepseekV3GgufMap.Build(d.Cfg, modelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(src.Directory))),
+        var a => throw new NotSupportedException($"{src.Directory}: no GGUF mapping for model_type '{a.ModelType}'"),
+    };
+
+    /// <summary>The requested type where the tensor's rows are whole blocks of it; otherwise Q8_0, then F16, then F32.</summary>
+    public static GgmlType ChooseType(GgufTensorPlan t, GgmlType requested)
+    {
+        if (t.KeepF32) return GgmlType.F32;
+        long ne0 = t.Dimensions[0];
+        foreach (var type in new[] { requested, GgmlType.Q8_0, GgmlType.F16 })
+        {
+            if (!GgmlTypeInfo.CanQuantize(type)) throw new NotSupportedException($"cannot write ggml type {type}");
+            if (ne0 % GgmlTypeInfo.BlockSize(type) == 0)
+                return type;
+        }
+        return GgmlType.F32;
+    }
+
+    public static GgufExportResult Run(ModelCheckpoint src, GgufExportOptions options, ILogger log, IProgress<PipelineProgress>? progress = null)
+    {
+        var clock = Stopwatch.StartNew();
+        if (File.Exists(options.Output) && !options.Overwrite)
+            throw new IOException($"{options.Output}: already exists (use overwrite)");
+        var plan = Plan(src, options.ModelName);
+        var types = new GgmlType[plan.Tensors.Count];
+        var counts = new Dictionary<GgmlType, int>();
+        for (int i = 0; i < types.Length; i++)
+        {
+            var t = plan.Tensors[i];
+            types[i] = ChooseType(t, t.Name == "output.weight" && options.OutputType is { } o ? o : options.WeightType);
+            counts[types[i]] = counts.GetValueOrDefault(types[i]) + 1;
+        }
+        log.LogInformation("GGUF {Arch}: {Count} tensors from {Dir} to {Out} ({Types})", plan.Architecture, types.Length,
+            src.Directory, options.Output, string.Join(", ", counts.Select(kv => $"{kv.Value} {kv.Key}")));
+
+        using var writer = new GgufWriter(options.Output);
+        foreach (var (key, value) in plan.Metadata) writer.Add(key, value);
+        writer.Add("general.quantization_version", GgufValue.UInt32(2));
+        for (int i = 0; i < types.Length; i++) writer.AddTensor(plan.Tensors[i].Name, plan.Tensors[i].Dimensions, types[i]);
+        writer.WriteHeader();
+
+        var source = new CheckpointSource(src, options.SlabValues);
+        long bytes = 0;
+        for (int i = 0; i < types.Length; i++)
+        {
+            var t = plan.Tensors[i];
+            writer.BeginTensor(t.Name);
+            long rowLength = t.Dimensions[0];
+            // whole rows, at most ~32M values per encode call: bounds the encode buffer whatever the tensor
+            int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
+            t.Produce(source, chunk =>
+            {
+                if (chunk.Length % rowLength != 0)
+                    throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {rowLength}");
+                for (int at = 0; at < chunk.Length; at += piece)
+                    writer.WriteTensorValues(chunk.Slice(at, Math.Min(piece, chunk.Length - at)));
+            });
+            writer.EndTensor();
+            bytes += writer.Tensors[i].ByteSize;
+            progress?.Report(new PipelineProgress(i + 1, types.Length, bytes, t.Name));
+        }
+        writer.Commit();
+        log.LogInformation("wrote {Bytes:F3} GB in {Secs:F1} s", bytes / 1e9, clock.Elapsed.TotalSeconds);
+        return new GgufExportResult(options.Output, types.Length, bytes, clock.Elapsed, counts);
+    }
+
+    /// <summary>Float32 reads of a checkpoint; row slabs map only their own bytes (and FP8 scale rows).</summary>
+    private sealed class CheckpointSource(ModelCheckpoint src, long slabValues) : ICheckpointFloatSource
+    {
+        public long SlabValues => slabValues;
+
+        public float[] Read(string name) => src.ReadFloat32(name);
+
+        public long Rows(string name) => src.Tensors.Info(name).Shape is { Length: > 0 } s ? s[0] : 1;
+
+        public long ElementCount(string name) => src.Tensors.Info(name).ElementCount;
+
+        public void ReadRows(string name, long firstRow, Span<float> dst)
+        {
+            var info = src.Tensors.Info(name);
+            long cols = info.ElementCount / Math.Max(1, Rows(name));
+            if (firstRow % 128 != 0 || dst.Length % cols != 0)
+                throw new ArgumentException($"tensor '{name}': rows must start at a multiple of 128 and be whole rows of {cols}");
+            int n = (int)(dst.Length / cols);
+            if (src.IsFp8(name))
+            {
+                var scaleInfo = src.Tensors.Info(ModelCheckpoint.ScaleName(name));
+                long scaleCols = scaleInfo.Shape[1];
+                long sr0 = firstRow / 128, srn = (n + 127) / 128;
+                using var w = src.Tensors.ReadRange(name, firstRow * cols, n * cols);
+                using var s = src.Tensors.ReadRange(scaleInfo.Name, sr0 * scaleCols * 4, srn * scaleCols * 4);
+                Numerics.Fp8BlockQuantizer.Dequantize(w.Bytes, s.As<float>(), n, (int)cols, dst);
+                return;
+            }
+            int es = Tensors.DTypeInfo.SizeOf(info.DType);
+            using var v = src.Tensors.ReadRange(name, firstRow * cols * es, n * cols * es);
+            Tensors.TensorConvert.ToFloat32(info, v.Bytes, dst);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+using Converter.Formats.Onnx.Proto;
+using Converter.Verification;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+
+namespace Converter.Runtime;
+
+/// <summary>Where ONNX Runtime executes.</summary>
+public enum OnnxExecutionProvider { Cpu, Cuda }
+
+/// <param name="ExecutionProvider">cpu (default) or cuda (needs the GPU build of ONNX Runtime).</param>
+/// <param name="IntraOpThreads">Threads per operator; 0 lets ONNX Runtime choose.</param>
+public sealed record OnnxRunnerOptions(OnnxExecutionProvider ExecutionProvider = OnnxExecutionProvider.Cpu, int IntraOpThreads = 0);
+
+/// <summary>
+/// Runs an exported ONNX model (model.onnx with external data) on token batches through ONNX Runtime.
+/// Feeds <c>input_ids</c> and, when the model declares them, <c>attention_mask</c> (all ones) and
+/// <c>position_ids</c> (0..seq-1). Hidden states and routing come from the value names the exporter lists in
+/// the model metadata (<c>converter.hidden_states</c>, <c>converter.routing</c>): when they are requested and
+/// are not graph outputs already, a copy of model.onnx with those values added as outputs is written beside
+/// the data file (so its external data resolves), loaded, and deleted.
+/// </summary>
+public sealed class OnnxArtifactRunner : IArtifactRunner
+{
+    public const string HiddenStatesKey = "converter.hidden_states";
+    public const string RoutingKey = "converter.routing";
+
+    private readonly string _modelPath;
+    private readonly OnnxRunnerOptions _options;
+    private readonly ModelProto _proto;
+    private readonly string[] _hiddenNames, _routingNames;
+    private InferenceSession? _plain, _diagnostic;
+
+    public string Description { get; }
+    public IReadOnlyList<string> HiddenStateNames => _hiddenNames;
+    public IReadOnlyList<string> RoutingNames => _routingNames;
+
+    public OnnxArtifactRunner(string modelPathOrFolder, OnnxRunnerOptions? options = null)
+    {
+        _modelPath = Directory.Exists(modelPathOrFolder) ? Path.Combine(modelPathOrFolder, "model.onnx") : modelPathOrFolder;
+        if (!File.Exists(_modelPath)) throw new FileNotFoundException($"{_modelPath}: ONNX model not found", _modelPath);
+        _options = options ?? new OnnxRunnerOptions();
+        try
+        {
+            using var fs = File.OpenRead(_modelPath);
+            _proto = ModelProto.Parser.ParseFrom(fs);
+        }
+        catch (Google.Protobuf.InvalidProtocolBufferException e)
+        {
+            throw new InvalidDataException($"{_modelPath}: not a valid ONNX model ({e.Message})");
+        }
+        string Meta(string key) => _proto.MetadataProps.FirstOrDefault(p => p.Key == key)?.Value ?? "";
+        _hiddenNames = Meta(HiddenStatesKey).Split(',', StringSplitOptions.RemoveEmptyEntries);
+        _routingNames = Meta(RoutingKey).Split(',', StringSplitOptions.RemoveEmptyEntries);
+        _plain = CreateSession(_modelPath);
+        Description = $"ONNX Runtime {OrtEnv.Instance().GetVersionString()} ({_options.ExecutionProvider.ToString().ToLowerInvariant()}, " +
+                      $"intra-op threads {(_options.IntraOpThreads == 0 ? "default" : _options.IntraOpThreads)}) on {_modelPath}";
+    }
+
+    private SessionOptions CreateOptions()
+    {
+        var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (_options.IntraOpThreads > 0) so.IntraOpNumThreads = _options.IntraOpThreads;
+        if (_options.ExecutionProvider == OnnxExecutionProvider.Cuda)
+        {
+            try
+            {
+                so.AppendExecutionProvider_CUDA(0);
+            }
+            catch (Exception e) when (e is OnnxRuntimeException or EntryPointNotFoundException or DllNotFoundException)
+            {
+                so.Dispose();
+                throw new NotSupportedException(
+                    "The CUDA execution provider is not available in this ONNX Runtime build (the CPU package " +
+                    "Microsoft.ML.OnnxRuntime is referenced; CUDA needs Microsoft.ML.OnnxRuntime.Gpu and a CUDA GPU): " + e.Message, e);
+            }
+        }
+        return so;
+    }
+
+    private InferenceSession CreateSession(string path)
+    {
+        using var so = CreateOptions();
+        return new InferenceSession(path, so);
+    }
+
+    private InferenceSession DiagnosticSession()
+    {
+        if (_diagnostic != null) return _diagnostic;
+        var wanted = _hiddenNames.Concat(_routingNames).ToList();
+        if (wanted.Count == 0) throw new NotSupportedException($"{_modelPath}: the model lists no hidden-state or routing values in its metadata");
+        var existing = new HashSet<string>(_proto.Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
+        if (wanted.All(existing.Contains)) return _diagnostic = _plain!;
+        var copy = _proto.Clone();
+        foreach (var name in wanted)
+            if (!existing.Contains(name)) copy.Graph.Output.Add(new ValueInfoProto { Name = name });
+        var dir = Path.GetDirectoryName(Path.GetFullPath(_modelPath))!;
+        var tmp = Path.Combine(dir, $".diagnostic-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
+        try
+        {
+            using (var fs = File.Create(tmp)) Google.Protobuf.MessageExtensions.WriteTo(copy, fs);
+            return _diagnostic = CreateSession(tmp);
+        }
+        finally
+        {
+            File.Delete(tmp);
+        }
+    }
+
+    public ArtifactOutputs Run(int[] tokens, int batch, int seq, bool hiddenStates, bool routing)
+    {
+        if (tokens.Length != batch * seq) throw new ArgumentException($"{tokens.Length} tokens for batch {batch} x seq {seq}");
+        var session = hiddenStates || routing ? DiagnosticSession() : _plain!;
+        var ids = new long[tokens.Length];
+        for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
+        var inputs = new List<NamedOnnxValue> { NamedOnnxValue.CreateFromTensor("input_ids", new DenseTensor<long>(ids, [batch, seq])) };
+        if (session.InputMetadata.ContainsKey("attention_mask"))
+        {
+            var ones = new long[ids.Length];
+            Array.Fill(ones, 1L);
+            inputs.Add(NamedOnnxValue.CreateFromTensor("attention_mask", new DenseTensor<long>(ones, [batch, seq])));
+        }
+        if (session.InputMetadata.ContainsKey("position_ids"))
+        {
+            var pos = new long[ids.Length];
+            for (int i = 0; i < pos.Length; i++) pos[i] = i % seq;
+            inputs.Add(NamedOnnxValue.CreateFromTensor("position_ids", new DenseTensor<long>(pos, [batch, seq])));
+        }
+        var outputNames = new List<string> { "logits" };
+        if (hiddenStates) outputNames.AddRange(_hiddenNames);
+        if (routing) outputNames.AddRange(_routingNames);
+        using var results = session.Run(inputs, outputNames);
+        var byName = results.ToDictionary(r => r.Name, r => r);
+        var logits = byName["logits"].AsTensor<float>().ToArray();
+
+        float[][]? hidden = null;
+        if (hiddenStates)
+        {
+            hidden = new float[_hiddenNames.Length][];
+            for (int i = 0; i < hidden.Length; i++)
+            {
+                var t = byName[_hiddenNames[i]].AsTensor<float>();
+                int per = (int)(t.Length / batch);
+                var all = t.ToArray();
+                hidden[i] = all.AsSpan(0, per).ToArray(); // sequence 0 only
+            }
+        }
+        int[][]? route = null;
+        if (routing)
+        {
+            route = new int[_routingNames.Length][];
+            for (int i = 0; i < route.Length; i++)
+            {
+                var t = byName[_routingNames[i]].AsTensor<long>().ToArray();
+                route[i] = Array.ConvertAll(t, x => checked((int)x));
+            }
+        }
+        return new ArtifactOutputs(logits, hidden, route);
+    }
+
+    /// <summary>Opens ONNX artifacts for <see cref="ArtifactRunnerFactory"/> (<c>verify</c>): cpu or cuda, threads.</summary>
+    public static IArtifactRunner Open(string path, RunnerOptions options)
+    {
+        var provider = options.ExecutionProvider.ToLowerInvariant() switch
+        {
+            "cpu" => OnnxExecutionProvider.Cpu,
+            "cuda" => OnnxExecutionProvider.Cuda,
+            var other => throw new ArgumentException($"execution provider '{other}' is not cpu or cuda"),
+        };
+        return new OnnxArtifactRunner(path, new OnnxRunnerOptions(provider, options.Threads));
+    }
+
+    /// <summary>Registers <see cref="Open"/> as the factory's ONNX runner.</summary>
+    public static ArtifactRunnerFactory RegisterWith(ArtifactRunnerFactory factory) => factory.Register(ArtifactKind.Onnx, Open);
+
+    public void Dispose()
+    {
+        if (_diagnostic != null && !ReferenceEquals(_diagnostic, _plain)) _diagnostic.Dispose();
+        _plain?.Dispose();
+        _plain = _diagnostic = null;
+    }
+}

@@ -1,0 +1,90 @@
+using System.Runtime.InteropServices;
+using Converter.Numerics.Ggml;
+
+namespace Converter.EndToEnd.Tests;
+
+/// <summary>
+/// Calls ggml's own reference quantizers and decoders (quantize_row_*_ref, dequantize_row_*) in the libggml-base
+/// that node-llama-cpp ships (tests/interop, installed by <c>npm ci</c>) and checks ours equal them bit for bit on
+/// data far larger and wilder than the golden vectors.
+/// </summary>
+public sealed unsafe class GgmlNativeParityTests
+{
+    private static string LibraryPath
+    {
+        get
+        {
+            for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
+                if (File.Exists(Path.Combine(d.FullName, "Converter.sln")))
+                    return Path.Combine(d.FullName, "tests", "interop", "node_modules", "@node-llama-cpp", "linux-x64", "bins", "linux-x64", "libggml-base.so");
+            throw new DirectoryNotFoundException("Converter.sln not found above " + AppContext.BaseDirectory);
+        }
+    }
+
+    /// <summary>Gaussian rows at many scales plus blocks that hit the quantizers' special cases.</summary>
+    private static float[] Input(int blocksOf256)
+    {
+        var rng = new Random(2024);
+        var x = new float[blocksOf256 * 256];
+        for (int b = 0; b < blocksOf256; b++)
+        {
+            double scale = Math.Pow(10, rng.Next(-8, 5));
+            int kind = b % 16;
+            for (int i = 0; i < 256; i++)
+            {
+                double g = Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
+                x[b * 256 + i] = kind switch
+                {
+                    0 => 0f,
+                    1 => -0.5f,
+                    2 => (float)Math.Abs(g * scale),
+                    3 => (float)(-Math.Abs(g) * scale),
+                    4 => i % 7 == 0 ? (float)(g * 100 * scale) : (float)(g * scale * 1e-3),
+                    5 => (float)Math.Round(g * 4) / 4,
+                    6 => i < 16 ? (float)(g * scale) : 0f,
+                    _ => (float)(g * scale),
+                };
+            }
+        }
+        return x;
+    }
+
+    [Theory]
+    [InlineData(GgmlType.Q8_0, "q8_0")]
+    [InlineData(GgmlType.Q4_0, "q4_0")]
+    [InlineData(GgmlType.Q4_K, "q4_K")]
+    [InlineData(GgmlType.Q5_K, "q5_K")]
+    [InlineData(GgmlType.Q6_K, "q6_K")]
+    public void QuantizeAndDequantizeEqualGgmlItself(GgmlType type, string name)
+    {
+        File.Exists(LibraryPath).Should().BeTrue("tests/interop needs its packages: run `npm ci` there (.ci/run does)");
+        nint lib = NativeLibrary.Load(LibraryPath);
+        try
+        {
+            var quantize = (delegate* unmanaged<float*, byte*, long, void>)NativeLibrary.GetExport(lib, $"quantize_row_{name}_ref");
+            var dequantize = (delegate* unmanaged<byte*, float*, long, void>)NativeLibrary.GetExport(lib, $"dequantize_row_{name}");
+            var x = Input(2048);
+            long size = GgmlTypeInfo.ByteSize(type, x.Length);
+            var expected = new byte[size];
+            var actual = new byte[size];
+            fixed (float* px = x)
+            fixed (byte* py = expected)
+                quantize(px, py, x.Length);
+            GgmlQuantizer.Quantize(type, x, actual);
+            int at = actual.AsSpan().SequenceEqual(expected) ? -1 : Enumerable.Range(0, actual.Length).First(i => actual[i] != expected[i]);
+            at.Should().Be(-1, $"{type}: first differing byte {at}, block {at / GgmlTypeInfo.BytesPerBlock(type)}");
+
+            var decodedByGgml = new float[x.Length];
+            var decoded = new float[x.Length];
+            fixed (byte* py = expected)
+            fixed (float* pd = decodedByGgml)
+                dequantize(py, pd, x.Length);
+            GgmlQuantizer.Dequantize(type, expected, decoded);
+            MemoryMarshal.Cast<float, int>(decoded).SequenceEqual(MemoryMarshal.Cast<float, int>(decodedByGgml)).Should().BeTrue($"{type} decode");
+        }
+        finally
+        {
+            NativeLibrary.Free(lib);
+        }
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The main job on the bundled tiny DeepSeek-V3 model: inspect, quantize to FP8 and back, export ONNX (fp32 and
+# fp8) and GGUF, and verify every artifact against the golden logits. Needs the .NET 10 SDK; the GGUF steps
+# also need Node.js 20+ (llama.cpp runs through node-llama-cpp, installed here with `npm ci`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-out/tiny-demo}
+mkdir -p "$out"
+
+echo "== build"
+dotnet build src/Converter.Cli -c Release -v quiet -nologo
+converter() { dotnet src/Converter.Cli/bin/Release/net10.0/converter.dll "$@"; }
+
+echo "== inspect"
+converter inspect golden/models/tiny-dsv3
+
+echo "== quantize: BF16 -> DeepSeek FP8 block layout, and back"
+converter quantize golden/models/tiny-dsv3 -o "$out/fp8" --scheme fp8-block --overwrite -q
+converter quantize "$out/fp8" -o "$out/bf16" --scheme bf16 --overwrite -q
+
+echo "== export ONNX fp32 and verify against the BF16 golden"
+converter export onnx golden/models/tiny-dsv3 -o "$out/onnx-fp32" --overwrite -q
+converter verify "$out/onnx-fp32" --golden golden/tiny-dsv3/eval.safetensors
+
+echo "== export ONNX fp8 (from our FP8 checkpoint) and verify against the FP8 golden"
+converter export onnx "$out/fp8" -o "$out/onnx-fp8" --weights fp8 --overwrite -q
+converter verify "$out/onnx-fp8" --golden golden/tiny-dsv3-fp8/eval.safetensors --format-preset fp8
+
+echo "demo: all artifacts in $out verified"
