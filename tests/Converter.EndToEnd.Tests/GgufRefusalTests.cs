@@ -10,10 +10,15 @@ public sealed class GgufRefusalTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
+    /// <summary>An edited copy of tiny-dsv3; the noaux_tc correction biases are dropped when the edit changes topk_method.</summary>
     private string Edited(string name, Action<JsonObject> edit)
     {
         string dir = _dir[name];
-        TestCheckpoints.Copy(TestData.Model("tiny-dsv3"), dir, editConfig: edit);
+        var probe = JsonNode.Parse(File.ReadAllText(Path.Combine(TestData.Model("tiny-dsv3"), "config.json")))!.AsObject();
+        edit(probe);
+        bool noaux = (string?)probe["topk_method"] == "noaux_tc";
+        TestCheckpoints.Copy(TestData.Model("tiny-dsv3"), dir,
+            e => noaux || !e.Name.EndsWith("e_score_correction_bias", StringComparison.Ordinal) ? e : null, edit);
         return dir;
     }
 
