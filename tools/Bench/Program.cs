@@ -7,6 +7,7 @@ var benches = new Dictionary<string, (string Help, Func<string[], int> Run)>
     ["logfmt"] = ("LogFMT-n encode/decode and activation-format throughput against a memory copy", LogFmtBench.Run),
     ["onnx"] = ("ONNX export time/RSS at DeepSeek-V3 shapes and ONNX Runtime tokens/s with top-k 2, 4, 8", OnnxBench.Run),
     ["ggml-quant"] = ("ggml block quantizers (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) vs ggml's own reference", GgmlQuantBench.Run),
+    ["gguf-export"] = ("export gguf time and peak RSS per output type on a synthetic checkpoint against cp of the output bytes", GgufExportBench.Run),
     ["verify"] = ("golden comparison (softmax/KL) throughput", VerifyBench.Run),
     ["fp8-codec"] = ("FP8 block quantize (bf16->fp8) and dequantize (fp8->bf16) of a 7168x2048 weight, 1 and 2 threads, against Span copy", Fp8CodecBench.Run),
 };
