@@ -133,6 +133,21 @@ public sealed class GgufVerifyTests(GgufVerifyTests.Exports exports, ITestOutput
         reader.GetTensor("blk.1.ffn_gate_inp.weight").Type.Should().Be(GgmlType.F32);
     }
 
+    /// <summary>general.file_type as llama.h numbers enum llama_ftype.</summary>
+    [Theory]
+    [InlineData("f32", 0u)]
+    [InlineData("f16", 1u)]
+    [InlineData("bf16", 32u)]
+    [InlineData("q8_0", 7u)]
+    [InlineData("q4_0", 2u)]
+    [InlineData("q4_k", 14u)] // LLAMA_FTYPE_MOSTLY_Q4_K_S: what llama-quantize --pure calls an all-Q4_K file
+    [InlineData("q4_k_m", 15u)]
+    public void FileTypeKeyMatchesTheType(string type, uint fileType)
+    {
+        using var reader = GgufReader.Open(exports.Get("tiny-dsv3", type));
+        reader["general.file_type"].AsUInt32().Should().Be(fileType);
+    }
+
     [Fact]
     public void MtpLayerIsLeftOutWithALogLine()
     {
@@ -141,6 +156,31 @@ public sealed class GgufVerifyTests(GgufVerifyTests.Exports exports, ITestOutput
         using var reader = GgufReader.Open(path);
         reader.Tensors.Should().NotContain(t => t.Name.StartsWith("blk.4.", StringComparison.Ordinal));
         reader["deepseek2.block_count"].AsUInt32().Should().Be(4);
+    }
+
+    [Fact]
+    public void MissingNodeSaysWhatToInstall()
+    {
+        // converter runs from the dotnet host's own folder as PATH, which holds no node
+        string dotnet = Path.GetFullPath(Environment.ProcessPath!);
+        if (!Path.GetFileNameWithoutExtension(dotnet).Equals("dotnet", StringComparison.OrdinalIgnoreCase))
+            dotnet = new FileInfo("/usr/bin/dotnet").ResolveLinkTarget(true)?.FullName ?? "/usr/bin/dotnet";
+        string hostDir = Path.GetDirectoryName(dotnet)!;
+        File.Exists(Path.Combine(hostDir, "node")).Should().BeFalse("the test needs a PATH without node");
+        var psi = new System.Diagnostics.ProcessStartInfo(dotnet)
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "converter.dll"), "verify", exports.Get("tiny-dsv3", "f32"),
+                     "--golden", TestData.Golden("tiny-dsv3", "eval.safetensors") })
+            psi.ArgumentList.Add(a);
+        psi.Environment["PATH"] = hostDir;
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        string stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit(120_000).Should().BeTrue();
+        p.ExitCode.Should().Be(2, stderr + stdout.Result);
+        stderr.Should().Contain("Node.js 20+").And.Contain("cd tests/interop && npm ci");
     }
 
     [Fact]
