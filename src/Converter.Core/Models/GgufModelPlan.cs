@@ -43,4 +43,7 @@ public sealed record GgufModelPlan(string Architecture, IReadOnlyList<KeyValuePa
 
     /// <summary>Number of <c>blk.N</c> blocks (the layer count type mixes use).</summary>
     public int BlockCount { get; init; }
+
+    /// <summary>Routed experts per MoE layer (0 for a dense model); llama.cpp's mixes treat 8 specially.</summary>
+    public int ExpertCount { get; init; }
 }

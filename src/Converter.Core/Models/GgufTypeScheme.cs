@@ -21,6 +21,8 @@ public enum GgufFileType : uint
 /// <item>attention-V-like tensors (<c>attn_v</c>, <c>attn_qkv</c>, <c>attn_kv_b</c>) get Q6_K on the same rule counted
 /// over those tensors, but deepseek2 files have none of them (MLA's kv_b is split into <c>attn_k_b</c>/<c>attn_v_b</c>,
 /// which llama.cpp's name match does not catch), so none is raised here either.</item>
+/// <item><c>attn_output</c> Q5_K when the model has exactly 8 routed experts (llama.cpp's Mixtral rule, which it
+/// applies to any architecture).</item>
 /// <item>everything else, token_embd included: Q4_K.</item>
 /// </list>
 /// Fallbacks for rows that are not whole blocks: llama.cpp takes Q4_K to Q5_0 and Q6_K to Q8_0; this exporter has no
@@ -35,10 +37,12 @@ public static class GgufTypePolicy
         layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
 
     /// <summary>The type the scheme asks for (before the whole-block fallback) of a quantizable weight.</summary>
-    public static GgmlType Requested(GgufTypeScheme scheme, GgmlType uniform, string name, int blockCount)
+    /// <param name="expertCount">Routed experts per MoE layer (0 for a dense model).</param>
+    public static GgmlType Requested(GgufTypeScheme scheme, GgmlType uniform, string name, int blockCount, int expertCount = 0)
     {
         if (scheme == GgufTypeScheme.Uniform) return uniform;
         if (name == "output.weight") return GgmlType.Q6_K;
+        if (expertCount == 8 && name.Contains("attn_output.weight", StringComparison.Ordinal)) return GgmlType.Q5_K;
         if (name.Contains("ffn_down", StringComparison.Ordinal) && LayerOf(name) is { } layer && UseMoreBits(layer, blockCount))
             return GgmlType.Q6_K;
         return GgmlType.Q4_K;

@@ -72,7 +72,7 @@ public static class GgufExportPipeline
         {
             var t = plan.Tensors[i];
             var requested = t.Name == "output.weight" && options.OutputType is { } o
-                ? o : GgufTypePolicy.Requested(options.Scheme, options.WeightType, t.Name, plan.BlockCount);
+                ? o : GgufTypePolicy.Requested(options.Scheme, options.WeightType, t.Name, plan.BlockCount, plan.ExpertCount);
             types[i] = ChooseType(t, requested);
             counts[types[i]] = counts.GetValueOrDefault(types[i]) + 1;
         }

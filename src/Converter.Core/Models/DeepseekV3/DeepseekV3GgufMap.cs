@@ -67,7 +67,7 @@ public static class DeepseekV3GgufMap
             leftOut.Add($"{c.NumNextnPredictLayers} MTP (next-token prediction) layer(s) model.layers.{c.NumHiddenLayers}" +
                         (c.NumNextnPredictLayers > 1 ? $"..{c.NumHiddenLayers + c.NumNextnPredictLayers - 1}" : "") +
                         ": llama.cpp's deepseek2 loader fails on tensors it does not know");
-        return new GgufModelPlan(Arch, meta, Tensors(c)) { Inexact = Inexact(c), LeftOut = leftOut, BlockCount = c.NumHiddenLayers };
+        return new GgufModelPlan(Arch, meta, Tensors(c)) { Inexact = Inexact(c), LeftOut = leftOut, BlockCount = c.NumHiddenLayers, ExpertCount = c.NRoutedExperts };
     }
 
     /// <summary>True where group-limited routing selects something (llama.cpp aborts on the no-op combinations).</summary>
