@@ -69,6 +69,16 @@ public class QuantizeInt4Tests(ITestOutputHelper output) : IDisposable
             var expected = Int4GroupQuantizer.Quantize(w, (int)t.Shape[0], (int)t.Shape[1], new Int4Scheme(group, symmetric), Int4ClipSearch.Default).Dequantize();
             var got = q.ReadFloat32(t.Name);
             AssertBitEqual(got, expected, t.Name);
+            if (group == 32 && symmetric)
+            {
+                // GGUF Q4_0 from the packed weight: no requantization, every value bit-identical.
+                var packedWeight = PackQuantized.Read(q.Tensors, t.Name, q.Int4Config.Scheme);
+                var blocks = new byte[w.Length / 32 * Q4_0Mapping.BlockBytes];
+                Q4_0Mapping.Convert(packedWeight, blocks, Q4_0Inexact.Throw, t.Name).Should().Be(0);
+                var viaQ4 = new float[w.Length];
+                Q4_0Mapping.Dequantize(blocks, viaQ4);
+                AssertBitEqual(viaQ4, got, t.Name + " as Q4_0");
+            }
             for (int i = 0; i < w.Length; i++) { err += Math.Pow(got[i] - w[i], 2); norm += (double)w[i] * w[i]; }
             packed++;
         }
@@ -246,5 +256,30 @@ public class QuantizeInt4Tests(ITestOutputHelper output) : IDisposable
         using var q = ModelCheckpoint.Open(outDir);
         q.IsPackedInt4("model.layers.1.mlp.experts.0.up_proj.weight").Should().BeTrue();
         q.IsPackedInt4("model.layers.1.mlp.experts.0.down_proj.weight").Should().BeFalse();
+    }
+
+    [Fact]
+    public void DamagedPackedCheckpointsAreRefusedNamingTheTensor()
+    {
+        var good = _tmp["good"];
+        using (var src = ModelCheckpoint.Open(TestData.Model("tiny-dsv3")))
+            QuantizePipeline.Run(src, new QuantizeOptions(QuantizeScheme.Int4, good) { Int4 = new Int4Options(64, false) }, NullLogger.Instance);
+        const string w = "model.layers.2.mlp.experts.7.up_proj.";
+
+        void Refused(string name, Func<TestCheckpoints.Entry, TestCheckpoints.Entry?>? edit, Action<System.Text.Json.Nodes.JsonObject>? config, params string[] expected)
+        {
+            var dir = _tmp[name];
+            TestCheckpoints.Copy(good, dir, edit, config);
+            var act = () => ModelCheckpoint.Open(dir);
+            var e = act.Should().Throw<InvalidDataException>().Which;
+            foreach (var x in expected) e.Message.Should().Contain(x);
+        }
+        Refused("no-scale", e => e.Name == w + "weight_scale" ? null : e, null, w + "weight", "weight_scale");
+        Refused("bad-shape", e => e.Name == w + "weight_shape" ? e with { Bytes = BitConverter.GetBytes(128L).Concat(BitConverter.GetBytes(128L)).ToArray() } : e, null,
+            w + "weight_shape", "[128, 128]", "[128, 256]");
+        Refused("scale-cols", e => e.Name == w + "weight_scale" ? e with { Shape = [256, 2], Bytes = new byte[256 * 2 * 2] } : e, null, w + "weight_scale");
+        Refused("no-zp", e => e.Name == w + "weight_zero_point" ? null : e, null, w + "weight", "weight_zero_point");
+        Refused("no-config", null, c => c.Remove("quantization_config"), "weight_packed", "quantization_config");
+        Refused("ignored", null, c => c["quantization_config"]!["ignore"]!.AsArray().Add("re:.*layers\\.2\\.mlp\\.experts\\.7\\.up_proj"), w + "weight", "ignore");
     }
 }

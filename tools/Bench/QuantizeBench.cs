@@ -2,7 +2,7 @@ namespace Converter.Tools.Bench;
 
 /// <summary>
 /// quantize --scheme fp8-block (BF16 -> FP8) and --scheme bf16 (FP8 -> BF16) on synthetic checkpoints, each
-/// against `cp -r` of the same output bytes, page cache warm, best of N runs.
+/// against `cp -r` of the same output bytes, page cache warm, `sync` before every timed run, best of N runs.
 /// </summary>
 public static class QuantizeBench
 {
@@ -43,6 +43,8 @@ public static class QuantizeBench
             long rss = 0;
             for (int r = 0; r < runs; r++)
             {
+                // Start every timed run with no dirty pages pending, so neither side inherits the other's writeback.
+                CommandTimer.Run("sync");
                 var m = CommandTimer.Run(converter, "quantize", src, "-o", outDir, "--scheme", scheme, "--overwrite", "-q");
                 if (m.ExitCode != 0)
                 {
@@ -53,6 +55,7 @@ public static class QuantizeBench
                 rss = Math.Max(rss, m.PeakRssBytes);
                 CommandTimer.Warm(outDir);
                 if (Directory.Exists(cpDir)) Directory.Delete(cpDir, true);
+                CommandTimer.Run("sync");
                 var cp = CommandTimer.Run("cp", "-r", outDir, cpDir);
                 bestCp = Math.Min(bestCp, cp.Seconds);
                 Directory.Delete(cpDir, true);

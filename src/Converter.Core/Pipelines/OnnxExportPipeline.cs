@@ -15,7 +15,8 @@ public sealed record OnnxExportOptions(
     bool DiagnosticOutputs = false,
     bool AttentionMaskInput = true,
     bool PositionIdsInput = true,
-    bool Fp8CastDequantize = false);
+    bool Fp8CastDequantize = false,
+    CommSimulation? Comm = null);
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
     IReadOnlyList<string> HiddenStateOutputs, IReadOnlyList<string> RoutingOutputs, TimeSpan Elapsed);
@@ -45,7 +46,8 @@ public static class OnnxExportPipeline
                 cfg.NumHiddenLayers, cfg.NumHiddenLayers + cfg.NumNextnPredictLayers - 1);
 
         var export = DeepseekV3OnnxGraph.Build(cfg, new DeepseekV3OnnxOptions(options.Weights, options.AttentionMaskInput,
-            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize));
+            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, options.Comm));
+        if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new DeepseekV3OnnxWeightWriter(ckpt);
         int done = 0;

@@ -147,18 +147,51 @@ public static class Gptq
                     Axpy(-e, urow, w.AsSpan(r * k + p + 1, urow.Length));
                 }
             }
-            // Lazy update of the columns after the block, in chunks so the chunk of every tile row stays in cache.
-            const int chunk = 512;
-            for (int c0 = i2; c0 < k; c0 += chunk)
-            {
-                int len = Math.Min(chunk, k - c0);
-                for (int i = 0; i < cnt; i++)
+            LazyUpdate(w, err, u, n, k, bs, i1, cnt);
+        }
+    }
+
+    /// <summary>
+    /// W[:, i2..] -= Err[:, 0..cnt] * U[i1..i2, i2..]: for each 32-column strip, each row keeps its 32 outputs in
+    /// four vector accumulators while the block's cnt rows of U (one 16 KB strip, reused by every tile row) stream by.
+    /// </summary>
+    private static void LazyUpdate(float[] w, float[] err, float[] u, int n, int k, int bs, int i1, int cnt)
+    {
+        int i2 = i1 + cnt, c0 = i2;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            ref float pu = ref u[0];
+            ref float pw = ref w[0];
+            for (; c0 <= k - 32; c0 += 32)
+                for (int r = 0; r < n; r++)
                 {
-                    var urow = u.AsSpan((int)((long)(i1 + i) * k + c0), len);
-                    for (int r = 0; r < n; r++)
-                        Axpy(-err[r * bs + i], urow, w.AsSpan(r * k + c0, len));
+                    nuint o = (nuint)(r * k + c0);
+                    var a0 = Vector256.LoadUnsafe(ref pw, o);
+                    var a1 = Vector256.LoadUnsafe(ref pw, o + 8);
+                    var a2 = Vector256.LoadUnsafe(ref pw, o + 16);
+                    var a3 = Vector256.LoadUnsafe(ref pw, o + 24);
+                    for (int i = 0; i < cnt; i++)
+                    {
+                        var e = Vector256.Create(-err[r * bs + i]);
+                        nuint uo = (nuint)((long)(i1 + i) * k + c0);
+                        a0 += e * Vector256.LoadUnsafe(ref pu, uo);
+                        a1 += e * Vector256.LoadUnsafe(ref pu, uo + 8);
+                        a2 += e * Vector256.LoadUnsafe(ref pu, uo + 16);
+                        a3 += e * Vector256.LoadUnsafe(ref pu, uo + 24);
+                    }
+                    a0.StoreUnsafe(ref pw, o);
+                    a1.StoreUnsafe(ref pw, o + 8);
+                    a2.StoreUnsafe(ref pw, o + 16);
+                    a3.StoreUnsafe(ref pw, o + 24);
                 }
-            }
+        }
+        if (c0 >= k) return;
+        int len = k - c0;
+        for (int i = 0; i < cnt; i++)
+        {
+            var urow = u.AsSpan((int)((long)(i1 + i) * k + c0), len);
+            for (int r = 0; r < n; r++)
+                Axpy(-err[r * bs + i], urow, w.AsSpan(r * k + c0, len));
         }
     }
 

@@ -11,7 +11,7 @@ namespace Converter.Numerics.Int4;
 /// </summary>
 public static class HessianFactor
 {
-    private const int Tile = 32;
+    private const int Tile = 64;
 
     /// <summary>Returns U (row-major [k, k], upper) as float32 and the dead-column mask.</summary>
     public static float[] InverseCholeskyUpper(ReadOnlySpan<double> hessian, int k, double percDamp, out bool[] dead, int maxThreads = -1)
@@ -57,14 +57,21 @@ public static class HessianFactor
         for (int i0 = 0; i0 < k; i0 += Tile)
         {
             int i1 = Math.Min(k, i0 + Tile);
-            // Columns before the tile: every row of the tile against each finished row j (streamed once per tile).
-            Parallel.For(i0, i1, opts, i =>
+            // Columns before the tile: each finished row j is streamed once per half tile and dotted with every
+            // row of that half (j outer keeps row j in cache; the rows' own prefixes are complete up to j).
+            int half = (i1 - i0 + 1) / 2;
+            Parallel.For(0, 2, opts, part =>
             {
-                var ri = a.AsSpan((int)((long)i * k), k);
+                int r0 = i0 + part * half, r1 = Math.Min(i1, r0 + half);
                 for (int j = 0; j < i0; j++)
                 {
                     var rj = a.AsSpan((int)((long)j * k), j);
-                    ri[j] = (ri[j] - Dot(ri[..j], rj)) / a[(long)j * k + j];
+                    double d = a[(long)j * k + j];
+                    for (int i = r0; i < r1; i++)
+                    {
+                        var ri = a.AsSpan((int)((long)i * k), j + 1);
+                        ri[j] = (ri[j] - Dot(ri[..j], rj)) / d;
+                    }
                 }
             });
             // Inside the tile: sequential over columns.
@@ -83,32 +90,56 @@ public static class HessianFactor
         }
     }
 
-    /// <summary>M = L^-1 for lower-triangular L (row-major, upper part ignored): rows of M in tiles, row i = (e_i - sum_j L[i,j] M[j,:]) / L[i,i].</summary>
+    /// <summary>
+    /// M = L^-1 for lower-triangular L (row-major, upper part ignored). Column blocks of M are independent
+    /// (M[:, c0..c0+32] solves L X = I[:, c0..c0+32], rows below c0 only); within a block row i is
+    /// (e_i - sum_j L[i,j] X[j,:]) / L[i,i], its 32 values held in eight 4-wide accumulators.
+    /// </summary>
     public static double[] InvertLower(double[] l, int k, int maxThreads = -1)
     {
-        // Column blocks of M are independent: M[:, c0..c1] solves L X = I[:, c0..c1]; X rows below c0 only.
         var m = new double[(long)k * k];
-        const int cb = 64;
+        const int cb = 32;
         int blocks = (k + cb - 1) / cb;
         Parallel.For(0, blocks, new ParallelOptions { MaxDegreeOfParallelism = maxThreads }, b =>
         {
-            int c0 = b * cb, c1 = Math.Min(k, c0 + cb), w = c1 - c0;
-            var x = new double[(long)(k - c0) * w]; // rows c0..k of the block, row-major width w
+            int c0 = b * cb, w = Math.Min(cb, k - c0);
+            var x = new double[(long)(k - c0) * cb]; // rows c0..k of the block, row-major, width cb (zero padded)
+            var tmp = new double[cb];
             for (int i = c0; i < k; i++)
             {
-                var xi = x.AsSpan((i - c0) * w, w);
-                if (i < c1) xi[i - c0] = 1;
                 var li = l.AsSpan((int)((long)i * k), i);
-                for (int j = c0; j < i; j++)
+                var xi = x.AsSpan((i - c0) * cb, cb);
+                if (Vector256.IsHardwareAccelerated)
                 {
-                    double f = li[j];
-                    if (f != 0) Axpy(-f, x.AsSpan((j - c0) * w, w), xi);
+                    Vector256<double> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+                    ref double px = ref x[0];
+                    for (int j = c0; j < i; j++)
+                    {
+                        var f = Vector256.Create(li[j]);
+                        nuint o = (nuint)((j - c0) * cb);
+                        a0 += f * Vector256.LoadUnsafe(ref px, o);
+                        a1 += f * Vector256.LoadUnsafe(ref px, o + 4);
+                        a2 += f * Vector256.LoadUnsafe(ref px, o + 8);
+                        a3 += f * Vector256.LoadUnsafe(ref px, o + 12);
+                        a4 += f * Vector256.LoadUnsafe(ref px, o + 16);
+                        a5 += f * Vector256.LoadUnsafe(ref px, o + 20);
+                        a6 += f * Vector256.LoadUnsafe(ref px, o + 24);
+                        a7 += f * Vector256.LoadUnsafe(ref px, o + 28);
+                    }
+                    ref double pt = ref tmp[0];
+                    a0.StoreUnsafe(ref pt, 0); a1.StoreUnsafe(ref pt, 4); a2.StoreUnsafe(ref pt, 8); a3.StoreUnsafe(ref pt, 12);
+                    a4.StoreUnsafe(ref pt, 16); a5.StoreUnsafe(ref pt, 20); a6.StoreUnsafe(ref pt, 24); a7.StoreUnsafe(ref pt, 28);
+                }
+                else
+                {
+                    Array.Clear(tmp);
+                    for (int j = c0; j < i; j++) Axpy(li[j], x.AsSpan((j - c0) * cb, cb), tmp);
                 }
                 double inv = 1 / l[(long)i * k + i];
-                for (int t = 0; t < w; t++) xi[t] *= inv;
+                for (int t = 0; t < w; t++) xi[t] = ((i - c0 == t ? 1.0 : 0.0) - tmp[t]) * inv;
             }
             for (int i = c0; i < k; i++)
-                x.AsSpan((i - c0) * w, w).CopyTo(m.AsSpan((int)((long)i * k + c0), w));
+                x.AsSpan((i - c0) * cb, w).CopyTo(m.AsSpan((int)((long)i * k + c0), w));
         });
         return m;
     }

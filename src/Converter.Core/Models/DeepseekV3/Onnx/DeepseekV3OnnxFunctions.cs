@@ -93,7 +93,14 @@ internal static class DeepseekV3OnnxFunctions
     /// norm_topk_prob) times routed_scaling_factor. Experts run sparsely in com.microsoft.MoE: the exact weights
     /// go in as log(w) over -inf so its softmax returns w / sum(w), and the output is multiplied by sum(w).
     /// </summary>
-    public static void Moe(OnnxModelBuilder model, DeepseekV3Config c)
+    /// <remarks>
+    /// With <paramref name="comm"/>: the dispatch format quantize-dequantizes the input of the routed experts only
+    /// (router and shared experts read the exact input). The combine format needs each selected expert's output,
+    /// which com.microsoft.MoE keeps internal: the routed part then runs as k MoE calls with k=1, call j routing
+    /// every token to its j-th selected expert with weight 1 (log 1 = 0 over -inf), so each call returns exactly that
+    /// expert's output; it is quantize-dequantized, multiplied by w_j and summed. Still sparse, about as costly.
+    /// </remarks>
+    public static void Moe(OnnxModelBuilder model, DeepseekV3Config c, CommSimulation? comm = null)
     {
         model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
         var f = model.Function(DeepseekV3OnnxNames.Domain, MoeName);
@@ -126,11 +133,28 @@ internal static class DeepseekV3OnnxFunctions
         w = f.Mul(w, f.ScalarFloat((float)c.RoutedScalingFactor));
         string wSum = f.Op("ReduceSum", [w, f.ConstInt64(1)], Int("keepdims", 1)); // [t, 1]
         string negInf = f.Op("Expand", [f.ScalarFloat(float.NegativeInfinity), f.Shape(scores)]);
-        string routerProbs = f.Op("ScatterElements", [negInf, topIdx, f.Op("Log", [w])], Int("axis", 1));
-        string experts = f.Op("MoE", [x2, routerProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
-            Int("k", k), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+        string xRouted = comm?.Dispatch is { } dispatch ? OnnxCommQdq.Emit(f, x2, dispatch, h) : x2;
+        string RoutedMoe(string probs, int kk) => f.Op("MoE", [xRouted, probs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
+            Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
             Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
-        string y = f.Mul(experts, wSum);
+        string y;
+        if (comm?.Combine is { } combine)
+        {
+            y = "";
+            for (int j = 0; j < k; j++)
+            {
+                string idx = f.Op("Slice", [topIdx, f.ConstInt64(j), f.ConstInt64(j + 1), f.ConstInt64(1)]);  // [t, 1]
+                string wj = f.Op("Slice", [w, f.ConstInt64(j), f.ConstInt64(j + 1), f.ConstInt64(1)]);
+                string probs = f.Op("ScatterElements", [negInf, idx, f.Mul(wj, f.ScalarFloat(0f))], Int("axis", 1));
+                string part = f.Mul(OnnxCommQdq.Emit(f, RoutedMoe(probs, 1), combine, h), wj);
+                y = j == 0 ? part : f.Add(y, part);
+            }
+        }
+        else
+        {
+            string routerProbs = f.Op("ScatterElements", [negInf, topIdx, f.Op("Log", [w])], Int("axis", 1));
+            y = f.Mul(RoutedMoe(routerProbs, k), wSum);
+        }
         if (sg != null) y = f.Add(y, SwiGlu(f, x2, sg, su!, sd!));
         f.Output(f.Reshape(y, f.Shape(x)));
         f.Output(topIdx);

@@ -48,7 +48,7 @@ public static class DeepseekV3OnnxGraph
         model.Import(N.Domain, 1);
         DeepseekV3OnnxFunctions.Mla(model, c);
         if (c.FirstKDenseReplace > 0 || Enumerable.Range(0, c.NumHiddenLayers).Any(l => !c.IsMoeLayer(l))) DeepseekV3OnnxFunctions.Mlp(model, c);
-        if (Enumerable.Range(0, c.NumHiddenLayers).Any(c.IsMoeLayer)) DeepseekV3OnnxFunctions.Moe(model, c);
+        if (Enumerable.Range(0, c.NumHiddenLayers).Any(c.IsMoeLayer)) DeepseekV3OnnxFunctions.Moe(model, c, options.Comm is { Any: true } ? options.Comm : null);
         if (fp8)
         {
             DeepseekV3OnnxFunctions.DequantizeFp8Block(model);
@@ -108,6 +108,7 @@ public static class DeepseekV3OnnxGraph
         float eps = (float)c.RmsNormEps;
         var hiddenOutputs = new List<string> { N.Embedding };
         var routingOutputs = new List<string>();
+        var moeInputValues = new List<string>();
         for (int layer = 0; layer < c.NumHiddenLayers; layer++)
         {
             string p = $"model.layers.{layer}.";
@@ -140,6 +141,10 @@ public static class DeepseekV3OnnxGraph
             string mlpOut = g.Fresh($"layer{layer}.mlp");
             if (c.IsMoeLayer(layer))
             {
+                string moeIn = g.Reserve(N.MoeInput(layer));
+                g.OpNamed("Identity", [xn2], [moeIn]); // a stable name for calibration (ORT removes the node)
+                xn2 = moeIn;
+                moeInputValues.Add(moeIn);
                 long e = c.NRoutedExperts, mi = c.MoeIntermediateSize;
                 string m = p + "mlp.";
                 string router = Plain(m + "gate.weight", e, h);
@@ -200,10 +205,13 @@ public static class DeepseekV3OnnxGraph
             foreach (var name in hiddenOutputs) g.Output(name, DataType.Float, "batch", "sequence", h);
             if (!hiddenOutputs.Contains(N.Layer(c.NumHiddenLayers - 1))) g.Output(N.Layer(c.NumHiddenLayers - 1), DataType.Float, "batch", "sequence", h);
             foreach (var name in routingOutputs) g.Output(name, DataType.Int64, null, c.NumExpertsPerTok);
+            foreach (var name in moeInputValues) g.Output(name, DataType.Float, "batch", "sequence", h);
         }
 
         model.Metadata[N.HiddenStatesKey] = string.Join(",", hiddenOutputs);
         model.Metadata[N.RoutingKey] = string.Join(",", routingOutputs);
+        model.Metadata[N.MoeInputsKey] = string.Join(",", moeInputValues);
+        if (options.Comm is { Any: true } comm) model.Metadata["converter.simulate_comm"] = comm.ToString();
         model.Metadata["converter.model_type"] = "deepseek_v3";
         model.Metadata["converter.weights"] = options.Weights.ToString().ToLowerInvariant();
         return new DeepseekV3OnnxExport(model.Build(g), plan, hiddenOutputs, routingOutputs);

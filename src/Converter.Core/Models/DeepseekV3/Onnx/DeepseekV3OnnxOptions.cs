@@ -18,12 +18,14 @@ public enum OnnxWeightFormat
 /// Cast + Mul instead of blocked DequantizeLinear. Same values; ONNX Runtime constant-folds Cast + Mul at load, so
 /// the session runs at fp32 speed but holds fp32 weights (at real DeepSeek shapes, 2 layers / 16 experts, loading
 /// peaked at ~24 GB). Off by default: DequantizeLinear is not folded, keeps memory low and is slower per run.</param>
+/// <param name="Comm">Simulated expert-parallel traffic (quantize-dequantize of dispatch and/or combine in the MoE function).</param>
 public sealed record DeepseekV3OnnxOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool AttentionMaskInput = true,
     bool PositionIdsInput = true,
     bool DiagnosticOutputs = false,
-    bool Fp8CastDequantize = false);
+    bool Fp8CastDequantize = false,
+    CommSimulation? Comm = null);
 
 /// <summary>Stable value names of the exported graph (diagnostic outputs refer to them).</summary>
 public static class DeepseekV3OnnxNames
@@ -37,9 +39,13 @@ public static class DeepseekV3OnnxNames
     public const string FinalNorm = "hidden.final_norm";
     public static string Layer(int layer) => $"hidden.layer.{layer}";
     public static string Routing(int layer) => $"routing.layer.{layer}.topk";
+    /// <summary>An MoE layer's input (post_attention_layernorm output) [batch, sequence, hidden]: the dispatch traffic.</summary>
+    public static string MoeInput(int layer) => $"moe.layer.{layer}.input";
 
     /// <summary>Model metadata key: comma-separated hidden-state values (embedding, layers 0..L-2, final norm).</summary>
     public const string HiddenStatesKey = "converter.hidden_states";
     /// <summary>Model metadata key: comma-separated top-k expert-id values, one per MoE layer in order.</summary>
     public const string RoutingKey = "converter.routing";
+    /// <summary>Model metadata key: comma-separated MoE-input values, one per MoE layer in order.</summary>
+    public const string MoeInputsKey = "converter.moe_inputs";
 }
