@@ -113,13 +113,10 @@ public static partial class QuantizePipeline
 
     private static void CopyJob(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter _)
     {
-        const long chunk = 64L << 20;
-        long length = src.Tensors.Info(job.Source).ByteLength;
-        for (long off = 0; off < length; off += chunk)
-        {
-            using var view = src.Tensors.ReadRange(job.Source, off, Math.Min(chunk, length - off));
-            output.Write(view.Bytes);
-        }
+        // Unchanged tensors move kernel to kernel (copy_file_range), as cp does: no user-space copy, no page faults.
+        var info = src.Tensors.Info(job.Source);
+        using var handle = File.OpenHandle(info.File, FileMode.Open, FileAccess.Read, FileShare.Read);
+        FileRangeCopy.Copy(handle, info.File, info.FileOffset, (FileStream)output, info.ByteLength, new byte[1 << 20]);
     }
 
     /// <summary>Visits a 2-D tensor in slabs of whole 128-row blocks, each mapped only while it is processed.</summary>
@@ -143,23 +140,24 @@ public static partial class QuantizePipeline
         var (rows, cols) = info.Matrix;
         int scaleCols = (cols + 127) / 128;
         var scales = new float[((rows + 127) / 128) * scaleCols];
-        byte[]? fp8 = null;
+        var sink = new OverlappedWriter(output);
         float[]? widened = null;
         ForEachSlab(src, job.Source, (view, r0, n) =>
         {
             int count = n * cols;
-            if (fp8 == null || fp8.Length < count) fp8 = new byte[count];
+            var fp8 = sink.Buffer(count).AsSpan(0, count);
             var scaleSlice = scales.AsSpan(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols);
             if (info.DType == DType.BF16)
-                Fp8BlockQuantizer.Quantize(view.As<ushort>(), n, cols, fp8.AsSpan(0, count), scaleSlice);
+                Fp8BlockQuantizer.Quantize(view.As<ushort>(), n, cols, fp8, scaleSlice);
             else
             {
                 if (widened == null || widened.Length < count) widened = new float[count];
                 TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
-                Fp8BlockQuantizer.Quantize(widened.AsSpan(0, count), n, cols, fp8.AsSpan(0, count), scaleSlice);
+                Fp8BlockQuantizer.Quantize(widened.AsSpan(0, count), n, cols, fp8, scaleSlice);
             }
-            output.Write(fp8, 0, count);
+            sink.Submit(count);
         });
+        sink.Complete();
         writer.Write(job.Scale!.Name, MemoryMarshal.AsBytes(scales.AsSpan()));
     }
 
@@ -168,30 +166,32 @@ public static partial class QuantizePipeline
         var (rows, cols) = src.Tensors.Info(job.Source).Matrix;
         int scaleCols = (cols + 127) / 128;
         using var scaleData = src.Tensors.Read(ModelCheckpoint.ScaleName(job.Source));
-        ushort[]? bf16 = null;
+        var sink = new OverlappedWriter(output);
         ForEachSlab(src, job.Source, (view, r0, n) =>
         {
             int count = n * cols;
-            if (bf16 == null || bf16.Length < count) bf16 = new ushort[count];
+            var bf16 = MemoryMarshal.Cast<byte, ushort>(sink.Buffer(count * 2).AsSpan(0, count * 2));
             Fp8BlockQuantizer.DequantizeToBf16(view.Bytes, scaleData.As<float>().Slice(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols),
-                n, cols, bf16.AsSpan(0, count));
-            output.Write(MemoryMarshal.AsBytes(bf16.AsSpan(0, count)));
+                n, cols, bf16);
+            sink.Submit(count * 2);
         });
+        sink.Complete();
     }
 
     private static void FloatToBf16Job(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter _)
     {
         var info = src.Tensors.Info(job.Source);
+        var sink = new OverlappedWriter(output);
         float[]? widened = null;
-        ushort[]? bf16 = null;
         ForEachSlab(src, job.Source, (view, _, n) =>
         {
             int count = view.Length / DTypeInfo.SizeOf(info.DType);
-            if (widened == null || widened.Length < count) { widened = new float[count]; bf16 = new ushort[count]; }
+            if (widened == null || widened.Length < count) widened = new float[count];
             TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
-            Bf16.FromSingle(widened.AsSpan(0, count), bf16!.AsSpan(0, count));
-            output.Write(MemoryMarshal.AsBytes(bf16.AsSpan(0, count)));
+            Bf16.FromSingle(widened.AsSpan(0, count), MemoryMarshal.Cast<byte, ushort>(sink.Buffer(count * 2).AsSpan(0, count * 2)));
+            sink.Submit(count * 2);
         });
+        sink.Complete();
     }
 
     /// <summary>config.json with the scheme's quantization_config, and every non-weight file copied as is.</summary>
