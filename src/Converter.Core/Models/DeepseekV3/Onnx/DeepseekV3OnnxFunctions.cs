@@ -105,6 +105,10 @@ internal static class DeepseekV3OnnxFunctions
     /// sum; experts outside the top groups set to 0; top-k; weights = unbiased scores (normalised when
     /// norm_topk_prob) times routed_scaling_factor. Experts run sparsely in com.microsoft.MoE: the exact weights
     /// go in as log(w) over -inf so its softmax returns w / sum(w), and the output is multiplied by sum(w).
+    /// INT4 variant (int4 mask [0]): fc1/fc2 are 4-bit codes [E, N, K/2] with float32 block scales [E, N, K/group]
+    /// (and zero points [E, N, ceil(K/group/2)] when asymmetric) for com.microsoft.QMoE; selection is by a -inf
+    /// masked router_probs and the mixing weights are w itself through input 14 (router_weights). Shared-expert
+    /// projections flagged in the mask [1..3] run as MatMulNBits.
     /// </summary>
     public static void Moe(OnnxModelBuilder model, DeepseekV3Config c, string name = MoeName, Int4Scheme? int4Scheme = null, bool[]? int4 = null)
     {

@@ -201,30 +201,19 @@ public static class DeepseekV3OnnxGraph
                         InitializerSource.Int4CodesFc1, matMulNBits: false));
                     moeInputs.AddRange(Int4Parts(m + "experts.fc2.weight", Experts("down_proj"), e, h, mi, InitializerSource.Int4Codes, matMulNBits: false));
                 }
-                else
-                {
-                    var (fc1, fc2) = FloatExperts();
-                    moeInputs.Add(fc1);
-                    moeInputs.Add(fc2);
-                }
-                (string, string) FloatExperts()
-                {
-                string fc1, fc2;
-                if (fp8)
+                else if (fp8)
                 {
                     string gate = DequantStacked(m + "experts.gate_proj.weight", Experts("gate_proj"), e, mi, h);
                     string up = DequantStacked(m + "experts.up_proj.weight", Experts("up_proj"), e, mi, h);
                     // Interleave rows (gate i, up i): com.microsoft.MoE's swiglu_fusion=1 layout.
-                    fc1 = g.Reshape(g.Concat(2, g.Unsqueeze(gate, 2), g.Unsqueeze(up, 2)), e, 2 * mi, h);
-                    fc2 = DequantStacked(m + "experts.down_proj.weight", Experts("down_proj"), e, h, mi);
+                    moeInputs.Add(g.Reshape(g.Concat(2, g.Unsqueeze(gate, 2), g.Unsqueeze(up, 2)), e, 2 * mi, h));
+                    moeInputs.Add(DequantStacked(m + "experts.down_proj.weight", Experts("down_proj"), e, h, mi));
                 }
                 else
                 {
-                    fc1 = Init(m + "experts.fc1.weight", DataType.Float, [e, 2 * mi, h], InitializerSource.StackedFc1Float32,
-                        [.. Experts("gate_proj"), .. Experts("up_proj")]);
-                    fc2 = Init(m + "experts.fc2.weight", DataType.Float, [e, h, mi], InitializerSource.StackedFloat32, Experts("down_proj"));
-                }
-                return (fc1, fc2);
+                    moeInputs.Add(Init(m + "experts.fc1.weight", DataType.Float, [e, 2 * mi, h], InitializerSource.StackedFc1Float32,
+                        [.. Experts("gate_proj"), .. Experts("up_proj")]));
+                    moeInputs.Add(Init(m + "experts.fc2.weight", DataType.Float, [e, h, mi], InitializerSource.StackedFloat32, Experts("down_proj")));
                 }
                 if (c.NSharedExperts > 0)
                 {
