@@ -67,6 +67,26 @@ public class OnnxExportInt4Tests(ITestOutputHelper log) : IDisposable
     }
 
     [Fact]
+    public void VariantConfigAgreesWithFp32OfTheSameWeights()
+    {
+        // No q_lora (q_proj as MatMulNBits), one group, norm_topk_prob false (raw weights through router_weights), no rope scaling.
+        var dir = VariantCheckpoint.Create(_tmp["variant"], cfg =>
+        {
+            cfg["n_group"] = 1; cfg["topk_group"] = 1; cfg["norm_topk_prob"] = false; cfg.Remove("rope_scaling"); cfg["q_lora_rank"] = null;
+        }, VariantCheckpoint.RemoveQLora);
+        var q = _tmp["variant-int4"];
+        using (var src = ModelCheckpoint.Open(dir))
+            QuantizePipeline.Run(src, new QuantizeOptions(QuantizeScheme.Int4, q) { Int4 = new Int4Options(32, false, Targets: Int4Targets.AllLinear) },
+                NullLogger.Instance);
+        var int4 = OnnxExportPipeline.Run(q, _tmp["v-int4"], new OnnxExportOptions(OnnxWeightFormat.Int4));
+        var fp32 = OnnxExportPipeline.Run(q, _tmp["v-fp32"], new OnnxExportOptions(OnnxWeightFormat.Fp32));
+        var golden = new GoldenEval(TestData.Golden("tiny-dsv3", "eval.safetensors"));
+        var stats = LogitStats.Compare(Logits(int4.OutputDirectory, golden), Logits(fp32.OutputDirectory, golden), golden.Vocab);
+        log.WriteLine($"variant int4 (all linear, g32 asym) vs fp32 of the same weights: {stats}");
+        stats.MaxAbs.Should().BeLessThanOrEqualTo(1e-3);
+    }
+
+    [Fact]
     public void PackedCodesScalesAndZeroPointsAreCopiedExactly()
     {
         var ckpt = QuantizeTiny(32, false);
