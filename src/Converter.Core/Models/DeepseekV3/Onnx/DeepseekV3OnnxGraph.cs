@@ -33,8 +33,9 @@ public enum InitializerSource
 }
 
 /// <summary>One initializer of the exported model: its name, type, shape and source tensors.</summary>
+/// <param name="Interleaved">INT4 scales and zero points of fc1: Tensors are the gate then the up projections, rows interleaved.</param>
 public sealed record OnnxInitializerPlan(string Name, DataType Type, long[] Dims, InitializerSource Source,
-    string[] Tensors, float[]? Values = null)
+    string[] Tensors, float[]? Values = null, bool Interleaved = false)
 {
     public long ByteLength => OnnxTensors.ByteLength(Type, Dims);
 }
@@ -81,9 +82,9 @@ public static class DeepseekV3OnnxGraph
         var plan = new List<OnnxInitializerPlan>();
         long h = c.HiddenSize, v = c.VocabSize;
 
-        string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null)
+        string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null, bool interleaved = false)
         {
-            plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values));
+            plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values, interleaved));
             return g.Initializer(name);
         }
         string Plain(string name, params long[] dims) => Init(name, DataType.Float, dims, InitializerSource.Float32, [name]);
@@ -100,15 +101,16 @@ public static class DeepseekV3OnnxGraph
             int block = scheme!.Value.GroupSize;
             long groups = cols / block;
             long[] lead = experts is { } e ? [e] : [];
+            bool fc1 = codes == InitializerSource.Int4CodesFc1;
             // MatMulNBits wants B as [N, blocks, block / 2]; QMoE as [E, N, K / 2]: the same bytes.
             long[] codeDims = matMulNBits ? [.. lead, rows, groups, block / 2] : [.. lead, rows, cols / 2];
             var parts = new List<string>
             {
                 Init(name, DataType.Uint8, codeDims, codes, tensors),
-                Init(name + "_scales", DataType.Float, [.. lead, rows, groups], InitializerSource.Int4Scales, tensors),
+                Init(name + "_scales", DataType.Float, [.. lead, rows, groups], InitializerSource.Int4Scales, tensors, interleaved: fc1),
             };
             if (!scheme.Value.Symmetric)
-                parts.Add(Init(name + "_zero_points", DataType.Uint8, [.. lead, rows, (groups + 1) / 2], InitializerSource.Int4Zeros, tensors));
+                parts.Add(Init(name + "_zero_points", DataType.Uint8, [.. lead, rows, (groups + 1) / 2], InitializerSource.Int4Zeros, tensors, interleaved: fc1));
             return parts.ToArray();
         }
         string Linear(string name, long rows, long cols)

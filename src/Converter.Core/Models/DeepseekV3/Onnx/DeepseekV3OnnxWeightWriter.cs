@@ -53,17 +53,15 @@ public sealed class DeepseekV3OnnxWeightWriter
             case InitializerSource.Int4Scales:
             {
                 var codes = p.Name[..^"_scales".Length];
-                if (!_pendingScales.Remove(codes, out var s4))
-                    throw new InvalidOperationException($"scales of '{codes}' requested before its codes were written");
-                sink.Write<float>(s4);
+                if (_pendingScales.Remove(codes, out var s4)) sink.Write<float>(s4);
+                else ForEachInt4(p, w => sink.Write<float>(Widen(w.Scales))); // packed source: read again
                 break;
             }
             case InitializerSource.Int4Zeros:
             {
                 var codes = p.Name[..^"_zero_points".Length];
-                if (!_pendingZeros.Remove(codes, out var z))
-                    throw new InvalidOperationException($"zero points of '{codes}' requested before its codes were written");
-                sink.Write(z);
+                if (_pendingZeros.Remove(codes, out var z)) sink.Write(z);
+                else ForEachInt4(p, w => sink.Write(OnnxInt4Layout.PackZeroPoints(w.Zeros, w.Rows, w.Groups)));
                 break;
             }
             case InitializerSource.Fp8Scales:
@@ -182,26 +180,37 @@ public sealed class DeepseekV3OnnxWeightWriter
     /// </summary>
     private void WriteInt4(OnnxInitializerPlan p, OnnxExternalDataWriter.TensorSink sink)
     {
-        var scheme = _int4 ?? throw new InvalidOperationException($"'{p.Name}': INT4 initializer but the writer has no INT4 scheme");
-        var scales = new List<float>();
-        var zeros = new List<byte>();
-        if (p.Source == InitializerSource.Int4CodesFc1)
+        // Scales and zero points of a packed source are read again when their initializers come (cheap, no
+        // quantization), so nothing is held; RTN results are kept until then (quantizing twice would cost more).
+        bool keep = p.Tensors.Any(t => !_ckpt.IsPackedInt4(t));
+        var scales = keep ? new List<float>() : null;
+        var zeros = keep ? new List<byte>() : null;
+        ForEachInt4(p, w =>
         {
-            int e = p.Tensors.Length / 2;
-            for (int i = 0; i < e; i++)
-            {
-                var gate = ReadInt4(p.Tensors[i], scheme);
-                var up = ReadInt4(p.Tensors[e + i], scheme);
-                var both = Interleave(gate, up);
-                Emit(both, sink, scales, zeros);
-            }
+            sink.Write(OnnxInt4Layout.PackCodes(w.Q));
+            if (!keep) return;
+            scales!.AddRange(Widen(w.Scales));
+            if (!w.Scheme.Symmetric) zeros!.AddRange(OnnxInt4Layout.PackZeroPoints(w.Zeros, w.Rows, w.Groups));
+        });
+        if (!keep) return;
+        _pendingScales[p.Name] = scales!.ToArray();
+        if (!_int4!.Value.Symmetric) _pendingZeros[p.Name] = zeros!.ToArray();
+    }
+
+    /// <summary>The INT4 weights of a codes initializer in file order: one per tensor, or gate/up interleaved per expert for fc1.</summary>
+    private void ForEachInt4(OnnxInitializerPlan p, Action<Int4Weight> use)
+    {
+        var scheme = _int4 ?? throw new InvalidOperationException($"'{p.Name}': INT4 initializer but the writer has no INT4 scheme");
+        var tensors = p.Tensors;
+        if (p.Source == InitializerSource.Int4CodesFc1 || p.Interleaved)
+        {
+            int e = tensors.Length / 2;
+            for (int i = 0; i < e; i++) use(Interleave(ReadInt4(tensors[i], scheme), ReadInt4(tensors[e + i], scheme)));
         }
         else
         {
-            foreach (var name in p.Tensors) Emit(ReadInt4(name, scheme), sink, scales, zeros);
+            foreach (var name in tensors) use(ReadInt4(name, scheme));
         }
-        _pendingScales[p.Name] = scales.ToArray();
-        if (!scheme.Symmetric) _pendingZeros[p.Name] = zeros.ToArray();
     }
 
     /// <summary>The INT4 weight of a tensor: the packed codes as stored, or RTN-quantized from its float values.</summary>
@@ -235,10 +244,11 @@ public sealed class DeepseekV3OnnxWeightWriter
         return w;
     }
 
-    private static void Emit(Int4Weight w, OnnxExternalDataWriter.TensorSink sink, List<float> scales, List<byte> zeros)
+    /// <summary>BF16 scales as float32 (exact).</summary>
+    private static float[] Widen(ushort[] bf16)
     {
-        sink.Write(OnnxInt4Layout.PackCodes(w.Q));
-        foreach (var s in w.Scales) scales.Add(Bf16.ToSingle(s));
-        if (!w.Scheme.Symmetric) zeros.AddRange(OnnxInt4Layout.PackZeroPoints(w.Zeros, w.Rows, w.Groups));
+        var f = new float[bf16.Length];
+        for (int i = 0; i < f.Length; i++) f[i] = Bf16.ToSingle(bf16[i]);
+        return f;
     }
 }
