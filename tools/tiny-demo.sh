@@ -26,4 +26,15 @@ echo "== export ONNX fp8 (from our FP8 checkpoint) and verify against the FP8 go
 converter export onnx "$out/fp8" -o "$out/onnx-fp8" --weights fp8 --overwrite -q
 converter verify "$out/onnx-fp8" --golden golden/tiny-dsv3-fp8/eval.safetensors --format-preset fp8
 
+echo "== export GGUF (F32 and Q8_0) and verify through llama.cpp"
+if command -v node >/dev/null 2>&1; then
+  [ -d tests/interop/node_modules/node-llama-cpp ] || (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+  converter export gguf golden/models/tiny-dsv3 -o "$out/tiny-f32.gguf" --type f32 --overwrite -q
+  converter verify "$out/tiny-f32.gguf" --golden golden/tiny-dsv3/eval.safetensors
+  converter export gguf "$out/fp8" -o "$out/tiny-q8_0.gguf" --type q8_0 --overwrite -q
+  converter verify "$out/tiny-q8_0.gguf" --golden golden/tiny-dsv3-fp8/eval.safetensors
+else
+  echo "skipped: GGUF verification runs llama.cpp through Node.js; install Node.js 20+ and rerun"
+fi
+
 echo "demo: all artifacts in $out verified"

@@ -8,6 +8,7 @@ root.Options.Add(GlobalOptions.Verbose);
 root.Options.Add(GlobalOptions.Quiet);
 root.Subcommands.Add(InspectCommand.Create());
 root.Subcommands.Add(QuantizeCommand.Create());
+root.Subcommands.Add(CalibrateCommand.Create());
 var export = new Command("export", "Write a deployable artifact (ONNX, GGUF) from a checkpoint");
 export.Subcommands.Add(ExportOnnxCommand.Create());
 export.Subcommands.Add(GgufCommand.Create());

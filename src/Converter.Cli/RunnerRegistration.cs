@@ -5,5 +5,6 @@ namespace Converter.Cli;
 /// <summary>Plugs the artifact runtimes into the verify command's factory.</summary>
 public static class RunnerRegistration
 {
-    public static ArtifactRunnerFactory RegisterAll(ArtifactRunnerFactory factory) => OnnxArtifactRunner.RegisterWith(factory);
+    public static ArtifactRunnerFactory RegisterAll(ArtifactRunnerFactory factory) =>
+        GgufArtifactRunner.RegisterWith(OnnxArtifactRunner.RegisterWith(factory));
 }

@@ -6,7 +6,14 @@ namespace Converter.Runtime;
 public enum ArtifactKind { Onnx, Gguf }
 
 /// <summary>How to run an artifact. <paramref name="Threads"/> 0 lets the runtime choose.</summary>
-public sealed record RunnerOptions(int Threads = 0, string ExecutionProvider = "cpu");
+public sealed record RunnerOptions(int Threads = 0, string ExecutionProvider = "cpu")
+{
+    /// <summary>GGUF only: llama.cpp's KV cache type, f32 (default) or f16 (llama.cpp's defaults).</summary>
+    public string KvCache { get; init; } = "f32";
+
+    /// <summary>GGUF only: the folder holding the node-llama-cpp helper (default: tests/interop of the repository).</summary>
+    public string? InteropDirectory { get; init; }
+}
 
 /// <summary>Opens an artifact at a path (file or folder, as given on the command line).</summary>
 public delegate IArtifactRunner ArtifactRunnerOpener(string path, RunnerOptions options);

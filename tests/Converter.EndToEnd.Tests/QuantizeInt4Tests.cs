@@ -69,6 +69,16 @@ public class QuantizeInt4Tests(ITestOutputHelper output) : IDisposable
             var expected = Int4GroupQuantizer.Quantize(w, (int)t.Shape[0], (int)t.Shape[1], new Int4Scheme(group, symmetric), Int4ClipSearch.Default).Dequantize();
             var got = q.ReadFloat32(t.Name);
             AssertBitEqual(got, expected, t.Name);
+            if (group == 32 && symmetric)
+            {
+                // GGUF Q4_0 from the packed weight: no requantization, every value bit-identical.
+                var packedWeight = PackQuantized.Read(q.Tensors, t.Name, q.Int4Config.Scheme);
+                var blocks = new byte[w.Length / 32 * Q4_0Mapping.BlockBytes];
+                Q4_0Mapping.Convert(packedWeight, blocks, Q4_0Inexact.Throw, t.Name).Should().Be(0);
+                var viaQ4 = new float[w.Length];
+                Q4_0Mapping.Dequantize(blocks, viaQ4);
+                AssertBitEqual(viaQ4, got, t.Name + " as Q4_0");
+            }
             for (int i = 0; i < w.Length; i++) { err += Math.Pow(got[i] - w[i], 2); norm += (double)w[i] * w[i]; }
             packed++;
         }

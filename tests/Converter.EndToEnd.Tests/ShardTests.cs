@@ -108,6 +108,23 @@ public class ShardTests : IDisposable
     }
 
     [Fact]
+    public void PackedInt4CheckpointShardsWithItsPackedParts()
+    {
+        var int4 = _tmp["int4"];
+        var q = Cli.Run("quantize", TestData.Model("tiny-dsv3"), "-o", int4, "--scheme", "int4", "-q");
+        q.ExitCode.Should().Be(0, q.ToString());
+        var outDir = _tmp["out"];
+        var r = Cli.Run("shard", int4, "-o", outDir, "--ranks", "4", "--placement", "balanced", "--calibration", CalibrationFolder(), "--redundant", "2", "-q");
+        r.ExitCode.Should().Be(0, r.ToString());
+        AssertReassemblesByteForByte(outDir, int4, 4);
+        var placement = PlacementJson.Read(outDir);
+        int rank = placement.Layer(2)!.Replicas[5][0].Rank;
+        using var ckpt = SafetensorsCheckpoint.Open(Path.Combine(outDir, $"rank-{rank:D5}"));
+        foreach (var part in new[] { "weight_packed", "weight_scale", "weight_shape" })
+            ckpt.Contains($"model.layers.2.mlp.experts.5.up_proj.{part}").Should().BeTrue($"{part} travels with its expert");
+    }
+
+    [Fact]
     public void ReportOnHeldOutTokensShowsBalancedBelowContiguous()
     {
         var outDir = _tmp["out"];

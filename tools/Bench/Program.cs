@@ -7,7 +7,10 @@ var benches = new Dictionary<string, (string Help, Func<string[], int> Run)>
     ["logfmt"] = ("LogFMT-n encode/decode and activation-format throughput against a memory copy", LogFmtBench.Run),
     ["onnx"] = ("ONNX export time/RSS at DeepSeek-V3 shapes and ONNX Runtime tokens/s with top-k 2, 4, 8", OnnxBench.Run),
     ["ggml-quant"] = ("ggml block quantizers (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) vs ggml's own reference", GgmlQuantBench.Run),
+    ["onnx-scaling"] = ("ONNX export time/peak RSS per checkpoint size, and ORT tokens/s with top-k 2, 4, 8", OnnxScalingBench.Run),
+    ["gguf-export"] = ("export gguf time and peak RSS per output type on a synthetic checkpoint against cp of the output bytes", GgufExportBench.Run),
     ["verify"] = ("golden comparison (softmax/KL) throughput", VerifyBench.Run),
+    ["shard"] = ("expert-parallel sharding of a synthetic checkpoint (contiguous, balanced +R) against cp of the output bytes", ShardBench.Run),
     ["int4-quant"] = ("INT4 RTN (MSE clip) and GPTQ throughput on a 2048x7168 expert weight, 1 and 2 threads", Int4QuantBench.Run),
     ["fp8-codec"] = ("FP8 block quantize (bf16->fp8) and dequantize (fp8->bf16) of a 7168x2048 weight, 1 and 2 threads, against Span copy", Fp8CodecBench.Run),
 };

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Converter.Models.DeepseekV3.Onnx;
+using Converter.Numerics.ActivationFormats;
 using Converter.Pipelines;
 using Microsoft.Extensions.Logging;
 
@@ -7,7 +8,8 @@ namespace Converter.Cli.Commands;
 
 /// <summary>
 /// <c>converter export onnx &lt;model-dir&gt; -o &lt;out-dir&gt; [--weights fp32|fp8|int4] [--group-size N] [--asymmetric]
-/// [--int4-targets routed-experts|all-linear] [--overwrite]</c> (a subcommand of <c>export</c>).
+/// [--int4-targets routed-experts|all-linear] [--overwrite] [--simulate-comm F] [--dispatch F] [--combine F]</c>
+/// (a subcommand of <c>export</c>).
 /// </summary>
 public static class ExportOnnxCommand
 {
@@ -37,17 +39,27 @@ public static class ExportOnnxCommand
         {
             Description = "Also expose every hidden state and each MoE layer's top-k expert ids as graph outputs",
         };
+        var simulate = new Option<string?>("--simulate-comm")
+        {
+            Description = "Quantize-dequantize expert traffic (dispatch and combine) inside MoE: bf16, e4m3, e5m2 or logfmt<n> (n 4..16)",
+        };
+        var dispatch = new Option<string?>("--dispatch") { Description = "Format of the dispatch traffic only (overrides --simulate-comm for dispatch)" };
+        var combine = new Option<string?>("--combine") { Description = "Format of the combine traffic only (overrides --simulate-comm for combine)" };
         var cmd = new Command("onnx", "Export a deepseek_v3 checkpoint to ONNX (model-local MLA/MoE functions, stock ONNX Runtime)")
         {
-            dir, output, weights, groupSize, asymmetric, targets, overwrite, diagnostics,
+            dir, output, weights, groupSize, asymmetric, targets, overwrite, diagnostics, simulate, dispatch, combine,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
             var format = parse.GetValue(weights) switch { "fp8" => OnnxWeightFormat.Fp8, "int4" => OnnxWeightFormat.Int4, _ => OnnxWeightFormat.Fp32 };
+            var both = parse.GetValue(simulate);
+            ActivationFormat? Fmt(string? s) => s == null ? null : ActivationFormatParser.Parse(s);
+            var comm = new CommSimulation(Fmt(parse.GetValue(dispatch) ?? both), Fmt(parse.GetValue(combine) ?? both));
             var result = OnnxExportPipeline.Run(parse.GetValue(dir)!, parse.GetValue(output)!,
                 new OnnxExportOptions(format, parse.GetValue(overwrite), parse.GetValue(diagnostics),
                     Int4GroupSize: parse.GetValue(groupSize), Int4Symmetric: parse.GetValue(asymmetric) ? false : null,
-                    Int4Targets: parse.GetValue(targets) == "all-linear" ? Int4Targets.AllLinear : Int4Targets.RoutedExperts),
+                    Int4Targets: parse.GetValue(targets) == "all-linear" ? Int4Targets.AllLinear : Int4Targets.RoutedExperts,
+                    Comm: comm.Any ? comm : null),
                 loggers.CreateLogger("export-onnx"), GlobalOptions.CreateProgress(parse));
             Console.WriteLine(result.ModelPath);
             return CommandRunner.Ok;

@@ -12,6 +12,7 @@ public static class GgufCommand
     {
         ["f32"] = GgmlType.F32, ["f16"] = GgmlType.F16, ["bf16"] = GgmlType.BF16, ["q8_0"] = GgmlType.Q8_0,
         ["q4_0"] = GgmlType.Q4_0, ["q4_k"] = GgmlType.Q4_K, ["q5_k"] = GgmlType.Q5_K, ["q6_k"] = GgmlType.Q6_K,
+        ["q4_k_m"] = GgmlType.Q4_K, // the mix: see GgufTypeScheme.Q4_K_M
     };
 
     public static Command Create()
@@ -20,7 +21,8 @@ public static class GgufCommand
         var output = new Option<string>("--output", "-o") { Description = "Output .gguf file (must not exist unless --overwrite)", Required = true };
         var type = new Option<string>("--type")
         {
-            Description = "ggml type of the weights (rows that are not whole blocks fall back to q8_0, then f16); norms, router and biases stay f32",
+            Description = "ggml type of the weights (rows that are not whole blocks fall back to q8_0, then f16); norms, router and biases stay f32; " +
+                          "q4_k_m: llama.cpp's Q4_K_M mix (output and ffn_down of some layers q6_k, the rest q4_k)",
             DefaultValueFactory = _ => "f16",
         };
         type.AcceptOnlyFromAmong([.. Types.Keys]);
@@ -28,19 +30,25 @@ public static class GgufCommand
         outputType.AcceptOnlyFromAmong([.. Types.Keys]);
         var name = new Option<string?>("--name") { Description = "general.name (default: the folder name)" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output file if it exists" };
+        var force = new Option<bool>("--force") { Description = "Export even where llama.cpp cannot represent the checkpoint exactly" };
         var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (deepseek2; ggml-exact quantizers; streaming, atomic)")
         {
-            dir, output, type, outputType, name, overwrite,
+            dir, output, type, outputType, name, overwrite, force,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
             var log = loggers.CreateLogger("gguf");
+            string typeName = parse.GetValue(type)!;
             var options = new GgufExportOptions(
                 parse.GetValue(output)!,
-                Types[parse.GetValue(type)!],
+                Types[typeName],
                 parse.GetValue(outputType) is { } o ? Types[o] : null,
                 parse.GetValue(name),
-                parse.GetValue(overwrite));
+                parse.GetValue(overwrite))
+            {
+                Scheme = typeName.Equals("q4_k_m", StringComparison.OrdinalIgnoreCase) ? GgufTypeScheme.Q4_K_M : GgufTypeScheme.Uniform,
+                Force = parse.GetValue(force),
+            };
             using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);
             var result = GgufExportPipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse));
             log.LogInformation("done: {Tensors} tensors, {GB:F3} GB, {Secs:F2} s, peak RSS {Rss}",

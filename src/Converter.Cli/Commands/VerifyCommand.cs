@@ -42,8 +42,14 @@ public static class VerifyCommand
         var ep = new Option<string>("--execution-provider") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var preset = new Option<string?>("--format-preset")
         {
-            Description = $"tolerance preset: {string.Join(", ", VerificationTolerances.PresetNames)} (default: fp32 for ONNX, gguf-f32 for GGUF)",
+            Description = $"tolerance preset: {string.Join(", ", VerificationTolerances.PresetNames)} (default: fp32 for ONNX; for GGUF from the file's weight types)",
         };
+        var kvCache = new Option<string>("--kv-cache")
+        {
+            Description = "GGUF: llama.cpp KV cache, f32 (flash attention off) or f16 (llama.cpp's defaults)", DefaultValueFactory = _ => "f32",
+        };
+        kvCache.AcceptOnlyFromAmong("f32", "f16");
+        var interopDir = new Option<string?>("--interop-dir") { Description = "GGUF: folder with the node-llama-cpp helper (default: tests/interop of the repository)" };
         var model = new Option<string?>("--model") { Description = "model folder (config.json) to check the golden against" };
         var stableMargin = new Option<string?>("--stable-margin") { Description = "routing margin below which a position is unstable (default 1e-4)" };
         var layerThreshold = new Option<string?>("--layer-threshold") { Description = "relative error that marks a layer as diverging (default 1e-3)" };
@@ -51,7 +57,7 @@ public static class VerifyCommand
 
         var cmd = new Command("verify", "Run an artifact on golden tokens and compare its logits, routing and hidden states with the golden");
         cmd.Arguments.Add(artifact);
-        foreach (var o in new Option[] { golden, json, layers, threads, ep, preset, model, stableMargin, layerThreshold }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { golden, json, layers, threads, ep, preset, kvCache, interopDir, model, stableMargin, layerThreshold }) cmd.Options.Add(o);
         foreach (var o in limitOptions) cmd.Options.Add(o);
 
         cmd.Action = new VerifyAction(pr =>
@@ -66,7 +72,7 @@ public static class VerifyCommand
             try
             {
                 kind = ArtifactRunnerFactory.Detect(path);
-                tol = VerificationTolerances.ForPreset(pr.GetValue(preset) ?? (kind == ArtifactKind.Gguf ? "gguf-f32" : "fp32"));
+                tol = VerificationTolerances.ForPreset(pr.GetValue(preset) ?? (kind == ArtifactKind.Gguf ? GgufArtifactRunner.DefaultPreset(path) : "fp32"));
                 bool overridden = false;
                 for (int i = 0; i < LimitFlags.Length; i++)
                     if (pr.GetValue(limitOptions[i]) is { } text)
@@ -81,7 +87,7 @@ public static class VerifyCommand
                 string provider = pr.GetValue(ep)!.ToLowerInvariant();
                 if (provider is not ("cpu" or "cuda"))
                     throw new ArgumentException($"--execution-provider: '{provider}' is not cpu or cuda");
-                options = new RunnerOptions(nThreads, provider);
+                options = new RunnerOptions(nThreads, provider) { KvCache = pr.GetValue(kvCache)!, InteropDirectory = pr.GetValue(interopDir) };
                 goldenSet = GoldenSet.Load(pr.GetValue(golden)!);
                 var modelDir = pr.GetValue(model) ?? (Directory.Exists(path) && File.Exists(Path.Combine(path, "config.json")) ? path : null);
                 if (modelDir != null) goldenSet.CheckModel(ConfigJson.Load(modelDir));

@@ -33,4 +33,17 @@ public delegate void GgufTensorProducer(ICheckpointFloatSource source, Action<Re
 public sealed record GgufTensorPlan(string Name, long[] Dimensions, bool KeepF32, IReadOnlyList<string> Sources, GgufTensorProducer Produce);
 
 /// <summary>Everything an architecture's GGUF mapping decides: metadata keys (exact types) and tensors.</summary>
-public sealed record GgufModelPlan(string Architecture, IReadOnlyList<KeyValuePair<string, GgufValue>> Metadata, IReadOnlyList<GgufTensorPlan> Tensors);
+public sealed record GgufModelPlan(string Architecture, IReadOnlyList<KeyValuePair<string, GgufValue>> Metadata, IReadOnlyList<GgufTensorPlan> Tensors)
+{
+    /// <summary>Why llama.cpp would not compute what the checkpoint computes (an export is refused unless forced).</summary>
+    public IReadOnlyList<string> Inexact { get; init; } = [];
+
+    /// <summary>Parts of the checkpoint deliberately left out (logged), e.g. the MTP layer.</summary>
+    public IReadOnlyList<string> LeftOut { get; init; } = [];
+
+    /// <summary>Number of <c>blk.N</c> blocks (the layer count type mixes use).</summary>
+    public int BlockCount { get; init; }
+
+    /// <summary>Routed experts per MoE layer (0 for a dense model); llama.cpp's mixes treat 8 specially.</summary>
+    public int ExpertCount { get; init; }
+}

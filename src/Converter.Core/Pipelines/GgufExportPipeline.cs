@@ -12,6 +12,12 @@ namespace Converter.Pipelines;
 public sealed record GgufExportOptions(string Output, GgmlType WeightType = GgmlType.F16, GgmlType? OutputType = null,
     string? ModelName = null, bool Overwrite = false)
 {
+    /// <summary>Uniform <see cref="WeightType"/>, or a llama.cpp mix (Q4_K_M) that ignores <see cref="WeightType"/>.</summary>
+    public GgufTypeScheme Scheme { get; init; } = GgufTypeScheme.Uniform;
+
+    /// <summary>Export even where llama.cpp cannot represent the checkpoint exactly (the reasons are logged as warnings).</summary>
+    public bool Force { get; init; }
+
     /// <summary>Values read per slab of a large 2-D tensor (whole 128-row blocks, at least one).</summary>
     public long SlabValues { get; init; } = 1L << 24;
 }
@@ -52,12 +58,22 @@ public static class GgufExportPipeline
         if (File.Exists(options.Output) && !options.Overwrite)
             throw new IOException($"{options.Output}: already exists (use overwrite)");
         var plan = Plan(src, options.ModelName);
+        if (plan.Inexact.Count > 0)
+        {
+            if (!options.Force)
+                throw new NotSupportedException($"{src.Directory}: llama.cpp's {plan.Architecture} cannot represent this checkpoint exactly: " +
+                                                string.Join("; ", plan.Inexact) + ". Use --force to export anyway (outputs will differ).");
+            foreach (var why in plan.Inexact) log.LogWarning("exporting anyway (--force), llama.cpp will differ: {Why}", why);
+        }
+        foreach (var part in plan.LeftOut) log.LogInformation("left out: {Part}", part);
         var types = new GgmlType[plan.Tensors.Count];
         var counts = new Dictionary<GgmlType, int>();
         for (int i = 0; i < types.Length; i++)
         {
             var t = plan.Tensors[i];
-            types[i] = ChooseType(t, t.Name == "output.weight" && options.OutputType is { } o ? o : options.WeightType);
+            var requested = t.Name == "output.weight" && options.OutputType is { } o
+                ? o : GgufTypePolicy.Requested(options.Scheme, options.WeightType, t.Name, plan.BlockCount, plan.ExpertCount);
+            types[i] = ChooseType(t, requested);
             counts[types[i]] = counts.GetValueOrDefault(types[i]) + 1;
         }
         log.LogInformation("GGUF {Arch}: {Count} tensors from {Dir} to {Out} ({Types})", plan.Architecture, types.Length,
@@ -66,6 +82,7 @@ public static class GgufExportPipeline
         using var writer = new GgufWriter(options.Output);
         foreach (var (key, value) in plan.Metadata) writer.Add(key, value);
         writer.Add("general.quantization_version", GgufValue.UInt32(2));
+        writer.Add("general.file_type", GgufValue.UInt32((uint)GgufTypePolicy.FileType(options.Scheme, options.WeightType)));
         for (int i = 0; i < types.Length; i++) writer.AddTensor(plan.Tensors[i].Name, plan.Tensors[i].Dimensions, types[i]);
         writer.WriteHeader();
 

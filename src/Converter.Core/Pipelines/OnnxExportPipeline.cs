@@ -26,7 +26,8 @@ public sealed record OnnxExportOptions(
     bool Fp8CastDequantize = false,
     int? Int4GroupSize = null,
     bool? Int4Symmetric = null,
-    Int4Targets Int4Targets = Int4Targets.RoutedExperts);
+    Int4Targets Int4Targets = Int4Targets.RoutedExperts,
+    CommSimulation? Comm = null);
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
     IReadOnlyList<string> HiddenStateOutputs, IReadOnlyList<string> RoutingOutputs, TimeSpan Elapsed);
@@ -57,7 +58,8 @@ public static class OnnxExportPipeline
                 cfg.NumHiddenLayers, cfg.NumHiddenLayers + cfg.NumNextnPredictLayers - 1);
 
         var export = DeepseekV3OnnxGraph.Build(cfg, new DeepseekV3OnnxOptions(options.Weights, options.AttentionMaskInput,
-            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4));
+            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm));
+        if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new DeepseekV3OnnxWeightWriter(ckpt, scheme);
         int done = 0;

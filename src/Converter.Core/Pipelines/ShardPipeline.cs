@@ -4,7 +4,9 @@ using System.Text.Json.Nodes;
 using Converter.Formats.Safetensors;
 using Converter.Models;
 using Converter.Sharding;
+using Converter.Tensors;
 using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
 
 namespace Converter.Pipelines;
 
@@ -65,6 +67,9 @@ public static class ShardPipeline
         if (Directory.Exists(staging)) Directory.Delete(staging, true);
         Directory.CreateDirectory(staging);
         var writers = new SafetensorsWriter?[placement.Ranks];
+        var handles = new Dictionary<string, SafeFileHandle>(StringComparer.Ordinal);
+        // Tensor bytes go file to file in the kernel (copy_file_range) where it can; otherwise through this one buffer.
+        var slab = GC.AllocateUninitializedArray<byte>((int)SlabBytes);
         long read = 0, written = 0;
         try
         {
@@ -75,12 +80,12 @@ public static class ShardPipeline
             {
                 var ranks = targets[i];
                 for (int k = 0; k < ranks.Length; k++) streams[k] = writers[ranks[k]]!.BeginTensor(names[i], out _);
-                long length = src.Tensors.Info(names[i]).ByteLength;
-                for (long off = 0; off < length; off += SlabBytes)
-                {
-                    using var slab = src.Tensors.ReadRange(names[i], off, Math.Min(SlabBytes, length - off));
-                    for (int k = 0; k < ranks.Length; k++) streams[k].Write(slab.Bytes);
-                }
+                var info = src.Tensors.Info(names[i]);
+                if (!handles.TryGetValue(info.File, out var handle))
+                    handles[info.File] = handle = File.OpenHandle(info.File, FileMode.Open, FileAccess.Read, FileShare.Read);
+                long length = info.ByteLength;
+                for (int k = 0; k < ranks.Length; k++)
+                    FileRangeCopy.Copy(handle, info.File, info.FileOffset, (FileStream)streams[k], length, slab);
                 read += length;
                 written += length * ranks.Length;
                 progress?.Report(new PipelineProgress(i + 1, names.Count, written, names[i]));
@@ -102,6 +107,7 @@ public static class ShardPipeline
         finally
         {
             foreach (var w in writers) w?.Dispose();
+            foreach (var h in handles.Values) h.Dispose();
             if (Directory.Exists(staging))
                 try { Directory.Delete(staging, true); } catch (IOException) { }
         }

@@ -116,34 +116,57 @@ public static class PlacementPlanner
         var ones = new int[groups];
         Array.Fill(ones, 1);
         var nodeGroups = ExpertPacking.Pack(groupIds, groupLoad, ones, nodes);
-        // Step 2: replicas to the node with the highest load per expert copy, one at a time (each copy can live on any of its M ranks).
-        var nodeTotal = new double[nodes];
+        // Step 2: within each node, replicate its experts and pack them onto its ranks. Replicas go one at a time to the
+        // node where, after repacking, the heaviest rank of the whole layer is lightest: a replica can also hurt (on a node of
+        // two ranks it forces a 3/2 split of slots), so it goes where it helps most or harms least.
+        var nodeExperts = new List<int>[nodes];
+        for (int node = 0; node < nodes; node++)
+        {
+            nodeExperts[node] = new List<int>();
+            foreach (var g in nodeGroups[node].Order())
+                for (int x = g * perGroup; x < (g + 1) * perGroup; x++) nodeExperts[node].Add(x);
+        }
         var nodeReplicas = new int[nodes];
-        for (int node = 0; node < nodes; node++) foreach (var g in nodeGroups[node]) nodeTotal[node] += groupLoad[g];
+        var packed = new (List<int>[] Held, double Max)[nodes];
+        for (int node = 0; node < nodes; node++) packed[node] = PackNode(nodeExperts[node], load, 0, m);
         for (int i = 0; i < r; i++)
         {
             int best = -1;
+            (List<int>[] Held, double Max) bestPack = default;
+            double bestGlobal = double.MaxValue;
             for (int node = 0; node < nodes; node++)
             {
-                if (nodeReplicas[node] >= e / nodes * (m - 1)) continue; // every expert of the node already on every rank
-                if (best < 0 || nodeTotal[node] / (e / nodes + nodeReplicas[node]) > nodeTotal[best] / (e / nodes + nodeReplicas[best])) best = node;
+                if (nodeReplicas[node] + 1 > nodeExperts[node].Count * (m - 1)) continue; // every expert already on every rank of the node
+                var trial = PackNode(nodeExperts[node], load, nodeReplicas[node] + 1, m);
+                double global = trial.Max;
+                for (int other = 0; other < nodes; other++) if (other != node) global = Math.Max(global, packed[other].Max);
+                if (global < bestGlobal - 1e-9 || (Math.Abs(global - bestGlobal) <= 1e-9 && trial.Max < bestPack.Max))
+                    (best, bestPack, bestGlobal) = (node, trial, global);
             }
             if (best < 0) throw new ArgumentException($"cannot place {r} replicas within nodes of {m} ranks: every expert already has a copy on every rank of its node");
             nodeReplicas[best]++;
+            packed[best] = bestPack;
         }
-        // Step 3: within each node, replicate its experts and pack them onto its ranks.
         var held = new List<int>[n];
         for (int node = 0; node < nodes; node++)
-        {
-            var experts = new List<int>();
-            foreach (var g in nodeGroups[node].Order())
-                for (int x = g * perGroup; x < (g + 1) * perGroup; x++) experts.Add(x);
-            var nodeLoad = experts.Select(x => load[x]).ToArray();
-            var copies = ExpertPacking.Replicate(nodeLoad, nodeReplicas[node], m);
-            var local = ExpertPacking.Pack(experts, nodeLoad, copies, m);
-            for (int i = 0; i < m; i++) held[node * m + i] = local[i];
-        }
+            for (int i = 0; i < m; i++) held[node * m + i] = packed[node].Held[i];
         return held;
+    }
+
+    /// <summary>One node's experts with <paramref name="replicas"/> extra copies packed onto its <paramref name="m"/> ranks, and the heaviest rank's load.</summary>
+    private static (List<int>[] Held, double Max) PackNode(List<int> experts, double[] load, int replicas, int m)
+    {
+        var nodeLoad = experts.Select(x => load[x]).ToArray();
+        var copies = ExpertPacking.Replicate(nodeLoad, replicas, m);
+        var held = ExpertPacking.Pack(experts, nodeLoad, copies, m);
+        double max = 0;
+        foreach (var h in held)
+        {
+            double sum = 0;
+            foreach (var x in h) sum += load[x] / copies[experts.IndexOf(x)];
+            max = Math.Max(max, sum);
+        }
+        return (held, max);
     }
 
     /// <summary>Slots follow ascending expert id on each rank; a replicated expert's tokens split evenly.</summary>

@@ -1,22 +1,25 @@
+using Converter.Numerics.ActivationFormats;
+
 namespace Converter.Sharding;
 
 /// <summary>
-/// Bytes one token's hidden vector takes on the wire in the formats considered for expert-parallel dispatch and
-/// combine. Scaled formats carry per-1x128-tile metadata: one float32 scale for E4M3/E5M2 (DeepSeek's activation
-/// tiles), the float32 pair (amin, amax) for LogFMT-n (the project's LogFMT spec, codes bit-packed).
+/// The activation formats the load report prices expert-parallel dispatch and combine traffic in; bytes per token come
+/// from <see cref="ActivationQuantizer.WireBytesPerToken"/> (packed codes plus per-1x128-tile metadata).
 /// </summary>
 public static class WireFormats
 {
-    public sealed record Format(string Name, Func<int, long> BytesPerToken);
-
-    private static long Tiles(int hidden) => (hidden + 127) / 128;
+    public sealed record Format(ActivationFormat Activation)
+    {
+        public string Name => Activation.ToString();
+        public long BytesPerToken(int hiddenSize) => ActivationQuantizer.WireBytesPerToken(Activation, hiddenSize);
+    }
 
     public static IReadOnlyList<Format> All { get; } =
     [
-        new("BF16", h => 2L * h),
-        new("E4M3", h => h + 4 * Tiles(h)),
-        new("E5M2", h => h + 4 * Tiles(h)),
-        new("LogFMT-8", h => (8L * h + 7) / 8 + 8 * Tiles(h)),
-        new("LogFMT-10", h => (10L * h + 7) / 8 + 8 * Tiles(h)),
+        new(ActivationFormat.Bf16),
+        new(ActivationFormat.E4M3),
+        new(ActivationFormat.E5M2),
+        new(ActivationFormat.LogFmt(8)),
+        new(ActivationFormat.LogFmt(10)),
     ];
 }

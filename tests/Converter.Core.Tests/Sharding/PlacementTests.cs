@@ -144,6 +144,8 @@ public class PlacementTests
     [InlineData(8, 0, 0)]
     [InlineData(4, 2, 0)]
     [InlineData(8, 2, 0)]
+    [InlineData(4, 2, 2)]
+    [InlineData(8, 2, 2)]
     public void BalancedHasLowerHeldOutImbalanceThanContiguous(int ranks, int perNode, int redundant)
     {
         var held = ShardTestData.HeldOut(Arch);

@@ -45,8 +45,9 @@ public static class DeepseekV3GgufMap
         F32("expert_weights_scale", c.RoutedScalingFactor);
         if (c.NormTopkProb) Add($"{Arch}.expert_weights_norm", GgufValue.Bool(true));
         U32("expert_gating_func", 2); // sigmoid
-        // llama.cpp aborts on n_group >= n_expert or topk_group >= n_group; there grouping selects nothing anyway
-        if (c.NGroup > 1 && c.NGroup < c.NRoutedExperts && c.TopkGroup < c.NGroup)
+        // llama.cpp aborts on n_group >= n_expert or topk_group >= n_group; there grouping selects nothing anyway.
+        // greedy ignores groups in the checkpoint's own code, so llama.cpp must not group either.
+        if (GroupingActive(c) && c.TopkMethod != "greedy")
         {
             U32("expert_group_count", c.NGroup);
             U32("expert_group_used_count", c.TopkGroup);
@@ -61,7 +62,42 @@ public static class DeepseekV3GgufMap
         }
         meta.AddRange(tokenizer ?? ByteLevelTokenizer(c.VocabSize));
 
-        return new GgufModelPlan(Arch, meta, Tensors(c));
+        var leftOut = new List<string>();
+        if (c.NumNextnPredictLayers > 0)
+            leftOut.Add($"{c.NumNextnPredictLayers} MTP (next-token prediction) layer(s) model.layers.{c.NumHiddenLayers}" +
+                        (c.NumNextnPredictLayers > 1 ? $"..{c.NumHiddenLayers + c.NumNextnPredictLayers - 1}" : "") +
+                        ": llama.cpp's deepseek2 loader fails on tensors it does not know");
+        return new GgufModelPlan(Arch, meta, Tensors(c)) { Inexact = Inexact(c), LeftOut = leftOut, BlockCount = c.NumHiddenLayers, ExpertCount = c.NRoutedExperts };
+    }
+
+    /// <summary>True where group-limited routing selects something (llama.cpp aborts on the no-op combinations).</summary>
+    public static bool GroupingActive(DeepseekV3Config c) => c.NGroup > 1 && c.NGroup < c.NRoutedExperts && c.TopkGroup < c.NGroup;
+
+    /// <summary>
+    /// What llama.cpp's deepseek2 cannot represent exactly for this config. llama.cpp: sigmoid (or softmax) scores,
+    /// selection on scores + exp_probs_b when present, groups ranked by the sum of their two best (biased) scores,
+    /// weights from unbiased scores, optional normalisation, times expert_weights_scale; YaRN whose rotary
+    /// magnitude correction cancels (it scales cos/sin by 1 and q.k by (1 + 0.1 mscale_all_dim ln factor)^2),
+    /// with ggml's default beta_fast 32 / beta_slow 1.
+    /// </summary>
+    public static IReadOnlyList<string> Inexact(DeepseekV3Config c)
+    {
+        var why = new List<string>();
+        if (c.RopeScaling is { } y && y.Factor > 1)
+        {
+            if (y.Mscale != y.MscaleAllDim)
+                why.Add($"rope_scaling.mscale ({y.Mscale}) differs from mscale_all_dim ({y.MscaleAllDim}): the checkpoint scales rotary cos/sin by " +
+                        $"(1 + 0.1 mscale ln f) / (1 + 0.1 mscale_all_dim ln f) = {(0.1 * y.Mscale * Math.Log(y.Factor) + 1) / (0.1 * y.MscaleAllDim * Math.Log(y.Factor) + 1):G6}, " +
+                        "llama.cpp's deepseek2 by exactly 1 (it has only rope.scaling.yarn_log_multiplier = 0.1 mscale_all_dim)");
+            if (y.BetaFast != 32 || y.BetaSlow != 1)
+                why.Add($"rope_scaling beta_fast {y.BetaFast} / beta_slow {y.BetaSlow}: llama.cpp's YaRN uses 32 / 1");
+        }
+        if (c.TopkMethod == "group_limited_greedy" && GroupingActive(c))
+            why.Add($"topk_method group_limited_greedy ranks the {c.NGroup} expert groups by their best score; llama.cpp ranks groups by the sum " +
+                    "of their two best scores (noaux_tc's rule), so different experts can be chosen");
+        if (c.NGroup > 1 && c.TopkGroup < c.NGroup && c.NGroup >= c.NRoutedExperts)
+            why.Add($"n_group {c.NGroup} with one expert per group: llama.cpp aborts on expert_group_count >= expert_count");
+        return why;
     }
 
     /// <summary>The GPT-2 byte-to-unicode vocabulary llama.cpp needs for a byte-level (256-token) checkpoint.</summary>

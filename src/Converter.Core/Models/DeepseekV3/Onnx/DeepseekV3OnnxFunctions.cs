@@ -110,7 +110,15 @@ internal static class DeepseekV3OnnxFunctions
     /// masked router_probs and the mixing weights are w itself through input 14 (router_weights). Shared-expert
     /// projections flagged in the mask [1..3] run as MatMulNBits.
     /// </summary>
-    public static void Moe(OnnxModelBuilder model, DeepseekV3Config c, string name = MoeName, Int4Scheme? int4Scheme = null, bool[]? int4 = null)
+    /// <remarks>
+    /// With <paramref name="comm"/>: the dispatch format quantize-dequantizes the input of the routed experts only
+    /// (router and shared experts read the exact input). The combine format needs each selected expert's output,
+    /// which com.microsoft.MoE (and QMoE) keep internal: the routed part then runs as k calls with k=1, call j routing
+    /// every token to its j-th selected expert with weight 1, so each call returns exactly that expert's output; it
+    /// is quantize-dequantized, multiplied by w_j and summed. Still sparse, about as costly.
+    /// </remarks>
+    public static void Moe(OnnxModelBuilder model, DeepseekV3Config c, string name = MoeName, Int4Scheme? int4Scheme = null, bool[]? int4 = null,
+        CommSimulation? comm = null)
     {
         model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
         var f = model.Function(DeepseekV3OnnxNames.Domain, name);
@@ -151,37 +159,51 @@ internal static class DeepseekV3OnnxFunctions
             w = f.Op("Div", [w, f.Add(f.Op("ReduceSum", [w, f.ConstInt64(1)], Int("keepdims", 1)), f.ScalarFloat(1e-20f))]);
         w = f.Mul(w, f.ScalarFloat((float)c.RoutedScalingFactor));
         string negInf = f.Op("Expand", [f.ScalarFloat(float.NegativeInfinity), f.Shape(scores)]);
-        string y;
-        if (qmoe)
+        string xRouted = comm?.Dispatch is { } dispatch ? OnnxCommQdq.Emit(f, x2, dispatch, h) : x2;
+        string zerosTE = f.Mul(scores, f.ScalarFloat(0f));
+        // sum_j weights[:, j] * expert_{idx[:, j]}(xRouted), exactly, for idx/weights [t, kk].
+        string Routed(string idx, string weights, int kk, bool unitWeights = false)
         {
-            // QMoE selects by router_probs (-inf masks every expert but the chosen k) and mixes with input 14
-            // router_weights as given (normalize_routing_weights=0): the exact DeepSeek weights, no log trick.
-            string probs = f.Op("ScatterElements", [negInf, topIdx, w], Int("axis", 1));
-            string mix = f.Op("ScatterElements", [f.Mul(scores, f.ScalarFloat(0f)), topIdx, w], Int("axis", 1));
-            y = f.Op("QMoE", [x2, probs, fc1, fc1Scales!, "", fc2, fc2Scales!, "", "", "", "", fc1Zeros ?? "", fc2Zeros ?? "", "", mix],
-                1, OnnxModelBuilder.MicrosoftDomain,
-                Int("k", k), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0),
-                Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))[0];
+            if (qmoe)
+            {
+                // QMoE selects by router_probs (-inf masks every expert but the chosen kk) and mixes with input 14
+                // router_weights as given (normalize_routing_weights=0): the exact DeepSeek weights, no log trick.
+                string probs = f.Op("ScatterElements", [negInf, idx, weights], Int("axis", 1));
+                string mix = f.Op("ScatterElements", [zerosTE, idx, weights], Int("axis", 1));
+                return f.Op("QMoE", [xRouted, probs, fc1, fc1Scales!, "", fc2, fc2Scales!, "", "", "", "", fc1Zeros ?? "", fc2Zeros ?? "", "", mix],
+                    1, OnnxModelBuilder.MicrosoftDomain,
+                    Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                    Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0),
+                    Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))[0];
+            }
+            // com.microsoft.MoE: log(w) over -inf, its softmax returns w / sum(w); times sum(w).
+            string logProbs = f.Op("ScatterElements", [negInf, idx, f.Op("Log", [weights])], Int("axis", 1));
+            string moe = f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
+                Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
+            return unitWeights ? moe : f.Mul(moe, f.Op("ReduceSum", [weights, f.ConstInt64(1)], Int("keepdims", 1)));
+        }
+        string y;
+        if (comm?.Combine is { } combine)
+        {
+            y = "";
+            string one = f.Op("ConstantOfShape", [f.Shape(topIdx, 0, 1)], Tensor("value", OnnxTensors.Float("", [1], 1f)));
+            string unit = f.Unsqueeze(one, 1); // [t, 1] of 1
+            for (int j = 0; j < k; j++)
+            {
+                string idx = f.Op("Slice", [topIdx, f.ConstInt64(j), f.ConstInt64(j + 1), f.ConstInt64(1)]);  // [t, 1]
+                string wj = f.Op("Slice", [w, f.ConstInt64(j), f.ConstInt64(j + 1), f.ConstInt64(1)]);
+                string part = f.Mul(OnnxCommQdq.Emit(f, Routed(idx, unit, 1, unitWeights: true), combine, h), wj);
+                y = j == 0 ? part : f.Add(y, part);
+            }
         }
         else
         {
-            y = FloatExperts(f, x2, w, topIdx, negInf, fc1, fc2, k);
+            y = Routed(topIdx, w, k);
         }
         if (sg != null) y = f.Add(y, SwiGlu(f, x2, sg, su!, sd!));
         f.Output(f.Reshape(y, f.Shape(x)));
         f.Output(topIdx);
-    }
-
-    /// <summary>com.microsoft.MoE with the exact weights as log(w) over -inf (its softmax returns w / sum(w)), times sum(w).</summary>
-    private static string FloatExperts(OnnxFunctionBuilder f, string x2, string w, string topIdx, string negInf, string fc1, string fc2, int k)
-    {
-        string wSum = f.Op("ReduceSum", [w, f.ConstInt64(1)], Int("keepdims", 1)); // [t, 1]
-        string routerProbs = f.Op("ScatterElements", [negInf, topIdx, f.Op("Log", [w])], Int("axis", 1));
-        string experts = f.Op("MoE", [x2, routerProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
-            Int("k", k), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-            Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
-        return f.Mul(experts, wSum);
     }
 
     /// <summary>

@@ -154,6 +154,7 @@ public static class DeepseekV3OnnxGraph
         float eps = (float)c.RmsNormEps;
         var hiddenOutputs = new List<string> { N.Embedding };
         var routingOutputs = new List<string>();
+        var moeInputValues = new List<string>();
         for (int layer = 0; layer < c.NumHiddenLayers; layer++)
         {
             string p = $"model.layers.{layer}.";
@@ -188,6 +189,10 @@ public static class DeepseekV3OnnxGraph
             string mlpOut = g.Fresh($"layer{layer}.mlp");
             if (c.IsMoeLayer(layer))
             {
+                string moeIn = g.Reserve(N.MoeInput(layer));
+                g.OpNamed("Identity", [xn2], [moeIn]); // a stable name for calibration (ORT removes the node)
+                xn2 = moeIn;
+                moeInputValues.Add(moeIn);
                 long e = c.NRoutedExperts, mi = c.MoeIntermediateSize;
                 string m = p + "mlp.";
                 string router = Plain(m + "gate.weight", e, h);
@@ -225,7 +230,7 @@ public static class DeepseekV3OnnxGraph
                     moeInputs.AddRange(Proj(m + "shared_experts.down_proj.weight", h, si, moeMask));
                 }
                 string route = g.Reserve(N.Routing(layer));
-                string moeFn = Fn(DeepseekV3OnnxFunctions.MoeName, moeMask.ToArray(), (n, mk) => DeepseekV3OnnxFunctions.Moe(model, c, n, scheme, mk));
+                string moeFn = Fn(DeepseekV3OnnxFunctions.MoeName, moeMask.ToArray(), (n, mk) => DeepseekV3OnnxFunctions.Moe(model, c, n, scheme, mk, options.Comm is { Any: true } ? options.Comm : null));
                 g.OpNamed(moeFn, moeInputs, [mlpOut, route], N.Domain);
                 routingOutputs.Add(route);
             }
@@ -259,10 +264,13 @@ public static class DeepseekV3OnnxGraph
             foreach (var name in hiddenOutputs) g.Output(name, DataType.Float, "batch", "sequence", h);
             if (!hiddenOutputs.Contains(N.Layer(c.NumHiddenLayers - 1))) g.Output(N.Layer(c.NumHiddenLayers - 1), DataType.Float, "batch", "sequence", h);
             foreach (var name in routingOutputs) g.Output(name, DataType.Int64, null, c.NumExpertsPerTok);
+            foreach (var name in moeInputValues) g.Output(name, DataType.Float, "batch", "sequence", h);
         }
 
         model.Metadata[N.HiddenStatesKey] = string.Join(",", hiddenOutputs);
         model.Metadata[N.RoutingKey] = string.Join(",", routingOutputs);
+        model.Metadata[N.MoeInputsKey] = string.Join(",", moeInputValues);
+        if (options.Comm is { Any: true } comm) model.Metadata["converter.simulate_comm"] = comm.ToString();
         model.Metadata["converter.model_type"] = "deepseek_v3";
         model.Metadata["converter.weights"] = options.Weights.ToString().ToLowerInvariant();
         if (int4) model.Metadata["converter.int4"] = $"group {scheme!.Value.GroupSize}, {(scheme.Value.Symmetric ? "symmetric" : "asymmetric")}, {denseInt4.Count} dense projection(s) MatMulNBits";

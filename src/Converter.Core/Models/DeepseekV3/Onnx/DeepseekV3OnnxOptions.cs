@@ -26,6 +26,7 @@ public enum OnnxWeightFormat
 /// <param name="Int4">int4 only: group size and symmetry of every INT4 weight (one scheme per model).</param>
 /// <param name="DenseInt4">int4 only: projection weights outside the routed experts that become MatMulNBits
 /// (attention, dense MLP, shared experts); null or empty keeps them float32.</param>
+/// <param name="Comm">Simulated expert-parallel traffic (quantize-dequantize of dispatch and/or combine in the MoE function).</param>
 public sealed record DeepseekV3OnnxOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool AttentionMaskInput = true,
@@ -33,7 +34,8 @@ public sealed record DeepseekV3OnnxOptions(
     bool DiagnosticOutputs = false,
     bool Fp8CastDequantize = false,
     Converter.Numerics.Int4.Int4Scheme? Int4 = null,
-    IReadOnlySet<string>? DenseInt4 = null);
+    IReadOnlySet<string>? DenseInt4 = null,
+    CommSimulation? Comm = null);
 
 /// <summary>Stable value names of the exported graph (diagnostic outputs refer to them).</summary>
 public static class DeepseekV3OnnxNames
@@ -47,9 +49,13 @@ public static class DeepseekV3OnnxNames
     public const string FinalNorm = "hidden.final_norm";
     public static string Layer(int layer) => $"hidden.layer.{layer}";
     public static string Routing(int layer) => $"routing.layer.{layer}.topk";
+    /// <summary>An MoE layer's input (post_attention_layernorm output) [batch, sequence, hidden]: the dispatch traffic.</summary>
+    public static string MoeInput(int layer) => $"moe.layer.{layer}.input";
 
     /// <summary>Model metadata key: comma-separated hidden-state values (embedding, layers 0..L-2, final norm).</summary>
     public const string HiddenStatesKey = "converter.hidden_states";
     /// <summary>Model metadata key: comma-separated top-k expert-id values, one per MoE layer in order.</summary>
     public const string RoutingKey = "converter.routing";
+    /// <summary>Model metadata key: comma-separated MoE-input values, one per MoE layer in order.</summary>
+    public const string MoeInputsKey = "converter.moe_inputs";
 }

@@ -1,0 +1,47 @@
+using System.CommandLine;
+using System.Globalization;
+using Converter.Runtime.Calibration;
+using Microsoft.Extensions.Logging;
+
+namespace Converter.Cli.Commands;
+
+/// <summary>
+/// <c>converter calibrate &lt;model-dir&gt; --tokens &lt;calib.safetensors&gt; -o &lt;dir&gt; [--batch N] [--threads N] [--no-hessians]
+/// [--no-comm-report] [--target-snr-db DB] [--onnx DIR] [--min-expert-tokens N] [--memory-budget SIZE] [--overwrite]</c>.
+/// </summary>
+public static class CalibrateCommand
+{
+    public static Command Create()
+    {
+        var dir = new Argument<string>("model-dir") { Description = "deepseek_v3 model folder (BF16 or FP8 safetensors)" };
+        var tokens = new Option<string>("--tokens") { Description = "safetensors file with 'tokens' int32 [sequences, length]", Required = true };
+        var output = new Option<string>("--output", "-o") { Description = "Calibration folder to write", Required = true };
+        var batch = new Option<int>("--batch") { Description = "Sequences per ONNX Runtime run", DefaultValueFactory = _ => 8 };
+        var threads = new Option<int>("--threads") { Description = "ONNX Runtime intra-op threads (0: its choice)", DefaultValueFactory = _ => 0 };
+        var hessians = new Option<bool>("--hessians") { Description = "Record per-expert Hessians X^T X and absmax for GPTQ (default on)", DefaultValueFactory = _ => true };
+        var noHessians = new Option<bool>("--no-hessians") { Description = "Record routing (and the traffic report) only" };
+        var noComm = new Option<bool>("--no-comm-report") { Description = "Skip the dispatch/combine wire-format report" };
+        var target = new Option<double>("--target-snr-db") { Description = "SNR the smallest sufficient LogFMT width is searched for", DefaultValueFactory = _ => 40 };
+        var onnx = new Option<string?>("--onnx") { Description = "Use this ONNX export of the model (fp32 or fp8) instead of exporting one to a temp folder" };
+        var minTokens = new Option<long>("--min-expert-tokens") { Description = "Experts with fewer tokens are reported as starved", DefaultValueFactory = _ => 128 };
+        var budget = new Option<string>("--memory-budget") { Description = "Accumulator memory per pass (layers are grouped under it), e.g. 4GB", DefaultValueFactory = _ => "4GB" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output folder if it exists" };
+        var cmd = new Command("calibrate", "Run the model on ONNX Runtime over calibration tokens: routing, per-expert Hessians, expert traffic report")
+        {
+            dir, tokens, output, batch, threads, hessians, noHessians, noComm, target, onnx, minTokens, budget, overwrite,
+        };
+        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        {
+            var log = loggers.CreateLogger("calibrate");
+            var o = new CalibrateOptions(parse.GetValue(batch), parse.GetValue(threads), parse.GetValue(hessians) && !parse.GetValue(noHessians),
+                !parse.GetValue(noComm), parse.GetValue(overwrite), parse.GetValue(onnx), parse.GetValue(target), parse.GetValue(minTokens),
+                SizeParser.Parse(parse.GetValue(budget)!));
+            var r = CalibratePipeline.Run(parse.GetValue(dir)!, parse.GetValue(tokens)!, parse.GetValue(output)!, o, log, GlobalOptions.CreateProgress(parse));
+            log.LogInformation("{Tokens} tokens, {Layers} MoE layers, {Passes} pass(es), {Secs:F1} s, peak RSS {Rss}",
+                r.Data.Tokens, r.Data.TopK.Count, r.Passes, r.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture), ProcessStats.PeakRssText());
+            Console.WriteLine(Path.Combine(r.OutputDirectory, CalibratePipeline.SummaryName));
+            return CommandRunner.Ok;
+        }));
+        return cmd;
+    }
+}

@@ -1,0 +1,241 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json.Nodes;
+using Converter.Calibration;
+using Converter.Formats.Onnx.Proto;
+using Converter.Formats.Safetensors;
+using Converter.Models;
+using Converter.Models.DeepseekV3;
+using Converter.Models.DeepseekV3.Onnx;
+using Converter.Pipelines;
+using Converter.Tensors;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+
+namespace Converter.Runtime.Calibration;
+
+/// <summary>Settings of <see cref="CalibratePipeline"/>.</summary>
+/// <param name="Batch">Sequences per ONNX Runtime run.</param>
+/// <param name="Threads">ONNX Runtime intra-op threads (0: its choice).</param>
+/// <param name="Hessians">Record per-expert Hessians and absmax (stats/) for GPTQ.</param>
+/// <param name="CommReport">Record dispatch/combine wire-format errors (comm-report.md/.svg).</param>
+/// <param name="OnnxDir">Use this exported model instead of exporting one (it must come from the same config).</param>
+/// <param name="MinExpertTokens">Experts with fewer calibration tokens are listed as starved (the INT4 GPTQ fallback threshold).</param>
+/// <param name="MemoryBudgetBytes">Accumulators of MoE layers are grouped under this budget; each group is one pass over the tokens.</param>
+public sealed record CalibrateOptions(int Batch = 8, int Threads = 0, bool Hessians = true, bool CommReport = true,
+    bool Overwrite = false, string? OnnxDir = null, double TargetSnrDb = 40, long MinExpertTokens = 128,
+    long MemoryBudgetBytes = 4L << 30);
+
+public sealed record CalibrateResult(string OutputDirectory, CalibrationData Data, int Passes, IReadOnlyList<CommTrafficStats> Comm, TimeSpan Elapsed);
+
+/// <summary>
+/// <c>converter calibrate</c>: runs the model on ONNX Runtime over calibration tokens and writes a calibration folder
+/// (<see cref="CalibrationData"/>): routing top-k and expert token counts per MoE layer; with Hessians, per MoE layer
+/// <see cref="HessianStats"/> (each routed expert's gate/up input = the MoE input of exactly the tokens routed to it,
+/// its down input = silu(x Wg^T) * (x Wu^T) computed here from the checkpoint's weights) and per-channel absmax
+/// (stats/absmax.layer{L}.safetensors); the dispatch/combine traffic report; summary.md.
+/// The MoE inputs come from the graph values <see cref="DeepseekV3OnnxNames.MoeInput"/>, added as outputs to a copy
+/// of the model. Accumulators (the Hessians are hidden² and intermediate² float64 per expert) are held for a group of
+/// layers that fits the memory budget; the tokens are run once per group (each pass records its layers' routing).
+/// The folder is written to a staging folder and renamed into place at the end.
+/// </summary>
+public static class CalibratePipeline
+{
+    public const string SummaryName = "summary.md";
+    public const string AbsmaxFolder = HessianStats.Folder;
+    public static string AbsmaxFileName(int layer) => $"absmax.layer{layer}.safetensors";
+
+    public static CalibrateResult Run(string modelDir, string tokensPath, string outputDir, CalibrateOptions o,
+        ILogger? logger = null, IProgress<PipelineProgress>? progress = null, CancellationToken cancellation = default)
+    {
+        logger ??= NullLogger.Instance;
+        var clock = Stopwatch.StartNew();
+        if (o.Batch < 1) throw new ArgumentException($"--batch must be at least 1, not {o.Batch}");
+        using var ckpt = ModelCheckpoint.Open(modelDir);
+        if (ckpt.Architecture is not DeepseekV3Architecture arch)
+            throw new NotSupportedException($"{modelDir}: calibrate supports deepseek_v3, not {ckpt.Architecture.ModelType}");
+        var c = arch.Cfg;
+        var (tokens, sequences, seqLen) = ReadTokens(tokensPath, c.VocabSize);
+        var moeLayers = Enumerable.Range(0, c.NumHiddenLayers).Where(c.IsMoeLayer).ToArray();
+        if (moeLayers.Length == 0) throw new NotSupportedException($"{modelDir}: the model has no MoE layer");
+        string dest = Path.GetFullPath(outputDir);
+        if (Directory.Exists(dest) && !o.Overwrite) throw new IOException($"{dest} exists (use --overwrite)");
+
+        string? tempOnnx = null;
+        string staging = dest + $".partial-{Environment.ProcessId}";
+        try
+        {
+            string onnxDir;
+            if (o.OnnxDir != null)
+            {
+                onnxDir = o.OnnxDir;
+                CheckOnnxConfig(onnxDir, arch);
+            }
+            else
+            {
+                tempOnnx = Path.Combine(Path.GetTempPath(), $"converter-calibrate-{Environment.ProcessId}-{Guid.NewGuid():N}");
+                logger.LogInformation("Exporting {Dir} to ONNX (fp32) in {Tmp}", modelDir, tempOnnx);
+                OnnxExportPipeline.Run(modelDir, tempOnnx, new OnnxExportOptions(), logger, null, cancellation);
+                onnxDir = tempOnnx;
+            }
+            if (Directory.Exists(staging)) Directory.Delete(staging, true);
+            Directory.CreateDirectory(staging);
+
+            int k = c.NumExpertsPerTok, e = c.NRoutedExperts, h = c.HiddenSize, mi = c.MoeIntermediateSize;
+            long perLayer = o.Hessians ? (long)e * ((long)h * h + (long)mi * mi) * 8 + (long)h * h * 8 + 3L * e * h * mi * 4 : 3L * e * h * mi * 4;
+            var groups = new List<int[]>();
+            if (!o.Hessians && !o.CommReport) groups.Add(moeLayers);
+            else
+            {
+                int per = (int)Math.Clamp(o.MemoryBudgetBytes / Math.Max(1, perLayer), 1, moeLayers.Length);
+                for (int i = 0; i < moeLayers.Length; i += per) groups.Add(moeLayers[i..Math.Min(moeLayers.Length, i + per)]);
+            }
+            if ((o.Hessians || o.CommReport) && perLayer > o.MemoryBudgetBytes)
+                logger.LogWarning("One MoE layer's accumulators need ~{GB:F1} GB, more than the {Budget:F1} GB budget: running one layer per pass " +
+                    "(experts are not split across passes)", perLayer / 1e9, o.MemoryBudgetBytes / 1e9);
+            logger.LogInformation("Calibrating on {Seq} x {Len} tokens, {Layers} MoE layers in {Passes} pass(es) (~{MB:N0} MB of accumulators per layer)",
+                sequences, seqLen, moeLayers.Length, groups.Count, perLayer / 1e6);
+
+            var topk = moeLayers.ToDictionary(l => l, _ => new int[sequences * seqLen * k]);
+            var comm = new List<CommTrafficStats>();
+            var data = new CalibrationData
+            {
+                ModelType = arch.ModelType,
+                ConfigFingerprint = CalibrationData.Fingerprint(arch),
+                RoutedExperts = e,
+                ExpertsPerToken = k,
+                Sequences = sequences,
+                SequenceLength = seqLen,
+                TopK = topk,
+            };
+            using var runner = new MoeTap(onnxDir, o.Threads);
+            int batches = (sequences + o.Batch - 1) / o.Batch, step = 0, totalSteps = batches * groups.Count;
+            for (int pass = 0; pass < groups.Count; pass++)
+            {
+                var layers = groups[pass];
+                var state = layers.ToDictionary(l => l, l => new LayerState(ckpt, l, c, o.Hessians, o.CommReport, o.Threads));
+                for (int b0 = 0; b0 < sequences; b0 += o.Batch)
+                {
+                    cancellation.ThrowIfCancellationRequested();
+                    int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
+                    var outs = runner.Run(tokens.AsSpan(b0 * seqLen, rows), nb, seqLen, layers);
+                    foreach (var l in layers)
+                    {
+                        var (x, route) = outs[l];
+                        for (int i = 0; i < route.Length; i++) topk[l][b0 * seqLen * k + i] = checked((int)route[i]); // each layer is in one group
+                        state[l].Add(x, route, rows, $"{DeepseekV3OnnxNames.MoeInput(l)} (sequences {b0}..{b0 + nb - 1})");
+                    }
+                    step++;
+                    progress?.Report(new PipelineProgress(step, totalSteps, 0, $"pass {pass + 1}/{groups.Count}, sequences {b0 + nb}/{sequences}"));
+                }
+                foreach (var l in layers)
+                {
+                    state[l].Write(staging, data);
+                    if (state[l].Comm is { } cs) comm.Add(cs);
+                }
+            }
+            // extra info for consumers
+            data.Extra["min_expert_tokens"] = o.MinExpertTokens;
+            data.Extra["tokens_file"] = Path.GetFileName(tokensPath);
+            data.Save(staging);
+            comm.Sort((a, b) => a.Layer.CompareTo(b.Layer));
+            string modelName = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDir)));
+            if (o.CommReport)
+            {
+                File.WriteAllText(Path.Combine(staging, CommReportWriter.MarkdownName), CommReportWriter.Markdown(comm, o.TargetSnrDb, modelName));
+                File.WriteAllText(Path.Combine(staging, CommReportWriter.SvgName), CommReportWriter.Svg(comm, o.TargetSnrDb, modelName));
+            }
+            File.WriteAllText(Path.Combine(staging, SummaryName), Summary(data, moeLayers, modelName, o, groups.Count, comm));
+
+            if (Directory.Exists(dest)) Directory.Delete(dest, true);
+            Directory.Move(staging, dest);
+            logger.LogInformation("Wrote {Dir} in {Secs:F1} s", dest, clock.Elapsed.TotalSeconds);
+            return new CalibrateResult(dest, data, groups.Count, comm, clock.Elapsed);
+        }
+        finally
+        {
+            if (Directory.Exists(staging)) Directory.Delete(staging, true);
+            if (tempOnnx != null && Directory.Exists(tempOnnx)) Directory.Delete(tempOnnx, true);
+        }
+    }
+
+    /// <summary>tokens I32/I64 [sequences, length] from a safetensors file, every id checked against the vocabulary.</summary>
+    public static (int[] Tokens, int Sequences, int Length) ReadTokens(string path, int vocab)
+    {
+        using var f = SafetensorsFile.Open(path);
+        if (!f.Contains("tokens")) throw new InvalidDataException($"{path}: tensor 'tokens' is missing");
+        var info = f.Info("tokens");
+        if (info.Shape.Length != 2 || info.DType is not (DType.I32 or DType.I64))
+            throw new InvalidDataException($"{path}: tensor 'tokens' is {info.DType} {info.ShapeText}, expected I32 [sequences, length]");
+        using var d = f.Read(info);
+        int[] ids = info.DType == DType.I32 ? d.As<int>().ToArray() : Array.ConvertAll(d.As<long>().ToArray(), v => v is < int.MinValue or > int.MaxValue ? -1 : (int)v);
+        for (int i = 0; i < ids.Length; i++)
+            if ((uint)ids[i] >= (uint)vocab) throw new InvalidDataException($"{path}: tensor 'tokens' element {i} is {ids[i]}, outside the vocabulary [0, {vocab})");
+        return (ids, (int)info.Shape[0], (int)info.Shape[1]);
+    }
+
+    private static void CheckOnnxConfig(string onnxDir, ModelArchitecture arch)
+    {
+        var cfg = Path.Combine(onnxDir, "config.json");
+        if (!File.Exists(cfg)) throw new FileNotFoundException($"{onnxDir}: no config.json beside model.onnx (export it with `converter export onnx`)", cfg);
+        var other = ArchitectureRegistry.Load(onnxDir);
+        if (CalibrationData.Fingerprint(other) != CalibrationData.Fingerprint(arch))
+            throw new InvalidDataException($"{cfg}: the ONNX model was exported from another config than the model being calibrated");
+    }
+
+    private static string Summary(CalibrationData d, int[] layers, string modelName, CalibrateOptions o, int passes, IReadOnlyList<CommTrafficStats> comm)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        sb.AppendLine($"# Calibration of {modelName}");
+        sb.AppendLine();
+        sb.AppendLine($"- tokens: {d.Tokens} ({d.Sequences} sequences x {d.SequenceLength}), {d.ExpertsPerToken} of {d.RoutedExperts} routed experts per token");
+        sb.AppendLine($"- config fingerprint: {d.ConfigFingerprint} ({d.ModelType}); consumers refuse a model with another fingerprint");
+        sb.AppendLine($"- MoE layers: {string.Join(", ", layers)}; {passes} pass(es) over the tokens; Hessians: {(o.Hessians ? "yes (stats/)" : "no")}");
+        sb.AppendLine($"- starved expert: fewer than {o.MinExpertTokens} calibration tokens (the default `--min-expert-tokens` of INT4 GPTQ, below which");
+        sb.AppendLine("  gate/up fall back to the layer's pooled Hessian and down_proj to RTN); the uniform share is tokens x k / experts.");
+        sb.AppendLine();
+        sb.AppendLine("## Routing load per layer");
+        sb.AppendLine();
+        sb.AppendLine("| layer | uniform share | min | median | max | max/mean | empty experts | starved experts (tokens) |");
+        sb.AppendLine("|---:|---:|---:|---:|---:|---:|---:|---|");
+        foreach (var l in layers)
+        {
+            var counts = d.ExpertCounts(l);
+            var sorted = counts.Order().ToArray();
+            double mean = counts.Average();
+            var starved = Enumerable.Range(0, counts.Length).Where(i => counts[i] < o.MinExpertTokens).Select(i => $"{i} ({counts[i]})").ToList();
+            sb.AppendLine($"| {l} | {mean.ToString("0.#", inv)} | {sorted[0]} | {sorted[sorted.Length / 2]} | {sorted[^1]} | {(sorted[^1] / mean).ToString("0.00", inv)} | " +
+                          $"{counts.Count(v => v == 0)} | {(starved.Count == 0 ? "none" : string.Join(", ", starved))} |");
+        }
+        sb.AppendLine();
+        sb.AppendLine("## Tokens per expert");
+        sb.AppendLine();
+        sb.Append("| layer |");
+        for (int i = 0; i < d.RoutedExperts; i++) sb.Append($" {i} |");
+        sb.AppendLine();
+        sb.Append("|---:|");
+        for (int i = 0; i < d.RoutedExperts; i++) sb.Append("---:|");
+        sb.AppendLine();
+        foreach (var l in layers) sb.AppendLine($"| {l} | {string.Join(" | ", d.ExpertCounts(l))} |");
+        if (comm.Count > 0)
+        {
+            sb.AppendLine();
+            sb.AppendLine($"## Expert traffic (details: {CommReportWriter.MarkdownName}, {CommReportWriter.SvgName})");
+            sb.AppendLine();
+            sb.AppendLine($"| layer | dispatch: smallest LogFMT n for {o.TargetSnrDb.ToString(inv)} dB | combine: smallest LogFMT n |");
+            sb.AppendLine("|---:|---:|---:|");
+            foreach (var s in comm)
+                sb.AppendLine($"| {s.Layer} | {s.MinLogFmtBits(CommSide.Dispatch, o.TargetSnrDb)?.ToString() ?? "> 16"} | {s.MinLogFmtBits(CommSide.Combine, o.TargetSnrDb)?.ToString() ?? "> 16"} |");
+        }
+        sb.AppendLine();
+        sb.AppendLine("Files: calibration.json (identity, layers, stats list), routing.safetensors (topk.L [tokens, k], counts.L [experts]),");
+        sb.AppendLine("stats/hessian.layerL.safetensors (mean X^T X per expert input, read by `quantize --method gptq`), stats/absmax.layerL.safetensors");
+        sb.AppendLine("(per-channel max |x| of each expert's gate/up and down inputs).");
+        return sb.ToString();
+    }
+}
