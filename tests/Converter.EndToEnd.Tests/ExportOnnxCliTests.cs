@@ -61,7 +61,7 @@ public class ExportOnnxCliTests : IDisposable
     [Fact]
     public void RejectsUnknownWeightFormat()
     {
-        Invoke("onnx", TestData.Model("tiny-dsv3"), "-o", _tmp["x"], "--weights", "int4").Should().NotBe(CommandRunner.Ok);
+        Invoke("onnx", TestData.Model("tiny-dsv3"), "-o", _tmp["x"], "--weights", "int2").Should().NotBe(CommandRunner.Ok);
         Directory.Exists(_tmp["x"]).Should().BeFalse();
     }
 }

@@ -6,7 +6,11 @@ using Microsoft.Extensions.Logging;
 
 namespace Converter.Cli.Commands;
 
-/// <summary><c>converter export onnx &lt;model-dir&gt; -o &lt;out-dir&gt; [--weights fp32|fp8] [--overwrite] [--simulate-comm F] [--dispatch F] [--combine F]</c> (a subcommand of <c>export</c>).</summary>
+/// <summary>
+/// <c>converter export onnx &lt;model-dir&gt; -o &lt;out-dir&gt; [--weights fp32|fp8|int4] [--group-size N] [--asymmetric]
+/// [--int4-targets routed-experts|all-linear] [--overwrite] [--simulate-comm F] [--dispatch F] [--combine F]</c>
+/// (a subcommand of <c>export</c>).
+/// </summary>
 public static class ExportOnnxCommand
 {
     public static Command Create()
@@ -15,10 +19,21 @@ public static class ExportOnnxCommand
         var output = new Option<string>("--output", "-o") { Description = "Output folder (model.onnx + model.onnx.data)", Required = true };
         var weights = new Option<string>("--weights")
         {
-            Description = "Projection weights: fp32 (float32) or fp8 (e4m3 + 128x128 block scales, dequantized in the graph)",
+            Description = "Projection weights: fp32 (float32), fp8 (e4m3 + 128x128 block scales, dequantized in the graph) or " +
+                "int4 (routed experts through com.microsoft.QMoE, INT4 projections through MatMulNBits; a packed INT4 checkpoint keeps its codes exactly, " +
+                "other sources are quantized with rtn)",
             DefaultValueFactory = _ => "fp32",
         };
-        weights.AcceptOnlyFromAmong("fp32", "fp8");
+        weights.AcceptOnlyFromAmong("fp32", "fp8", "int4");
+        var groupSize = new Option<int?>("--group-size") { Description = "int4: values per scale (32, 64, 128; default: the packed checkpoint's, else 32)" };
+        groupSize.AcceptOnlyFromAmong("32", "64", "128");
+        var asymmetric = new Option<bool>("--asymmetric") { Description = "int4 from a float/FP8 source: codes with a zero point per group" };
+        var targets = new Option<string>("--int4-targets")
+        {
+            Description = "int4: routed-experts (default; other projections float32 unless stored packed) or all-linear (attention, dense MLP and shared experts too)",
+            DefaultValueFactory = _ => "routed-experts",
+        };
+        targets.AcceptOnlyFromAmong("routed-experts", "all-linear");
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output folder" };
         var diagnostics = new Option<bool>("--diagnostic-outputs")
         {
@@ -32,16 +47,19 @@ public static class ExportOnnxCommand
         var combine = new Option<string?>("--combine") { Description = "Format of the combine traffic only (overrides --simulate-comm for combine)" };
         var cmd = new Command("onnx", "Export a deepseek_v3 checkpoint to ONNX (model-local MLA/MoE functions, stock ONNX Runtime)")
         {
-            dir, output, weights, overwrite, diagnostics, simulate, dispatch, combine,
+            dir, output, weights, groupSize, asymmetric, targets, overwrite, diagnostics, simulate, dispatch, combine,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
-            var format = parse.GetValue(weights) == "fp8" ? OnnxWeightFormat.Fp8 : OnnxWeightFormat.Fp32;
+            var format = parse.GetValue(weights) switch { "fp8" => OnnxWeightFormat.Fp8, "int4" => OnnxWeightFormat.Int4, _ => OnnxWeightFormat.Fp32 };
             var both = parse.GetValue(simulate);
             ActivationFormat? Fmt(string? s) => s == null ? null : ActivationFormatParser.Parse(s);
             var comm = new CommSimulation(Fmt(parse.GetValue(dispatch) ?? both), Fmt(parse.GetValue(combine) ?? both));
             var result = OnnxExportPipeline.Run(parse.GetValue(dir)!, parse.GetValue(output)!,
-                new OnnxExportOptions(format, parse.GetValue(overwrite), parse.GetValue(diagnostics), Comm: comm.Any ? comm : null),
+                new OnnxExportOptions(format, parse.GetValue(overwrite), parse.GetValue(diagnostics),
+                    Int4GroupSize: parse.GetValue(groupSize), Int4Symmetric: parse.GetValue(asymmetric) ? false : null,
+                    Int4Targets: parse.GetValue(targets) == "all-linear" ? Int4Targets.AllLinear : Int4Targets.RoutedExperts,
+                    Comm: comm.Any ? comm : null),
                 loggers.CreateLogger("export-onnx"), GlobalOptions.CreateProgress(parse));
             Console.WriteLine(result.ModelPath);
             return CommandRunner.Ok;

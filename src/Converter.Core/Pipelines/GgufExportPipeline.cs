@@ -92,6 +92,14 @@ public static class GgufExportPipeline
         {
             var t = plan.Tensors[i];
             writer.BeginTensor(t.Name);
+            if (GgufInt4Passthrough.Applies(src, t, types[i]))
+            {
+                GgufInt4Passthrough.Write(src, t, writer, log);
+                writer.EndTensor();
+                bytes += writer.Tensors[i].ByteSize;
+                progress?.Report(new PipelineProgress(i + 1, types.Length, bytes, t.Name));
+                continue;
+            }
             long rowLength = t.Dimensions[0];
             // whole rows, at most ~32M values per encode call: bounds the encode buffer whatever the tensor
             int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
@@ -118,12 +126,25 @@ public static class GgufExportPipeline
 
         public float[] Read(string name) => src.ReadFloat32(name);
 
-        public long Rows(string name) => src.Tensors.Info(name).Shape is { Length: > 0 } s ? s[0] : 1;
+        public long Rows(string name) => src.IsPackedInt4(name) ? GgufInt4Passthrough.Shape(src, name).Rows
+            : src.Tensors.Info(name).Shape is { Length: > 0 } s ? s[0] : 1;
 
-        public long ElementCount(string name) => src.Tensors.Info(name).ElementCount;
+        public long ElementCount(string name)
+        {
+            if (!src.IsPackedInt4(name)) return src.Tensors.Info(name).ElementCount;
+            var (rows, cols) = GgufInt4Passthrough.Shape(src, name);
+            return rows * cols;
+        }
 
         public void ReadRows(string name, long firstRow, Span<float> dst)
         {
+            if (src.IsPackedInt4(name))
+            {
+                // Packed INT4 is dequantized whole (it is 8x smaller than float32 on disk).
+                long c = ElementCount(name) / Rows(name);
+                src.ReadFloat32(name).AsSpan(checked((int)(firstRow * c)), dst.Length).CopyTo(dst);
+                return;
+            }
             var info = src.Tensors.Info(name);
             long cols = info.ElementCount / Math.Max(1, Rows(name));
             if (firstRow % 128 != 0 || dst.Length % cols != 0)

@@ -3,12 +3,20 @@ using Converter.Formats.Onnx;
 using Converter.Models;
 using Converter.Models.DeepseekV3;
 using Converter.Models.DeepseekV3.Onnx;
+using Converter.Numerics.Int4;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Converter.Pipelines;
 
 /// <summary>What to export.</summary>
+/// <param name="Int4GroupSize">int4: group size (32, 64, 128). From a packed INT4 checkpoint it must match the
+/// checkpoint's (null: take it); from a float/FP8 source null means 32.</param>
+/// <param name="Int4Symmetric">int4: symmetric codes (no zero points); null: the checkpoint's, or symmetric.</param>
+/// <param name="Int4Targets">int4: which projections become INT4. Routed experts always do (QMoE). RoutedExperts
+/// (default) keeps every other projection float32 unless the source stores it packed (then it stays INT4, exactly);
+/// AllLinear also quantizes attention, dense MLP and shared-expert projections (MatMulNBits). Router, embeddings,
+/// norms and lm_head stay float32.</param>
 public sealed record OnnxExportOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool Overwrite = false,
@@ -16,6 +24,9 @@ public sealed record OnnxExportOptions(
     bool AttentionMaskInput = true,
     bool PositionIdsInput = true,
     bool Fp8CastDequantize = false,
+    int? Int4GroupSize = null,
+    bool? Int4Symmetric = null,
+    Int4Targets Int4Targets = Int4Targets.RoutedExperts,
     CommSimulation? Comm = null);
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
@@ -36,9 +47,10 @@ public static class OnnxExportPipeline
         using var ckpt = ModelCheckpoint.Open(modelDir);
         if (ckpt.Architecture is not DeepseekV3Architecture arch)
             throw new NotSupportedException($"{modelDir}: ONNX export supports deepseek_v3, not {ckpt.Architecture.ModelType}");
-        if (ckpt.Layout == WeightLayout.PackedInt4)
-            throw new NotSupportedException($"{modelDir}: packed INT4 checkpoints cannot be exported to ONNX yet");
         var cfg = arch.Cfg;
+        Int4Scheme? scheme = null;
+        IReadOnlySet<string>? denseInt4 = null;
+        if (options.Weights == OnnxWeightFormat.Int4) (scheme, denseInt4) = Int4Selection(ckpt, options, logger);
         logger.LogInformation("Exporting {Dir}: deepseek_v3, {Layers} layers, {Experts} routed experts, source {Layout}, weights {Weights}",
             modelDir, cfg.NumHiddenLayers, cfg.NRoutedExperts, ckpt.Layout, options.Weights);
         if (cfg.NumNextnPredictLayers > 0)
@@ -46,10 +58,10 @@ public static class OnnxExportPipeline
                 cfg.NumHiddenLayers, cfg.NumHiddenLayers + cfg.NumNextnPredictLayers - 1);
 
         var export = DeepseekV3OnnxGraph.Build(cfg, new DeepseekV3OnnxOptions(options.Weights, options.AttentionMaskInput,
-            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, options.Comm));
+            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm));
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
-        var weights = new DeepseekV3OnnxWeightWriter(ckpt);
+        var weights = new DeepseekV3OnnxWeightWriter(ckpt, scheme);
         int done = 0;
         foreach (var p in export.Initializers)
         {
@@ -71,5 +83,44 @@ public static class OnnxExportPipeline
             modelPath, export.Initializers.Count, dataBytes, clock.Elapsed.TotalSeconds);
         return new OnnxExportResult(writer.Destination, modelPath, dataBytes, export.Initializers.Count,
             export.HiddenStateOutputs, export.RoutingOutputs, clock.Elapsed);
+    }
+
+    /// <summary>
+    /// The INT4 scheme and the dense projections that become MatMulNBits; checks every INT4 tensor's shape against
+    /// the group size before anything is written (a group size that does not divide K names the tensor).
+    /// </summary>
+    private static (Int4Scheme, IReadOnlySet<string>) Int4Selection(ModelCheckpoint ckpt, OnnxExportOptions o, ILogger logger)
+    {
+        Int4Scheme scheme;
+        if (ckpt.Int4Config is { } stored)
+        {
+            if (o.Int4GroupSize is { } gs && gs != stored.GroupSize)
+                throw new ArgumentException($"{ckpt.Directory}: the checkpoint is packed INT4 with group size {stored.GroupSize}; --group-size {gs} would need requantization (omit it to keep the codes exactly)");
+            if (o.Int4Symmetric is { } sym && sym != stored.Symmetric)
+                throw new ArgumentException($"{ckpt.Directory}: the checkpoint is packed INT4 {(stored.Symmetric ? "symmetric" : "asymmetric")}; the export asked for {(sym ? "symmetric" : "asymmetric")}");
+            scheme = stored.Scheme;
+        }
+        else
+        {
+            scheme = new Int4Scheme(o.Int4GroupSize ?? 32, o.Int4Symmetric ?? true);
+        }
+        if (scheme.GroupSize is not (32 or 64 or 128))
+            throw new ArgumentException($"INT4 group size {scheme.GroupSize} is not supported by this export (32, 64 or 128)");
+        var dense = new HashSet<string>(StringComparer.Ordinal);
+        int packed = 0, quantized = 0;
+        var cfg = ((DeepseekV3Architecture)ckpt.Architecture).Cfg;
+        foreach (var t in ckpt.Architecture.ExpectedTensors())
+        {
+            if (!t.Role.IsLinearWeight || t.Shape.Length != 2 || t.Role.IsMtp || t.Role.Layer >= cfg.NumHiddenLayers) continue; // MTP is not exported
+            bool isPacked = ckpt.IsPackedInt4(t.Name);
+            bool expert = t.Role.Kind == TensorKind.RoutedExpert;
+            if (!expert && !isPacked && o.Int4Targets != Int4Targets.AllLinear) continue;
+            scheme.CheckShape((int)t.Shape[0], (int)t.Shape[1], t.Name);
+            if (!expert) dense.Add(t.Name);
+            if (isPacked) packed++; else quantized++;
+        }
+        logger.LogInformation("int4 g{Group} {Sym}: {Packed} weights kept from the packed source, {Quantized} quantized with rtn, {Dense} dense projection(s) as MatMulNBits",
+            scheme.GroupSize, scheme.Symmetric ? "symmetric" : "asymmetric", packed, quantized, dense.Count);
+        return (scheme, dense);
     }
 }

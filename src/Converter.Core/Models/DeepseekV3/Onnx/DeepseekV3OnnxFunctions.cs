@@ -1,4 +1,5 @@
 using Converter.Formats.Onnx;
+using Converter.Numerics.Int4;
 using DataType = Converter.Formats.Onnx.Proto.TensorProto.Types.DataType;
 using static Converter.Formats.Onnx.OnnxAttr;
 
@@ -20,37 +21,44 @@ internal static class DeepseekV3OnnxFunctions
     /// (q_a, q_a_norm, q_b or q), kv_a, kv_a_norm, kv_b, o. Rope runs interleaved on the rope slice of q and on
     /// the single shared k_pe head, which is then broadcast to every head; the softmax scale carries YaRN's mscale².
     /// </summary>
-    public static void Mla(OnnxModelBuilder model, DeepseekV3Config c)
+    public static void Mla(OnnxModelBuilder model, DeepseekV3Config c, string name = MlaName, Int4Scheme? int4Scheme = null, bool[]? int4 = null)
     {
-        var f = model.Function(DeepseekV3OnnxNames.Domain, MlaName);
+        var f = model.Function(DeepseekV3OnnxNames.Domain, name);
+        int slot = 0;
+        bool Q(int i) => int4 != null && int4[i];
         f.DocString = "DeepSeek-V3 multi-head latent attention (expanded), causal, interleaved rope on the rope slice";
         int nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, rope = c.QkRopeHeadDim, vd = c.VHeadDim, kvr = c.KvLoraRank, h = c.HiddenSize;
         float eps = (float)c.RmsNormEps;
         string x = f.Input("x"), mask = f.Input("mask"), pos = f.Input("position_ids"), cos = f.Input("cos"), sin = f.Input("sin");
-        string? qa = null, qaNorm = null, qb = null, qw = null;
-        if (c.QLoraRank != null)
+        long qk = nh * (nope + rope);
+        Proj? qa = null, qb = null, qw = null;
+        string? qaNorm = null;
+        if (c.QLoraRank is { } ql)
         {
-            qa = f.Input("q_a_proj"); qaNorm = f.Input("q_a_layernorm"); qb = f.Input("q_b_proj");
+            qa = Proj.In(f, "q_a_proj", Q(slot++), int4Scheme, ql, h); qaNorm = f.Input("q_a_layernorm"); qb = Proj.In(f, "q_b_proj", Q(slot++), int4Scheme, qk, ql);
         }
         else
         {
-            qw = f.Input("q_proj");
+            qw = Proj.In(f, "q_proj", Q(slot++), int4Scheme, qk, h);
         }
-        string kva = f.Input("kv_a_proj_with_mqa"), kvaNorm = f.Input("kv_a_layernorm"), kvb = f.Input("kv_b_proj"), o = f.Input("o_proj");
+        var kva = Proj.In(f, "kv_a_proj_with_mqa", Q(slot++), int4Scheme, kvr + rope, h);
+        string kvaNorm = f.Input("kv_a_layernorm");
+        var kvb = Proj.In(f, "kv_b_proj", Q(slot++), int4Scheme, nh * (nope + vd), kvr);
+        var o = Proj.In(f, "o_proj", Q(slot++), int4Scheme, h, nh * vd);
 
         string bs = f.Shape(x, 0, 2);
         string x2 = f.Reshape(x, -1, h);
         string q = qw != null
-            ? f.Linear(x2, qw)
-            : f.Linear(f.Op("RMSNormalization", [f.Linear(x2, qa!), qaNorm!], Float("epsilon", eps), Int("axis", -1)), qb!);
+            ? qw.Apply(f, x2)
+            : qb!.Apply(f, f.Op("RMSNormalization", [qa!.Apply(f, x2), qaNorm!], Float("epsilon", eps), Int("axis", -1)));
         string q4 = f.Transpose(f.Reshape(q, f.Concat(0, bs, f.ConstInt64(nh, nope + rope))), 0, 2, 1, 3); // [b, nh, s, qk]
         var qParts = f.Split(q4, 3, nope, rope);
         string qPe = f.Op("RotaryEmbedding", [qParts[1], cos, sin, pos], Int("interleaved", 1));
 
-        string ckv = f.Linear(x2, kva);
+        string ckv = kva.Apply(f, x2);
         var kvParts = f.Split(ckv, 1, kvr, rope);
         string cNorm = f.Op("RMSNormalization", [kvParts[0], kvaNorm], Float("epsilon", eps), Int("axis", -1));
-        string kv = f.Linear(cNorm, kvb);
+        string kv = kvb.Apply(f, cNorm);
         string kv4 = f.Transpose(f.Reshape(kv, f.Concat(0, bs, f.ConstInt64(nh, nope + vd))), 0, 2, 1, 3); // [b, nh, s, nope+v]
         var kvSplit = f.Split(kv4, 3, nope, vd);
         string kPe = f.Transpose(f.Reshape(kvParts[1], f.Concat(0, bs, f.ConstInt64(1, rope))), 0, 2, 1, 3); // [b, 1, s, rope]
@@ -62,24 +70,29 @@ internal static class DeepseekV3OnnxFunctions
         // The 4-D (batch, heads, seq, head) layout: the 3-D one loses V's width inside a function body.
         string attn = f.Op("Attention", [qFull, kFull, kvSplit[1], mask], Float("scale", (float)c.SoftmaxScale));
         string merged = f.Reshape(f.Transpose(attn, 0, 2, 1, 3), -1, nh * vd);
-        string y = f.Reshape(f.Linear(merged, o), f.Shape(x));
+        string y = f.Reshape(o.Apply(f, merged), f.Shape(x));
         f.Output(y);
     }
 
     /// <summary>silu(x Wg^T) * (x Wu^T) Wd^T on [tokens, hidden].</summary>
-    private static string SwiGlu(OnnxNodeBuilder f, string x2, string gate, string up, string down)
+    private static string SwiGlu(OnnxNodeBuilder f, string x2, Proj gate, Proj up, Proj down)
     {
-        string g = f.Linear(x2, gate);
+        string g = gate.Apply(f, x2);
         string act = f.Mul(g, f.Op("Sigmoid", [g]));
-        return f.Linear(f.Mul(act, f.Linear(x2, up)), down);
+        return down.Apply(f, f.Mul(act, up.Apply(f, x2)));
     }
 
     /// <summary>Dense MLP (first_k_dense_replace layers): inputs x, gate, up, down.</summary>
-    public static void Mlp(OnnxModelBuilder model, DeepseekV3Config c)
+    public static void Mlp(OnnxModelBuilder model, DeepseekV3Config c, string name = MlpName, Int4Scheme? int4Scheme = null, bool[]? int4 = null)
     {
-        var f = model.Function(DeepseekV3OnnxNames.Domain, MlpName);
+        var f = model.Function(DeepseekV3OnnxNames.Domain, name);
         f.DocString = "SwiGLU MLP";
-        string x = f.Input("x"), gate = f.Input("gate_proj"), up = f.Input("up_proj"), down = f.Input("down_proj");
+        bool Q(int i) => int4 != null && int4[i];
+        long h = c.HiddenSize, inter = c.IntermediateSize;
+        string x = f.Input("x");
+        var gate = Proj.In(f, "gate_proj", Q(0), int4Scheme, inter, h);
+        var up = Proj.In(f, "up_proj", Q(1), int4Scheme, inter, h);
+        var down = Proj.In(f, "down_proj", Q(2), int4Scheme, h, inter);
         string x2 = f.Reshape(x, -1, c.HiddenSize);
         f.Output(f.Reshape(SwiGlu(f, x2, gate, up, down), f.Shape(x)));
     }
@@ -92,26 +105,40 @@ internal static class DeepseekV3OnnxFunctions
     /// sum; experts outside the top groups set to 0; top-k; weights = unbiased scores (normalised when
     /// norm_topk_prob) times routed_scaling_factor. Experts run sparsely in com.microsoft.MoE: the exact weights
     /// go in as log(w) over -inf so its softmax returns w / sum(w), and the output is multiplied by sum(w).
+    /// INT4 variant (int4 mask [0]): fc1/fc2 are 4-bit codes [E, N, K/2] with float32 block scales [E, N, K/group]
+    /// (and zero points [E, N, ceil(K/group/2)] when asymmetric) for com.microsoft.QMoE; selection is by a -inf
+    /// masked router_probs and the mixing weights are w itself through input 14 (router_weights). Shared-expert
+    /// projections flagged in the mask [1..3] run as MatMulNBits.
     /// </summary>
     /// <remarks>
     /// With <paramref name="comm"/>: the dispatch format quantize-dequantizes the input of the routed experts only
     /// (router and shared experts read the exact input). The combine format needs each selected expert's output,
-    /// which com.microsoft.MoE keeps internal: the routed part then runs as k MoE calls with k=1, call j routing
-    /// every token to its j-th selected expert with weight 1 (log 1 = 0 over -inf), so each call returns exactly that
-    /// expert's output; it is quantize-dequantized, multiplied by w_j and summed. Still sparse, about as costly.
+    /// which com.microsoft.MoE (and QMoE) keep internal: the routed part then runs as k calls with k=1, call j routing
+    /// every token to its j-th selected expert with weight 1, so each call returns exactly that expert's output; it
+    /// is quantize-dequantized, multiplied by w_j and summed. Still sparse, about as costly.
     /// </remarks>
-    public static void Moe(OnnxModelBuilder model, DeepseekV3Config c, CommSimulation? comm = null)
+    public static void Moe(OnnxModelBuilder model, DeepseekV3Config c, string name = MoeName, Int4Scheme? int4Scheme = null, bool[]? int4 = null,
+        CommSimulation? comm = null)
     {
         model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
-        var f = model.Function(DeepseekV3OnnxNames.Domain, MoeName);
+        var f = model.Function(DeepseekV3OnnxNames.Domain, name);
+        // int4 mask: [0] routed experts (QMoE), [1..3] shared gate/up/down (MatMulNBits).
+        bool Q(int i) => int4 != null && int4[i];
+        bool qmoe = Q(0);
+        long mi = c.MoeIntermediateSize, si = mi * c.NSharedExperts;
         f.DocString = "DeepSeek-V3 sigmoid group-limited top-k routing over com.microsoft.MoE, plus shared experts";
         int e = c.NRoutedExperts, g = c.NGroup, perGroup = e / g, k = c.NumExpertsPerTok, h = c.HiddenSize;
         string x = f.Input("x"), router = f.Input("gate"), bias = f.Input("e_score_correction_bias");
-        string fc1 = f.Input("fc1"), fc2 = f.Input("fc2");
-        string? sg = null, su = null, sd = null;
+        string fc1 = f.Input("fc1");
+        string? fc1Scales = qmoe ? f.Input("fc1_scales") : null, fc1Zeros = qmoe && !int4Scheme!.Value.Symmetric ? f.Input("fc1_zero_points") : null;
+        string fc2 = f.Input("fc2");
+        string? fc2Scales = qmoe ? f.Input("fc2_scales") : null, fc2Zeros = qmoe && !int4Scheme!.Value.Symmetric ? f.Input("fc2_zero_points") : null;
+        Proj? sg = null, su = null, sd = null;
         if (c.NSharedExperts > 0)
         {
-            sg = f.Input("shared_gate_proj"); su = f.Input("shared_up_proj"); sd = f.Input("shared_down_proj");
+            sg = Proj.In(f, "shared_gate_proj", Q(1), int4Scheme, si, h);
+            su = Proj.In(f, "shared_up_proj", Q(2), int4Scheme, si, h);
+            sd = Proj.In(f, "shared_down_proj", Q(3), int4Scheme, h, si);
         }
 
         string x2 = f.Reshape(x, -1, h);
@@ -131,29 +158,48 @@ internal static class DeepseekV3OnnxFunctions
         if (c.NormTopkProb)
             w = f.Op("Div", [w, f.Add(f.Op("ReduceSum", [w, f.ConstInt64(1)], Int("keepdims", 1)), f.ScalarFloat(1e-20f))]);
         w = f.Mul(w, f.ScalarFloat((float)c.RoutedScalingFactor));
-        string wSum = f.Op("ReduceSum", [w, f.ConstInt64(1)], Int("keepdims", 1)); // [t, 1]
         string negInf = f.Op("Expand", [f.ScalarFloat(float.NegativeInfinity), f.Shape(scores)]);
         string xRouted = comm?.Dispatch is { } dispatch ? OnnxCommQdq.Emit(f, x2, dispatch, h) : x2;
-        string RoutedMoe(string probs, int kk) => f.Op("MoE", [xRouted, probs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
-            Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-            Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
+        string zerosTE = f.Mul(scores, f.ScalarFloat(0f));
+        // sum_j weights[:, j] * expert_{idx[:, j]}(xRouted), exactly, for idx/weights [t, kk].
+        string Routed(string idx, string weights, int kk, bool unitWeights = false)
+        {
+            if (qmoe)
+            {
+                // QMoE selects by router_probs (-inf masks every expert but the chosen kk) and mixes with input 14
+                // router_weights as given (normalize_routing_weights=0): the exact DeepSeek weights, no log trick.
+                string probs = f.Op("ScatterElements", [negInf, idx, weights], Int("axis", 1));
+                string mix = f.Op("ScatterElements", [zerosTE, idx, weights], Int("axis", 1));
+                return f.Op("QMoE", [xRouted, probs, fc1, fc1Scales!, "", fc2, fc2Scales!, "", "", "", "", fc1Zeros ?? "", fc2Zeros ?? "", "", mix],
+                    1, OnnxModelBuilder.MicrosoftDomain,
+                    Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                    Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0),
+                    Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))[0];
+            }
+            // com.microsoft.MoE: log(w) over -inf, its softmax returns w / sum(w); times sum(w).
+            string logProbs = f.Op("ScatterElements", [negInf, idx, f.Op("Log", [weights])], Int("axis", 1));
+            string moe = f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
+                Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
+            return unitWeights ? moe : f.Mul(moe, f.Op("ReduceSum", [weights, f.ConstInt64(1)], Int("keepdims", 1)));
+        }
         string y;
         if (comm?.Combine is { } combine)
         {
             y = "";
+            string one = f.Op("ConstantOfShape", [f.Shape(topIdx, 0, 1)], Tensor("value", OnnxTensors.Float("", [1], 1f)));
+            string unit = f.Unsqueeze(one, 1); // [t, 1] of 1
             for (int j = 0; j < k; j++)
             {
                 string idx = f.Op("Slice", [topIdx, f.ConstInt64(j), f.ConstInt64(j + 1), f.ConstInt64(1)]);  // [t, 1]
                 string wj = f.Op("Slice", [w, f.ConstInt64(j), f.ConstInt64(j + 1), f.ConstInt64(1)]);
-                string probs = f.Op("ScatterElements", [negInf, idx, f.Mul(wj, f.ScalarFloat(0f))], Int("axis", 1));
-                string part = f.Mul(OnnxCommQdq.Emit(f, RoutedMoe(probs, 1), combine, h), wj);
+                string part = f.Mul(OnnxCommQdq.Emit(f, Routed(idx, unit, 1, unitWeights: true), combine, h), wj);
                 y = j == 0 ? part : f.Add(y, part);
             }
         }
         else
         {
-            string routerProbs = f.Op("ScatterElements", [negInf, topIdx, f.Op("Log", [w])], Int("axis", 1));
-            y = f.Mul(RoutedMoe(routerProbs, k), wSum);
+            y = Routed(topIdx, w, k);
         }
         if (sg != null) y = f.Add(y, SwiGlu(f, x2, sg, su!, sd!));
         f.Output(f.Reshape(y, f.Shape(x)));

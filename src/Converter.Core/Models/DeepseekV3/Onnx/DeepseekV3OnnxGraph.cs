@@ -19,13 +19,23 @@ public enum InitializerSource
     Fp8Codes,
     /// <summary>The block scales belonging to the preceding <see cref="Fp8Codes"/> initializer.</summary>
     Fp8Scales,
+    /// <summary>4-bit codes (uint8, two per byte, low nibble first) of one weight or of experts stacked: copied from a
+    /// packed INT4 source or quantized with the RTN INT4 quantizer.</summary>
+    Int4Codes,
+    /// <summary>Routed experts' gate and up codes stacked [E, 2I, hidden / 2] with rows interleaved (gate i, up i).</summary>
+    Int4CodesFc1,
+    /// <summary>float32 scales [.., N, K / group] of the preceding INT4 codes initializer (BF16 scales widened exactly).</summary>
+    Int4Scales,
+    /// <summary>uint8 zero points [.., N, ceil(K / group / 2)] of the preceding INT4 codes initializer (asymmetric only).</summary>
+    Int4Zeros,
     /// <summary>Values computed at export (rope tables).</summary>
     Computed,
 }
 
 /// <summary>One initializer of the exported model: its name, type, shape and source tensors.</summary>
+/// <param name="Interleaved">INT4 scales and zero points of fc1: Tensors are the gate then the up projections, rows interleaved.</param>
 public sealed record OnnxInitializerPlan(string Name, DataType Type, long[] Dims, InitializerSource Source,
-    string[] Tensors, float[]? Values = null)
+    string[] Tensors, float[]? Values = null, bool Interleaved = false)
 {
     public long ByteLength => OnnxTensors.ByteLength(Type, Dims);
 }
@@ -46,9 +56,21 @@ public static class DeepseekV3OnnxGraph
         bool fp8 = options.Weights == OnnxWeightFormat.Fp8;
         var model = new OnnxModelBuilder { DocString = $"deepseek_v3 ({c.NumHiddenLayers} layers) exported by converter, weights {options.Weights}" };
         model.Import(N.Domain, 1);
-        DeepseekV3OnnxFunctions.Mla(model, c);
-        if (c.FirstKDenseReplace > 0 || Enumerable.Range(0, c.NumHiddenLayers).Any(l => !c.IsMoeLayer(l))) DeepseekV3OnnxFunctions.Mlp(model, c);
-        if (Enumerable.Range(0, c.NumHiddenLayers).Any(c.IsMoeLayer)) DeepseekV3OnnxFunctions.Moe(model, c, options.Comm is { Any: true } ? options.Comm : null);
+        bool int4 = options.Weights == OnnxWeightFormat.Int4;
+        var scheme = options.Int4;
+        if (int4 && scheme == null) throw new ArgumentException("int4 export needs an INT4 scheme (options.Int4)");
+        if (int4) model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
+        var denseInt4 = options.DenseInt4 ?? new HashSet<string>();
+        // One function per distinct set of INT4 inputs (all float32 in the other formats): "MLA", "MLA_int4", "MLA_int4_0110".
+        var made = new HashSet<string>(StringComparer.Ordinal);
+        string Fn(string baseName, bool[] mask, Action<string, bool[]?> create)
+        {
+            string name = !mask.Any(b => b) ? baseName
+                : mask.All(b => b) ? baseName + "_int4"
+                : baseName + "_int4_" + string.Concat(mask.Select(b => b ? '1' : '0'));
+            if (made.Add(name)) create(name, mask.Any(b => b) ? mask : null);
+            return name;
+        }
         if (fp8)
         {
             DeepseekV3OnnxFunctions.DequantizeFp8Block(model);
@@ -60,13 +82,37 @@ public static class DeepseekV3OnnxGraph
         var plan = new List<OnnxInitializerPlan>();
         long h = c.HiddenSize, v = c.VocabSize;
 
-        string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null)
+        string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null, bool interleaved = false)
         {
-            plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values));
+            plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values, interleaved));
             return g.Initializer(name);
         }
         string Plain(string name, params long[] dims) => Init(name, DataType.Float, dims, InitializerSource.Float32, [name]);
         // A projection weight [out, in] as float32 for the function bodies (dequantized in the graph for fp8).
+        // A projection's function inputs: one float32 value, or INT4 codes, scales (and zero points) for MatMulNBits.
+        string[] Proj(string name, long rows, long cols, List<bool> mask)
+        {
+            bool q = int4 && denseInt4.Contains(name);
+            mask.Add(q);
+            return q ? Int4Parts(name, [name], null, rows, cols, InitializerSource.Int4Codes, matMulNBits: true) : [Linear(name, rows, cols)];
+        }
+        string[] Int4Parts(string name, string[] tensors, long? experts, long rows, long cols, InitializerSource codes, bool matMulNBits)
+        {
+            int block = scheme!.Value.GroupSize;
+            long groups = cols / block;
+            long[] lead = experts is { } e ? [e] : [];
+            bool fc1 = codes == InitializerSource.Int4CodesFc1;
+            // MatMulNBits wants B as [N, blocks, block / 2]; QMoE as [E, N, K / 2]: the same bytes.
+            long[] codeDims = matMulNBits ? [.. lead, rows, groups, block / 2] : [.. lead, rows, cols / 2];
+            var parts = new List<string>
+            {
+                Init(name, DataType.Uint8, codeDims, codes, tensors),
+                Init(name + "_scales", DataType.Float, [.. lead, rows, groups], InitializerSource.Int4Scales, tensors, interleaved: fc1),
+            };
+            if (!scheme.Value.Symmetric)
+                parts.Add(Init(name + "_zero_points", DataType.Uint8, [.. lead, rows, (groups + 1) / 2], InitializerSource.Int4Zeros, tensors, interleaved: fc1));
+            return parts.ToArray();
+        }
         string Linear(string name, long rows, long cols)
         {
             if (!fp8) return Plain(name, rows, cols);
@@ -117,24 +163,26 @@ public static class DeepseekV3OnnxGraph
 
             string xn = RmsNorm(hidden, p + "input_layernorm.weight", h);
             var mlaInputs = new List<string> { xn, mask, positions, cos, sin };
+            var mlaMask = new List<bool>();
             string a = p + "self_attn.";
             long nh = c.NumAttentionHeads;
             if (c.QLoraRank is { } q)
             {
-                mlaInputs.Add(Linear(a + "q_a_proj.weight", q, h));
+                mlaInputs.AddRange(Proj(a + "q_a_proj.weight", q, h, mlaMask));
                 mlaInputs.Add(Plain(a + "q_a_layernorm.weight", q));
-                mlaInputs.Add(Linear(a + "q_b_proj.weight", nh * c.QkHeadDim, q));
+                mlaInputs.AddRange(Proj(a + "q_b_proj.weight", nh * c.QkHeadDim, q, mlaMask));
             }
             else
             {
-                mlaInputs.Add(Linear(a + "q_proj.weight", nh * c.QkHeadDim, h));
+                mlaInputs.AddRange(Proj(a + "q_proj.weight", nh * c.QkHeadDim, h, mlaMask));
             }
-            mlaInputs.Add(Linear(a + "kv_a_proj_with_mqa.weight", c.KvLoraRank + c.QkRopeHeadDim, h));
+            mlaInputs.AddRange(Proj(a + "kv_a_proj_with_mqa.weight", c.KvLoraRank + c.QkRopeHeadDim, h, mlaMask));
             mlaInputs.Add(Plain(a + "kv_a_layernorm.weight", c.KvLoraRank));
-            mlaInputs.Add(Linear(a + "kv_b_proj.weight", nh * (c.QkNopeHeadDim + c.VHeadDim), c.KvLoraRank));
-            mlaInputs.Add(Linear(a + "o_proj.weight", h, nh * c.VHeadDim));
+            mlaInputs.AddRange(Proj(a + "kv_b_proj.weight", nh * (c.QkNopeHeadDim + c.VHeadDim), c.KvLoraRank, mlaMask));
+            mlaInputs.AddRange(Proj(a + "o_proj.weight", h, nh * c.VHeadDim, mlaMask));
             string attn = g.Fresh($"layer{layer}.attn");
-            g.OpNamed(DeepseekV3OnnxFunctions.MlaName, mlaInputs, [attn], N.Domain);
+            string mlaFn = Fn(DeepseekV3OnnxFunctions.MlaName, mlaMask.ToArray(), (n, m) => DeepseekV3OnnxFunctions.Mla(model, c, n, scheme, m));
+            g.OpNamed(mlaFn, mlaInputs, [attn], N.Domain);
             hidden = g.Add(hidden, attn);
 
             string xn2 = RmsNorm(hidden, p + "post_attention_layernorm.weight", h);
@@ -152,39 +200,50 @@ public static class DeepseekV3OnnxGraph
                     ? Plain(m + "gate.e_score_correction_bias", e)
                     : g.ConstFloat([e], new float[e]);
                 string[] Experts(string part) => Enumerable.Range(0, (int)e).Select(i => $"{m}experts.{i}.{part}.weight").ToArray();
-                string fc1, fc2;
-                if (fp8)
+                var moeMask = new List<bool> { int4 };
+                var moeInputs = new List<string> { xn2, router, bias };
+                if (int4)
+                {
+                    moeInputs.AddRange(Int4Parts(m + "experts.fc1.weight", [.. Experts("gate_proj"), .. Experts("up_proj")], e, 2 * mi, h,
+                        InitializerSource.Int4CodesFc1, matMulNBits: false));
+                    moeInputs.AddRange(Int4Parts(m + "experts.fc2.weight", Experts("down_proj"), e, h, mi, InitializerSource.Int4Codes, matMulNBits: false));
+                }
+                else if (fp8)
                 {
                     string gate = DequantStacked(m + "experts.gate_proj.weight", Experts("gate_proj"), e, mi, h);
                     string up = DequantStacked(m + "experts.up_proj.weight", Experts("up_proj"), e, mi, h);
                     // Interleave rows (gate i, up i): com.microsoft.MoE's swiglu_fusion=1 layout.
-                    fc1 = g.Reshape(g.Concat(2, g.Unsqueeze(gate, 2), g.Unsqueeze(up, 2)), e, 2 * mi, h);
-                    fc2 = DequantStacked(m + "experts.down_proj.weight", Experts("down_proj"), e, h, mi);
+                    moeInputs.Add(g.Reshape(g.Concat(2, g.Unsqueeze(gate, 2), g.Unsqueeze(up, 2)), e, 2 * mi, h));
+                    moeInputs.Add(DequantStacked(m + "experts.down_proj.weight", Experts("down_proj"), e, h, mi));
                 }
                 else
                 {
-                    fc1 = Init(m + "experts.fc1.weight", DataType.Float, [e, 2 * mi, h], InitializerSource.StackedFc1Float32,
-                        [.. Experts("gate_proj"), .. Experts("up_proj")]);
-                    fc2 = Init(m + "experts.fc2.weight", DataType.Float, [e, h, mi], InitializerSource.StackedFloat32, Experts("down_proj"));
+                    moeInputs.Add(Init(m + "experts.fc1.weight", DataType.Float, [e, 2 * mi, h], InitializerSource.StackedFc1Float32,
+                        [.. Experts("gate_proj"), .. Experts("up_proj")]));
+                    moeInputs.Add(Init(m + "experts.fc2.weight", DataType.Float, [e, h, mi], InitializerSource.StackedFloat32, Experts("down_proj")));
                 }
-                var moeInputs = new List<string> { xn2, router, bias, fc1, fc2 };
                 if (c.NSharedExperts > 0)
                 {
                     long si = mi * c.NSharedExperts;
-                    moeInputs.Add(Linear(m + "shared_experts.gate_proj.weight", si, h));
-                    moeInputs.Add(Linear(m + "shared_experts.up_proj.weight", si, h));
-                    moeInputs.Add(Linear(m + "shared_experts.down_proj.weight", h, si));
+                    moeInputs.AddRange(Proj(m + "shared_experts.gate_proj.weight", si, h, moeMask));
+                    moeInputs.AddRange(Proj(m + "shared_experts.up_proj.weight", si, h, moeMask));
+                    moeInputs.AddRange(Proj(m + "shared_experts.down_proj.weight", h, si, moeMask));
                 }
                 string route = g.Reserve(N.Routing(layer));
-                g.OpNamed(DeepseekV3OnnxFunctions.MoeName, moeInputs, [mlpOut, route], N.Domain);
+                string moeFn = Fn(DeepseekV3OnnxFunctions.MoeName, moeMask.ToArray(), (n, mk) => DeepseekV3OnnxFunctions.Moe(model, c, n, scheme, mk, options.Comm is { Any: true } ? options.Comm : null));
+                g.OpNamed(moeFn, moeInputs, [mlpOut, route], N.Domain);
                 routingOutputs.Add(route);
             }
             else
             {
                 long inter = c.IntermediateSize;
-                g.OpNamed(DeepseekV3OnnxFunctions.MlpName,
-                    [xn2, Linear(p + "mlp.gate_proj.weight", inter, h), Linear(p + "mlp.up_proj.weight", inter, h), Linear(p + "mlp.down_proj.weight", h, inter)],
-                    [mlpOut], N.Domain);
+                var mlpMask = new List<bool>();
+                var mlpInputs = new List<string> { xn2 };
+                mlpInputs.AddRange(Proj(p + "mlp.gate_proj.weight", inter, h, mlpMask));
+                mlpInputs.AddRange(Proj(p + "mlp.up_proj.weight", inter, h, mlpMask));
+                mlpInputs.AddRange(Proj(p + "mlp.down_proj.weight", h, inter, mlpMask));
+                string mlpFn = Fn(DeepseekV3OnnxFunctions.MlpName, mlpMask.ToArray(), (n, mk) => DeepseekV3OnnxFunctions.Mlp(model, c, n, scheme, mk));
+                g.OpNamed(mlpFn, mlpInputs, [mlpOut], N.Domain);
             }
             string layerOut = g.Reserve(N.Layer(layer));
             g.OpNamed("Add", [hidden, mlpOut], [layerOut]);
@@ -214,6 +273,7 @@ public static class DeepseekV3OnnxGraph
         if (options.Comm is { Any: true } comm) model.Metadata["converter.simulate_comm"] = comm.ToString();
         model.Metadata["converter.model_type"] = "deepseek_v3";
         model.Metadata["converter.weights"] = options.Weights.ToString().ToLowerInvariant();
+        if (int4) model.Metadata["converter.int4"] = $"group {scheme!.Value.GroupSize}, {(scheme.Value.Symmetric ? "symmetric" : "asymmetric")}, {denseInt4.Count} dense projection(s) MatMulNBits";
         return new DeepseekV3OnnxExport(model.Build(g), plan, hiddenOutputs, routingOutputs);
     }
 }

@@ -7,6 +7,11 @@ public enum OnnxWeightFormat
     Fp32,
     /// <summary>float8e4m3fn initializers with DeepSeek's 128x128 block scales, dequantized in the graph.</summary>
     Fp8,
+    /// <summary>
+    /// 4-bit group-quantized weights: routed experts through com.microsoft.QMoE (block-wise), the projections named in
+    /// <see cref="DeepseekV3OnnxOptions.DenseInt4"/> through com.microsoft.MatMulNBits, everything else float32.
+    /// </summary>
+    Int4,
 }
 
 /// <summary>Choices for the exported graph.</summary>
@@ -18,6 +23,9 @@ public enum OnnxWeightFormat
 /// Cast + Mul instead of blocked DequantizeLinear. Same values; ONNX Runtime constant-folds Cast + Mul at load, so
 /// the session runs at fp32 speed but holds fp32 weights (at real DeepSeek shapes, 2 layers / 16 experts, loading
 /// peaked at ~24 GB). Off by default: DequantizeLinear is not folded, keeps memory low and is slower per run.</param>
+/// <param name="Int4">int4 only: group size and symmetry of every INT4 weight (one scheme per model).</param>
+/// <param name="DenseInt4">int4 only: projection weights outside the routed experts that become MatMulNBits
+/// (attention, dense MLP, shared experts); null or empty keeps them float32.</param>
 /// <param name="Comm">Simulated expert-parallel traffic (quantize-dequantize of dispatch and/or combine in the MoE function).</param>
 public sealed record DeepseekV3OnnxOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
@@ -25,6 +33,8 @@ public sealed record DeepseekV3OnnxOptions(
     bool PositionIdsInput = true,
     bool DiagnosticOutputs = false,
     bool Fp8CastDequantize = false,
+    Converter.Numerics.Int4.Int4Scheme? Int4 = null,
+    IReadOnlySet<string>? DenseInt4 = null,
     CommSimulation? Comm = null);
 
 /// <summary>Stable value names of the exported graph (diagnostic outputs refer to them).</summary>

@@ -1,6 +1,8 @@
 using System.Runtime.InteropServices;
 using Converter.Formats.Onnx;
+using Converter.Formats.CompressedTensors;
 using Converter.Numerics;
+using Converter.Numerics.Int4;
 using Converter.Tensors;
 
 namespace Converter.Models.DeepseekV3.Onnx;
@@ -10,13 +12,22 @@ namespace Converter.Models.DeepseekV3.Onnx;
 /// experts are streamed expert by expert), so memory stays bounded by the largest checkpoint tensor.
 /// FP8 codes from an FP8 source are copied byte for byte with their scales; other sources are quantized with
 /// <see cref="Fp8BlockQuantizer"/>. Scales are small and are held until their initializer is written.
+/// INT4 codes come from a packed INT4 source unchanged (codes, BF16 scales widened to float32, zero points) or are
+/// quantized with <see cref="Int4GroupQuantizer"/> (RTN with the MSE clipping search, as `quantize --scheme int4`).
+/// Packed weights read as float32 (fp32/fp8 exports of an INT4 checkpoint) are dequantized.
 /// </summary>
 public sealed class DeepseekV3OnnxWeightWriter
 {
     private readonly ModelCheckpoint _ckpt;
+    private readonly Int4Scheme? _int4;
     private readonly Dictionary<string, float[]> _pendingScales = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, byte[]> _pendingZeros = new(StringComparer.Ordinal);
 
-    public DeepseekV3OnnxWeightWriter(ModelCheckpoint checkpoint) => _ckpt = checkpoint;
+    public DeepseekV3OnnxWeightWriter(ModelCheckpoint checkpoint, Int4Scheme? int4 = null)
+    {
+        _ckpt = checkpoint;
+        _int4 = int4;
+    }
 
     public void Write(OnnxInitializerPlan p, OnnxExternalDataWriter.TensorSink sink)
     {
@@ -35,6 +46,24 @@ public sealed class DeepseekV3OnnxWeightWriter
             case InitializerSource.Fp8Codes:
                 WriteFp8(p, sink);
                 break;
+            case InitializerSource.Int4Codes:
+            case InitializerSource.Int4CodesFc1:
+                WriteInt4(p, sink);
+                break;
+            case InitializerSource.Int4Scales:
+            {
+                var codes = p.Name[..^"_scales".Length];
+                if (_pendingScales.Remove(codes, out var s4)) sink.Write<float>(s4);
+                else ForEachInt4(p, w => sink.Write<float>(Widen(w.Scales))); // packed source: read again
+                break;
+            }
+            case InitializerSource.Int4Zeros:
+            {
+                var codes = p.Name[..^"_zero_points".Length];
+                if (_pendingZeros.Remove(codes, out var z)) sink.Write(z);
+                else ForEachInt4(p, w => sink.Write(OnnxInt4Layout.PackZeroPoints(w.Zeros, w.Rows, w.Groups)));
+                break;
+            }
             case InitializerSource.Fp8Scales:
                 var key = p.Name[..^"_scale_inv".Length];
                 if (!_pendingScales.Remove(key, out var scales))
@@ -49,7 +78,7 @@ public sealed class DeepseekV3OnnxWeightWriter
     /// <summary>Streams one tensor as float32, converting a chunk at a time from the mapped source (FP8 is dequantized whole).</summary>
     private void WriteFloat32(string name, OnnxExternalDataWriter.TensorSink sink)
     {
-        if (_ckpt.IsFp8(name))
+        if (_ckpt.IsFp8(name) || _ckpt.IsPackedInt4(name))
         {
             sink.Write<float>(_ckpt.ReadFloat32(name));
             return;
@@ -98,6 +127,19 @@ public sealed class DeepseekV3OnnxWeightWriter
         float[]? scales = null;
         foreach (var name in p.Tensors)
         {
+            if (_ckpt.IsPackedInt4(name))
+            {
+                // Dequantized INT4 values quantized to FP8 like any float source.
+                var w = _ckpt.ReadFloat32(name);
+                int pr = (int)(p.Dims[^2]), pc = (int)p.Dims[^1];
+                var (qr, qc) = Fp8BlockQuantizer.ScaleShape(pr, pc);
+                var pcodes = new byte[pr * pc];
+                var pscales = new float[qr * qc];
+                Fp8BlockQuantizer.Quantize(w, pr, pc, pcodes, pscales);
+                sink.Write(pcodes);
+                allScales.AddRange(pscales);
+                continue;
+            }
             var info = _ckpt.Tensors.Info(name);
             var (rows, cols) = info.Matrix;
             if (info.DType == DType.F8_E4M3)
@@ -130,5 +172,83 @@ public sealed class DeepseekV3OnnxWeightWriter
             allScales.AddRange(scales.AsSpan(0, sr * sc).ToArray());
         }
         _pendingScales[p.Name] = allScales.ToArray();
+    }
+
+    /// <summary>
+    /// INT4 codes of one weight or of stacked experts (fc1: gate and up rows interleaved), two codes per byte, low
+    /// nibble first; the scales and zero points are kept for the initializers that follow.
+    /// </summary>
+    private void WriteInt4(OnnxInitializerPlan p, OnnxExternalDataWriter.TensorSink sink)
+    {
+        // Scales and zero points of a packed source are read again when their initializers come (cheap, no
+        // quantization), so nothing is held; RTN results are kept until then (quantizing twice would cost more).
+        bool keep = p.Tensors.Any(t => !_ckpt.IsPackedInt4(t));
+        var scales = keep ? new List<float>() : null;
+        var zeros = keep ? new List<byte>() : null;
+        ForEachInt4(p, w =>
+        {
+            sink.Write(OnnxInt4Layout.PackCodes(w.Q));
+            if (!keep) return;
+            scales!.AddRange(Widen(w.Scales));
+            if (!w.Scheme.Symmetric) zeros!.AddRange(OnnxInt4Layout.PackZeroPoints(w.Zeros, w.Rows, w.Groups));
+        });
+        if (!keep) return;
+        _pendingScales[p.Name] = scales!.ToArray();
+        if (!_int4!.Value.Symmetric) _pendingZeros[p.Name] = zeros!.ToArray();
+    }
+
+    /// <summary>The INT4 weights of a codes initializer in file order: one per tensor, or gate/up interleaved per expert for fc1.</summary>
+    private void ForEachInt4(OnnxInitializerPlan p, Action<Int4Weight> use)
+    {
+        var scheme = _int4 ?? throw new InvalidOperationException($"'{p.Name}': INT4 initializer but the writer has no INT4 scheme");
+        var tensors = p.Tensors;
+        if (p.Source == InitializerSource.Int4CodesFc1 || p.Interleaved)
+        {
+            int e = tensors.Length / 2;
+            for (int i = 0; i < e; i++) use(Interleave(ReadInt4(tensors[i], scheme), ReadInt4(tensors[e + i], scheme)));
+        }
+        else
+        {
+            foreach (var name in tensors) use(ReadInt4(name, scheme));
+        }
+    }
+
+    /// <summary>The INT4 weight of a tensor: the packed codes as stored, or RTN-quantized from its float values.</summary>
+    public Int4Weight ReadInt4(string name, Int4Scheme scheme)
+    {
+        if (_ckpt.IsPackedInt4(name))
+        {
+            var stored = _ckpt.Int4Config!.Scheme;
+            if (stored != scheme)
+                throw new InvalidDataException($"{_ckpt.Directory}: '{name}' is packed INT4 group {stored.GroupSize} {(stored.Symmetric ? "symmetric" : "asymmetric")}, the export asked for group {scheme.GroupSize} {(scheme.Symmetric ? "symmetric" : "asymmetric")}");
+            return PackQuantized.Read(_ckpt.Tensors, name, scheme);
+        }
+        var (rows, cols) = _ckpt.Tensors.Info(name).Matrix;
+        return Int4GroupQuantizer.Quantize(_ckpt.ReadFloat32(name), rows, cols, scheme, Int4ClipSearch.Default, tensor: name);
+    }
+
+    /// <summary>Rows 2i = gate row i, 2i + 1 = up row i (QMoE's swiglu_fusion=1), with their scales and zero points.</summary>
+    private static Int4Weight Interleave(Int4Weight gate, Int4Weight up)
+    {
+        int rows = gate.Rows, cols = gate.Cols, groups = gate.Groups;
+        var w = Int4Weight.Allocate(2 * rows, cols, gate.Scheme);
+        for (int r = 0; r < rows; r++)
+        {
+            gate.Q.AsSpan(r * cols, cols).CopyTo(w.Q.AsSpan(2 * r * cols, cols));
+            up.Q.AsSpan(r * cols, cols).CopyTo(w.Q.AsSpan((2 * r + 1) * cols, cols));
+            gate.Scales.AsSpan(r * groups, groups).CopyTo(w.Scales.AsSpan(2 * r * groups, groups));
+            up.Scales.AsSpan(r * groups, groups).CopyTo(w.Scales.AsSpan((2 * r + 1) * groups, groups));
+            gate.Zeros.AsSpan(r * groups, groups).CopyTo(w.Zeros.AsSpan(2 * r * groups, groups));
+            up.Zeros.AsSpan(r * groups, groups).CopyTo(w.Zeros.AsSpan((2 * r + 1) * groups, groups));
+        }
+        return w;
+    }
+
+    /// <summary>BF16 scales as float32 (exact).</summary>
+    private static float[] Widen(ushort[] bf16)
+    {
+        var f = new float[bf16.Length];
+        for (int i = 0; i < f.Length; i++) f[i] = Bf16.ToSingle(bf16[i]);
+        return f;
     }
 }
