@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Converter.Formats.Gguf;
 using Converter.Models;
 using Converter.Models.DeepseekV3;
+using Converter.Models.Tokenizers;
 using Converter.Numerics.Ggml;
 using Microsoft.Extensions.Logging;
 
@@ -34,7 +35,8 @@ public static class GgufExportPipeline
 {
     public static GgufModelPlan Plan(ModelCheckpoint src, string? modelName = null) => src.Architecture switch
     {
-        DeepseekV3Architecture d => DeepseekV3GgufMap.Build(d.Cfg, modelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(src.Directory))),
+        DeepseekV3Architecture d => DeepseekV3GgufMap.Build(d.Cfg, modelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(src.Directory)),
+            HfBpeTokenizer.TryLoad(src.Directory, d.Cfg.VocabSize)),
         var a => throw new NotSupportedException($"{src.Directory}: no GGUF mapping for model_type '{a.ModelType}'"),
     };
 

@@ -12,7 +12,7 @@ public static class DeepseekV3GgufMap
 {
     public const string Arch = "deepseek2";
 
-    /// <param name="tokenizer">Tokenizer keys; null to derive the byte-level one for a 256-token vocabulary.</param>
+    /// <param name="tokenizer">Tokenizer keys (from tokenizer.json); null to derive the byte-level one for a 256-token vocabulary.</param>
     public static GgufModelPlan Build(DeepseekV3Config c, string modelName, IReadOnlyList<KeyValuePair<string, GgufValue>>? tokenizer = null)
     {
         var meta = new List<KeyValuePair<string, GgufValue>>();
@@ -104,7 +104,7 @@ public static class DeepseekV3GgufMap
     public static IReadOnlyList<KeyValuePair<string, GgufValue>> ByteLevelTokenizer(int vocabSize)
     {
         if (vocabSize != 256)
-            throw new NotSupportedException($"vocab_size {vocabSize}: only byte-level (256-token) vocabularies are mapped; pass the tokenizer keys");
+            throw new NotSupportedException($"vocab_size {vocabSize}: the checkpoint has no tokenizer.json, and without one only byte-level (256-token) vocabularies are mapped");
         var tokens = new string[256];
         int extra = 0;
         for (int b = 0; b < 256; b++)
