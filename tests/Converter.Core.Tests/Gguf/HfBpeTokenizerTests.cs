@@ -68,6 +68,10 @@ public sealed class HfBpeTokenizerTests : IDisposable
         {
             new { id = 256, content = Bos, single_word = false, lstrip = false, rstrip = false, normalized = true, special = true },
             new { id = 257, content = Eos, single_word = false, lstrip = false, rstrip = false, normalized = true, special = true },
+            // not marked special, but llama.cpp's converter treats "<｜...｜>" as control
+            new { id = 259, content = "<｜fim▁hole｜>", single_word = false, lstrip = false, rstrip = false, normalized = true, special = false },
+            // user-defined: "▁" written back as a space
+            new { id = 260, content = "x▁y", single_word = false, lstrip = false, rstrip = false, normalized = true, special = false },
         };
         WriteTokenizer(_dir, vocab, [new[] { "Ġ", "t" }, "h e"], added: added);
         File.WriteAllText(Path.Combine(_dir, "tokenizer_config.json"), $$"""
@@ -88,7 +92,7 @@ public sealed class HfBpeTokenizerTests : IDisposable
     [Fact]
     public void EveryKeyHasLlamaCppsValueAndType()
     {
-        var m = AsMap(HfBpeTokenizer.TryLoad(WriteSynthetic(), 260)!);
+        var m = AsMap(HfBpeTokenizer.TryLoad(WriteSynthetic(), 262)!);
         m.Keys.Should().BeEquivalentTo("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
             "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
             "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token");
@@ -98,12 +102,12 @@ public sealed class HfBpeTokenizerTests : IDisposable
 
         var tokens = m["tokenizer.ggml.tokens"];
         tokens.ElementType.Should().Be(GgufValueType.String);
-        var expected = Gpt2Bytes().Concat([Bos, Eos, "Ġt", "[PAD259]"]).ToArray();
+        var expected = Gpt2Bytes().Concat([Bos, Eos, "Ġt", "<｜fim▁hole｜>", "x y", "[PAD261]"]).ToArray();
         tokens.AsArray<string>().Should().Equal(expected);
 
         var types = m["tokenizer.ggml.token_type"];
         types.ElementType.Should().Be(GgufValueType.Int32);
-        types.AsArray<int>().Should().Equal(Enumerable.Repeat(1, 256).Concat([3, 3, 1, 5]));
+        types.AsArray<int>().Should().Equal(Enumerable.Repeat(1, 256).Concat([3, 3, 1, 3, 4, 5]));
 
         var merges = m["tokenizer.ggml.merges"];
         merges.ElementType.Should().Be(GgufValueType.String);
@@ -122,7 +126,7 @@ public sealed class HfBpeTokenizerTests : IDisposable
     [Fact]
     public void KeysSurviveTheGgufWriterAndReader()
     {
-        var kv = HfBpeTokenizer.TryLoad(WriteSynthetic(), 260)!;
+        var kv = HfBpeTokenizer.TryLoad(WriteSynthetic(), 262)!;
         string path = Path.Combine(_dir, "t.gguf");
         // round trip through the project's writer: exact value types must come back
         using (var w = new GgufWriter(path))

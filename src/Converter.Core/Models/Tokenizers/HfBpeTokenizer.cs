@@ -57,8 +57,11 @@ public static class HfBpeTokenizer
             {
                 if (a.ValueKind != JsonValueKind.Object || !a.TryGetProperty("content", out var c) || c.ValueKind != JsonValueKind.String)
                     throw Bad(tokenizerPath, "an added_tokens entry has no string content");
-                bool special = a.TryGetProperty("special", out var s) && s.ValueKind == JsonValueKind.True;
-                Put(c.GetString()!, a.TryGetProperty("id", out var id) ? id : default, special ? Control : UserDefined, "added token");
+                string content = c.GetString()!;
+                bool control = (a.TryGetProperty("special", out var s) && s.ValueKind == JsonValueKind.True) || LooksSpecial(content);
+                // llama.cpp expects user-defined tokens pre-normalised: SentencePiece's "▁" back to a space
+                Put(control ? content : content.Replace('\u2581', ' '), a.TryGetProperty("id", out var id) ? id : default,
+                    control ? Control : UserDefined, "added token");
             }
         for (int i = 0; i < vocabSize; i++)
             if (tokens[i] is null) { tokens[i] = $"[PAD{i}]"; types[i] = Unused; }
@@ -75,6 +78,13 @@ public static class HfBpeTokenizer
             AddConfig(meta, configPath, tokens!, tokenizerPath);
         return meta;
     }
+
+    /// <summary>Added tokens llama.cpp's converter treats as control even when not marked special.</summary>
+    internal static bool LooksSpecial(string t) =>
+        t is "<pad>" or "<mask>" or "<2mass>" or "[@BOS@]"
+        || (t.StartsWith("<|", StringComparison.Ordinal) && t.EndsWith("|>", StringComparison.Ordinal))
+        || (t.StartsWith("<｜", StringComparison.Ordinal) && t.EndsWith("｜>", StringComparison.Ordinal))
+        || (t.StartsWith("<unused", StringComparison.Ordinal) && t.EndsWith('>'));
 
     /// <summary>
     /// llama.cpp names the pre-tokenizer by hashing its output on a test text; without running it we recognise
