@@ -17,22 +17,9 @@ public static class CommandTimer
         var outp = p.StandardOutput.ReadToEndAsync();
         long peak = 0;
         while (!p.WaitForExit(20))
-            peak = Math.Max(peak, ReadHwm(p.Id));
+            peak = Math.Max(peak, Converter.Cli.ProcessStats.PeakRssBytes(p.Id) ?? 0);
         double secs = clock.Elapsed.TotalSeconds;
         return new Measurement(secs, peak, p.ExitCode, err.Result + outp.Result);
-    }
-
-    private static long ReadHwm(int pid)
-    {
-        try
-        {
-            foreach (var line in File.ReadLines($"/proc/{pid}/status"))
-                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                    return long.Parse(line[6..].Trim().Split(' ')[0]) * 1024;
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return 0;
     }
 
     /// <summary>Reads every file under a folder once so later runs see a warm page cache.</summary>

@@ -146,7 +146,7 @@ public sealed class SafetensorsWriter : IDisposable
     private void CheckPending()
     {
         if (_pendingEnd >= 0 && _current!.Position != _pendingEnd)
-            throw new InvalidOperationException($"previous tensor got {_current.Position - (_pendingEnd - 0)} bytes more than planned (short or long write)");
+            throw new InvalidOperationException($"previous tensor was written {_current.Position - _pendingEnd:+#;-#} bytes off its planned size");
         _pendingEnd = -1;
     }
 
