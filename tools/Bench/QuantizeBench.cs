@@ -43,9 +43,11 @@ public static class QuantizeBench
             long rss = 0;
             for (int r = 0; r < runs; r++)
             {
-                // Start every timed run with no dirty pages pending, so neither side inherits the other's writeback.
+                // Both sides start alike: their previous output deleted (its page cache freed, not left for the
+                // next run to reclaim) and no dirty pages pending, so neither inherits the other's writeback.
+                if (Directory.Exists(outDir)) Directory.Delete(outDir, true);
                 CommandTimer.Run("sync");
-                var m = CommandTimer.Run(converter, "quantize", src, "-o", outDir, "--scheme", scheme, "--overwrite", "-q");
+                var m = CommandTimer.Run(converter, "quantize", src, "-o", outDir, "--scheme", scheme, "-q");
                 if (m.ExitCode != 0)
                 {
                     Console.Error.WriteLine($"converter failed ({m.ExitCode}): {m.StdErr}");

@@ -31,11 +31,11 @@ public static partial class QuantizePipeline
     private static int SlabRows(int cols, int elementSize) =>
         Math.Max(128, (int)Math.Min(int.MaxValue, 32L * 1024 * 1024 / Math.Max(1, (long)cols * elementSize)) / 128 * 128);
 
-    private sealed record Job(string Source, TensorSpec Output, TensorSpec? Scale, Action<ModelCheckpoint, Job, Stream, SafetensorsWriter> Run)
+    private sealed record Job(string Source, TensorSpec Output, TensorSpec? Scale, Action<ModelCheckpoint, Job, WriteBehindQueue, SafetensorsWriter> Run)
     {
         /// <summary>Further tensors the job writes itself through the writer (INT4 parts), in plan order.</summary>
         public IReadOnlyList<TensorSpec> Parts { get; init; } = [];
-        /// <summary>True when the job writes <see cref="Output"/> itself too (no stream is opened for it).</summary>
+        /// <summary>True when the job writes <see cref="Output"/> itself too, synchronously through the writer (no tensor is begun for it).</summary>
         public bool WritesAll { get; init; }
     }
 
@@ -57,13 +57,18 @@ public static partial class QuantizePipeline
 
         using var writer = new SafetensorsWriter(options.Output, plan, options.MaxShardBytes, options.Overwrite);
         long bytes = 0;
-        for (int i = 0; i < jobs.Count; i++)
+        using (var queue = new WriteBehindQueue())
         {
-            var job = jobs[i];
-            var stream = job.WritesAll ? Stream.Null : writer.BeginTensor(job.Output.Name, out _);
-            job.Run(src, job, stream, writer);
-            bytes += job.Output.ByteLength + (job.Scale?.ByteLength ?? 0) + job.Parts.Sum(p => p.ByteLength);
-            progress?.Report(new PipelineProgress(i + 1, jobs.Count, bytes, job.Output.Name));
+            for (int i = 0; i < jobs.Count; i++)
+            {
+                var job = jobs[i];
+                if (job.WritesAll) queue.Drain(); // it writes through the writer itself, so everything before it must be out
+                else queue.BeginTensor(writer, job.Output.Name);
+                job.Run(src, job, queue, writer);
+                bytes += job.Output.ByteLength + (job.Scale?.ByteLength ?? 0) + job.Parts.Sum(p => p.ByteLength);
+                progress?.Report(new PipelineProgress(i + 1, jobs.Count, bytes, job.Output.Name));
+            }
+            queue.Drain();
         }
         WriteSideFiles(src, writer.StagingDirectory, options.Scheme, int4?.Config);
         int4?.LogSummary();
@@ -111,12 +116,15 @@ public static partial class QuantizePipeline
 
     private static TensorSpec Spec(TensorInfo info, DType dtype) => new(info.Name, dtype, info.Shape);
 
-    private static void CopyJob(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter _)
+    private static void CopyJob(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter _)
     {
         // Unchanged tensors move kernel to kernel (copy_file_range), as cp does: no user-space copy, no page faults.
         var info = src.Tensors.Info(job.Source);
-        using var handle = File.OpenHandle(info.File, FileMode.Open, FileAccess.Read, FileShare.Read);
-        FileRangeCopy.Copy(handle, info.File, info.FileOffset, (FileStream)output, info.ByteLength, new byte[1 << 20]);
+        output.Post(stream =>
+        {
+            using var handle = File.OpenHandle(info.File, FileMode.Open, FileAccess.Read, FileShare.Read);
+            FileRangeCopy.Copy(handle, info.File, info.FileOffset, (FileStream)stream, info.ByteLength, new byte[1 << 20]);
+        });
     }
 
     /// <summary>Visits a 2-D tensor in slabs of whole 128-row blocks, each mapped only while it is processed.</summary>
@@ -134,18 +142,18 @@ public static partial class QuantizePipeline
         }
     }
 
-    private static void Fp8QuantizeJob(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter writer)
+    private static void Fp8QuantizeJob(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter writer)
     {
         var info = src.Tensors.Info(job.Source);
         var (rows, cols) = info.Matrix;
         int scaleCols = (cols + 127) / 128;
         var scales = new float[((rows + 127) / 128) * scaleCols];
-        var sink = new OverlappedWriter(output);
         float[]? widened = null;
         ForEachSlab(src, job.Source, (view, r0, n) =>
         {
             int count = n * cols;
-            var fp8 = sink.Buffer(count).AsSpan(0, count);
+            var buffer = output.Rent(count);
+            var fp8 = buffer.AsSpan(0, count);
             var scaleSlice = scales.AsSpan(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols);
             if (info.DType == DType.BF16)
                 Fp8BlockQuantizer.Quantize(view.As<ushort>(), n, cols, fp8, scaleSlice);
@@ -155,43 +163,39 @@ public static partial class QuantizePipeline
                 TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
                 Fp8BlockQuantizer.Quantize(widened.AsSpan(0, count), n, cols, fp8, scaleSlice);
             }
-            sink.Submit(count);
+            output.Write(buffer, count);
         });
-        sink.Complete();
-        writer.Write(job.Scale!.Name, MemoryMarshal.AsBytes(scales.AsSpan()));
+        output.Post(_ => writer.Write(job.Scale!.Name, MemoryMarshal.AsBytes(scales.AsSpan())));
     }
 
-    private static void Fp8ToBf16Job(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter _)
+    private static void Fp8ToBf16Job(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter _)
     {
         var (rows, cols) = src.Tensors.Info(job.Source).Matrix;
         int scaleCols = (cols + 127) / 128;
         using var scaleData = src.Tensors.Read(ModelCheckpoint.ScaleName(job.Source));
-        var sink = new OverlappedWriter(output);
         ForEachSlab(src, job.Source, (view, r0, n) =>
         {
             int count = n * cols;
-            var bf16 = MemoryMarshal.Cast<byte, ushort>(sink.Buffer(count * 2).AsSpan(0, count * 2));
+            var buffer = output.Rent(count * 2);
             Fp8BlockQuantizer.DequantizeToBf16(view.Bytes, scaleData.As<float>().Slice(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols),
-                n, cols, bf16);
-            sink.Submit(count * 2);
+                n, cols, MemoryMarshal.Cast<byte, ushort>(buffer.AsSpan(0, count * 2)));
+            output.Write(buffer, count * 2);
         });
-        sink.Complete();
     }
 
-    private static void FloatToBf16Job(ModelCheckpoint src, Job job, Stream output, SafetensorsWriter _)
+    private static void FloatToBf16Job(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter _)
     {
         var info = src.Tensors.Info(job.Source);
-        var sink = new OverlappedWriter(output);
         float[]? widened = null;
         ForEachSlab(src, job.Source, (view, _, n) =>
         {
             int count = view.Length / DTypeInfo.SizeOf(info.DType);
             if (widened == null || widened.Length < count) widened = new float[count];
             TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
-            Bf16.FromSingle(widened.AsSpan(0, count), MemoryMarshal.Cast<byte, ushort>(sink.Buffer(count * 2).AsSpan(0, count * 2)));
-            sink.Submit(count * 2);
+            var buffer = output.Rent(count * 2);
+            Bf16.FromSingle(widened.AsSpan(0, count), MemoryMarshal.Cast<byte, ushort>(buffer.AsSpan(0, count * 2)));
+            output.Write(buffer, count * 2);
         });
-        sink.Complete();
     }
 
     /// <summary>config.json with the scheme's quantization_config, and every non-weight file copied as is.</summary>
