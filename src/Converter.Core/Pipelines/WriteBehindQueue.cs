@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Collections.Concurrent;
 using Converter.Formats.Safetensors;
+using Converter.Tensors;
 
 namespace Converter.Pipelines;
 
@@ -17,6 +18,7 @@ internal sealed class WriteBehindQueue : IDisposable
     private readonly BlockingCollection<Action> _work = new(boundedCapacity: 256);
     private readonly SemaphoreSlim _buffers;
     private readonly Thread _thread;
+    private readonly PageSpliceWriter _splice = new();
     private Stream? _current;
     private volatile Exception? _error;
 
@@ -50,7 +52,9 @@ internal sealed class WriteBehindQueue : IDisposable
     {
         try
         {
-            if (_error == null) _current!.Write(buffer, 0, count);
+            if (_error != null) return;
+            if (_current is FileStream file) _splice.Write(file, buffer.AsSpan(0, count));
+            else _current!.Write(buffer, 0, count);
         }
         finally
         {
@@ -97,5 +101,6 @@ internal sealed class WriteBehindQueue : IDisposable
         _thread.Join();
         _work.Dispose();
         _buffers.Dispose();
+        _splice.Dispose();
     }
 }
