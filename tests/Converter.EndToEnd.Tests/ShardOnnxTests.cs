@@ -210,6 +210,10 @@ public class ShardOnnxTests(Xunit.Abstractions.ITestOutputHelper log) : IDisposa
         bad.ExitCode.Should().NotBe(0, bad.ToString());
         bad.StdErr.Should().Contain("int4", bad.ToString());
         Directory.Exists(outDir).Should().BeFalse();
+        var orphan = Cli.Run("shard", TestData.Model("tiny-dsv3"), "-o", outDir, "--ranks", "2", "--onnx-weights", "fp8", "-q");
+        orphan.ExitCode.Should().Be(2, orphan.ToString());
+        orphan.StdErr.Should().Contain("--onnx-weights needs --onnx");
+        Directory.Exists(outDir).Should().BeFalse();
     }
 
     private static void CopyDir(string from, string to)

@@ -54,6 +54,8 @@ public static class ShardCommand
             var outDir = parse.GetValue(output) ?? throw new ArgumentException("--output is required");
             if (parse.GetResult(ranks) == null) throw new ArgumentException("--ranks is required");
             var method = parse.GetValue(placement) == "balanced" ? PlacementMethod.Balanced : PlacementMethod.Contiguous;
+            if (parse.GetResult(onnxWeights) is { Implicit: false } && !parse.GetValue(onnx))
+                throw new ArgumentException("--onnx-weights needs --onnx");
 
             using var ckpt = ModelCheckpoint.Open(modelDir);
             var calDir = parse.GetValue(calibration);

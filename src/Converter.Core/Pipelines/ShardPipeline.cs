@@ -24,7 +24,8 @@ public sealed record ShardResult(string Output, int Ranks, int SourceTensors, lo
 /// plus every non-expert tensor, config.json and the model's side files; <c>placement.json</c> sits beside them.
 /// Each source tensor is read once, a slab at a time, and each slab is written to every rank that needs it, so
 /// memory is one slab plus one file buffer per rank whatever the rank count. The whole output folder is staged
-/// beside the destination and renamed into place at the end.
+/// beside the destination and renamed into place at the end. With <see cref="ShardOptions.Onnx"/> each rank folder also
+/// gets the rank's ONNX model (<see cref="ShardOnnxExport"/>), written inside the same staging folder.
 /// </summary>
 public static class ShardPipeline
 {
