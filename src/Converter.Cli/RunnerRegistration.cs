@@ -6,5 +6,5 @@ namespace Converter.Cli;
 public static class RunnerRegistration
 {
     public static ArtifactRunnerFactory RegisterAll(ArtifactRunnerFactory factory) =>
-        GgufArtifactRunner.RegisterWith(OnnxArtifactRunner.RegisterWith(factory));
+        GgufArtifactRunner.RegisterWith(ShardedOnnxArtifactRunner.RegisterWith(OnnxArtifactRunner.RegisterWith(factory)));
 }

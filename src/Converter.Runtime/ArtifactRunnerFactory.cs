@@ -3,7 +3,8 @@ using Converter.Verification;
 namespace Converter.Runtime;
 
 /// <summary>What kind of artifact a path holds; decides which runner opens it.</summary>
-public enum ArtifactKind { Onnx, Gguf }
+/// <remarks>ShardedOnnx: a <c>shard --onnx</c> output folder (placement.json and one ONNX model per rank).</remarks>
+public enum ArtifactKind { Onnx, Gguf, ShardedOnnx }
 
 /// <summary>How to run an artifact. <paramref name="Threads"/> 0 lets the runtime choose.</summary>
 public sealed record RunnerOptions(int Threads = 0, string ExecutionProvider = "cpu")
@@ -42,12 +43,14 @@ public sealed class ArtifactRunnerFactory
     }
 
     /// <summary>
-    /// A folder or a <c>.onnx</c> file is ONNX (external data sits beside the graph); a <c>.gguf</c> file is GGUF.
+    /// A folder with a placement.json is a sharded output (<c>shard</c>); any other folder or a <c>.onnx</c> file is
+    /// ONNX (external data sits beside the graph); a <c>.gguf</c> file is GGUF.
     /// Throws <see cref="FileNotFoundException"/> for a missing path and <see cref="ArgumentException"/> otherwise.
     /// </summary>
     public static ArtifactKind Detect(string path)
     {
-        if (Directory.Exists(path)) return ArtifactKind.Onnx;
+        if (Directory.Exists(path))
+            return File.Exists(Path.Combine(path, Converter.Sharding.PlacementJson.FileName)) ? ArtifactKind.ShardedOnnx : ArtifactKind.Onnx;
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: artifact not found", path);
         return Path.GetExtension(path).ToLowerInvariant() switch
         {

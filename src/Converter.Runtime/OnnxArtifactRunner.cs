@@ -10,7 +10,11 @@ public enum OnnxExecutionProvider { Cpu, Cuda }
 
 /// <param name="ExecutionProvider">cpu (default) or cuda (needs the GPU build of ONNX Runtime).</param>
 /// <param name="IntraOpThreads">Threads per operator; 0 lets ONNX Runtime choose.</param>
-public sealed record OnnxRunnerOptions(OnnxExecutionProvider ExecutionProvider = OnnxExecutionProvider.Cpu, int IntraOpThreads = 0);
+public sealed record OnnxRunnerOptions(OnnxExecutionProvider ExecutionProvider = OnnxExecutionProvider.Cpu, int IntraOpThreads = 0)
+{
+    /// <summary>Log only errors from ONNX Runtime (e.g. rank models, whose peer-sum inputs with initializer defaults draw a warning per session).</summary>
+    public bool ErrorsOnly { get; init; }
+}
 
 /// <summary>
 /// Runs an exported ONNX model (model.onnx with external data) on token batches through ONNX Runtime.
@@ -26,7 +30,7 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     public const string RoutingKey = "converter.routing";
 
     private readonly string _modelPath;
-    private readonly OnnxRunnerOptions _options;
+    private OnnxRunnerOptions _options;
     private readonly ModelProto _proto;
     private readonly string[] _hiddenNames, _routingNames;
     private InferenceSession? _plain, _diagnostic;
@@ -52,6 +56,8 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         string Meta(string key) => _proto.MetadataProps.FirstOrDefault(p => p.Key == key)?.Value ?? "";
         _hiddenNames = Meta(HiddenStatesKey).Split(',', StringSplitOptions.RemoveEmptyEntries);
         _routingNames = Meta(RoutingKey).Split(',', StringSplitOptions.RemoveEmptyEntries);
+        // A rank model's peer-sum inputs have zeros initializers as defaults, which ORT warns about in every session.
+        if (Meta(Converter.Models.DeepseekV3.Onnx.DeepseekV3OnnxNames.RankKey) != "") _options = _options with { ErrorsOnly = true };
         _plain = CreateSession(_modelPath);
         Description = $"ONNX Runtime {OrtEnv.Instance().GetVersionString()} ({_options.ExecutionProvider.ToString().ToLowerInvariant()}, " +
                       $"intra-op threads {(_options.IntraOpThreads == 0 ? "default" : _options.IntraOpThreads)}) on {_modelPath}";
@@ -60,6 +66,7 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     private SessionOptions CreateOptions()
     {
         var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (_options.ErrorsOnly) so.LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR;
         if (_options.IntraOpThreads > 0) so.IntraOpNumThreads = _options.IntraOpThreads;
         if (_options.ExecutionProvider == OnnxExecutionProvider.Cuda)
         {
@@ -107,7 +114,22 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         }
     }
 
-    public ArtifactOutputs Run(int[] tokens, int batch, int seq, bool hiddenStates, bool routing)
+    public ArtifactOutputs Run(int[] tokens, int batch, int seq, bool hiddenStates, bool routing) =>
+        Run(tokens, batch, seq, hiddenStates, routing, null, null, out _);
+
+    /// <summary>The model's metadata value for <paramref name="key"/>, or null.</summary>
+    public string? Metadata(string key) => _proto.MetadataProps.FirstOrDefault(p => p.Key == key)?.Value;
+
+    /// <summary>Names of the graph's inputs, outputs and initializers (to check an expected interface before running).</summary>
+    public bool HasInput(string name) => _proto.Graph.Input.Any(i => i.Name == name);
+    public bool HasOutput(string name) => _proto.Graph.Output.Any(o => o.Name == name);
+
+    /// <summary>
+    /// Runs with extra float inputs fed by name (e.g. an expert-parallel rank's peer sums, which otherwise take their
+    /// initializer defaults) and returns extra float outputs by name besides the usual ones.
+    /// </summary>
+    public ArtifactOutputs Run(int[] tokens, int batch, int seq, bool hiddenStates, bool routing,
+        IReadOnlyDictionary<string, DenseTensor<float>>? extraInputs, IReadOnlyList<string>? extraOutputs, out Dictionary<string, float[]> extra)
     {
         if (tokens.Length != batch * seq) throw new ArgumentException($"{tokens.Length} tokens for batch {batch} x seq {seq}");
         var session = hiddenStates || routing ? DiagnosticSession() : _plain!;
@@ -126,12 +148,18 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
             for (int i = 0; i < pos.Length; i++) pos[i] = i % seq;
             inputs.Add(NamedOnnxValue.CreateFromTensor("position_ids", new DenseTensor<long>(pos, [batch, seq])));
         }
+        if (extraInputs != null)
+            foreach (var (name, value) in extraInputs) inputs.Add(NamedOnnxValue.CreateFromTensor(name, value));
         var outputNames = new List<string> { "logits" };
         if (hiddenStates) outputNames.AddRange(_hiddenNames);
         if (routing) outputNames.AddRange(_routingNames);
+        if (extraOutputs != null) outputNames.AddRange(extraOutputs.Where(n => !outputNames.Contains(n)));
         using var results = session.Run(inputs, outputNames);
         var byName = results.ToDictionary(r => r.Name, r => r);
         var logits = byName["logits"].AsTensor<float>().ToArray();
+        extra = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        if (extraOutputs != null)
+            foreach (var name in extraOutputs) extra[name] = byName[name].AsTensor<float>().ToArray();
 
         float[][]? hidden = null;
         if (hiddenStates)

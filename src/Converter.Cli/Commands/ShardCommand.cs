@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Converter.Calibration;
 using Converter.Models;
+using Converter.Models.DeepseekV3.Onnx;
 using Converter.Pipelines;
 using Converter.Sharding;
 using Microsoft.Extensions.Logging;
@@ -23,11 +24,18 @@ public static class ShardCommand
         var heldOutSeqs = new Option<string?>("--held-out-sequences") { Description = "Sequence range of --held-out to use, e.g. 4:8 (start inclusive, end exclusive)" };
         var maxShard = new Option<string>("--max-shard-size") { Description = "Largest safetensors shard per rank, e.g. 5GB", DefaultValueFactory = _ => "5GB" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output folder if it exists" };
+        var onnx = new Option<bool>("--onnx")
+        {
+            Description = "Also write rank-XXXXX/model.onnx per rank: the full graph whose MoE computes only the rank's experts " +
+                "(routing identical on every rank); the ranks' partial MoE outputs sum to the whole model (converter verify <out-dir> runs them)",
+        };
+        var onnxWeights = new Option<string>("--onnx-weights") { Description = "Weights of the rank ONNX models: fp32 or fp8 (DeepSeek 128x128 blocks)", DefaultValueFactory = _ => "fp32" };
+        onnxWeights.AcceptOnlyFromAmong("fp32", "fp8");
         var check = new Option<string?>("--check") { Description = "Instead of sharding: check a sharded output folder against --source byte for byte" };
         var source = new Option<string?>("--source") { Description = "With --check: the source model folder" };
         var cmd = new Command("shard", "Split routed experts across expert-parallel ranks (placement.json, one checkpoint per rank, load report)")
         {
-            dir, output, ranks, perNode, placement, calibration, redundant, heldOut, heldOutSeqs, maxShard, overwrite, check, source,
+            dir, output, ranks, perNode, placement, calibration, redundant, heldOut, heldOutSeqs, maxShard, overwrite, onnx, onnxWeights, check, source,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
@@ -46,6 +54,8 @@ public static class ShardCommand
             var outDir = parse.GetValue(output) ?? throw new ArgumentException("--output is required");
             if (parse.GetResult(ranks) == null) throw new ArgumentException("--ranks is required");
             var method = parse.GetValue(placement) == "balanced" ? PlacementMethod.Balanced : PlacementMethod.Contiguous;
+            if (parse.GetResult(onnxWeights) is { Implicit: false } && !parse.GetValue(onnx))
+                throw new ArgumentException("--onnx-weights needs --onnx");
 
             using var ckpt = ModelCheckpoint.Open(modelDir);
             var calDir = parse.GetValue(calibration);
@@ -61,7 +71,9 @@ public static class ShardCommand
                 report = PlacementComparison.Build(ckpt.Architecture, plan, cal, trace);
             }
             var result = ShardPipeline.Run(ckpt, plan, new ShardOptions(outDir, SizeParser.Parse(parse.GetValue(maxShard)!), parse.GetValue(overwrite),
-                report == null ? null : staging => report.Write(staging)), log, GlobalOptions.CreateProgress(parse));
+                report == null ? null : staging => report.Write(staging),
+                parse.GetValue(onnx) ? (parse.GetValue(onnxWeights) == "fp8" ? OnnxWeightFormat.Fp8 : OnnxWeightFormat.Fp32) : null),
+                log, GlobalOptions.CreateProgress(parse));
             if (report != null)
             {
                 Console.WriteLine(report.ToMarkdown());

@@ -34,7 +34,11 @@ public static class VerifyCommand
     public static Command Create(ArtifactRunnerFactory? factory = null)
     {
         factory ??= ArtifactRunnerFactory.Default;
-        var artifact = new Argument<string>("artifact") { Description = "ONNX folder or .onnx file, or .gguf file" };
+        var artifact = new Argument<string>("artifact")
+        {
+            Description = "ONNX folder or .onnx file, .gguf file, or a sharded output folder (shard --onnx: every rank runs, " +
+                "their partial MoE outputs are summed layer by layer)",
+        };
         var golden = new Option<string>("--golden") { Description = "golden eval.safetensors", Required = true };
         var json = new Option<bool>("--json") { Description = "print exactly one JSON object instead of the table" };
         var layers = new Option<bool>("--layers") { Description = "compare sequence 0's per-layer hidden states" };
@@ -89,7 +93,9 @@ public static class VerifyCommand
                     throw new ArgumentException($"--execution-provider: '{provider}' is not cpu or cuda");
                 options = new RunnerOptions(nThreads, provider) { KvCache = pr.GetValue(kvCache)!, InteropDirectory = pr.GetValue(interopDir) };
                 goldenSet = GoldenSet.Load(pr.GetValue(golden)!);
-                var modelDir = pr.GetValue(model) ?? (Directory.Exists(path) && File.Exists(Path.Combine(path, "config.json")) ? path : null);
+                // A sharded output's config.json sits in each rank folder.
+                var configDir = kind == ArtifactKind.ShardedOnnx ? Path.Combine(path, "rank-00000") : path;
+                var modelDir = pr.GetValue(model) ?? (Directory.Exists(configDir) && File.Exists(Path.Combine(configDir, "config.json")) ? configDir : null);
                 if (modelDir != null) goldenSet.CheckModel(ConfigJson.Load(modelDir));
             }
             catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or KeyNotFoundException or FormatException)

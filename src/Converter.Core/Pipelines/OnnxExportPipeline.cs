@@ -17,6 +17,7 @@ namespace Converter.Pipelines;
 /// (default) keeps every other projection float32 unless the source stores it packed (then it stays INT4, exactly);
 /// AllLinear also quantizes attention, dense MLP and shared-expert projections (MatMulNBits). Router, embeddings,
 /// norms and lm_head stay float32.</param>
+/// <param name="Rank">Export one expert-parallel rank's graph (its local experts only; see <see cref="OnnxRankExperts"/>).</param>
 public sealed record OnnxExportOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool Overwrite = false,
@@ -27,7 +28,8 @@ public sealed record OnnxExportOptions(
     int? Int4GroupSize = null,
     bool? Int4Symmetric = null,
     Int4Targets Int4Targets = Int4Targets.RoutedExperts,
-    CommSimulation? Comm = null);
+    CommSimulation? Comm = null,
+    OnnxRankExperts? Rank = null);
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
     IReadOnlyList<string> HiddenStateOutputs, IReadOnlyList<string> RoutingOutputs, TimeSpan Elapsed);
@@ -42,9 +44,17 @@ public static class OnnxExportPipeline
     public static OnnxExportResult Run(string modelDir, string outputDir, OnnxExportOptions options,
         ILogger? logger = null, IProgress<PipelineProgress>? progress = null, CancellationToken cancellation = default)
     {
+        using var ckpt = ModelCheckpoint.Open(modelDir);
+        return Run(ckpt, outputDir, options, logger, progress, cancellation);
+    }
+
+    /// <summary>Exports an opened checkpoint (the checkpoint stays open; config.json is copied from its folder).</summary>
+    public static OnnxExportResult Run(ModelCheckpoint ckpt, string outputDir, OnnxExportOptions options,
+        ILogger? logger = null, IProgress<PipelineProgress>? progress = null, CancellationToken cancellation = default)
+    {
         logger ??= NullLogger.Instance;
         var clock = Stopwatch.StartNew();
-        using var ckpt = ModelCheckpoint.Open(modelDir);
+        string modelDir = ckpt.Directory;
         if (ckpt.Architecture is not DeepseekV3Architecture arch)
             throw new NotSupportedException($"{modelDir}: ONNX export supports deepseek_v3, not {ckpt.Architecture.ModelType}");
         var cfg = arch.Cfg;
@@ -58,7 +68,7 @@ public static class OnnxExportPipeline
                 cfg.NumHiddenLayers, cfg.NumHiddenLayers + cfg.NumNextnPredictLayers - 1);
 
         var export = DeepseekV3OnnxGraph.Build(cfg, new DeepseekV3OnnxOptions(options.Weights, options.AttentionMaskInput,
-            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm));
+            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank));
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new DeepseekV3OnnxWeightWriter(ckpt, scheme);

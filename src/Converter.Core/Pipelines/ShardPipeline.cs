@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Converter.Formats.Safetensors;
 using Converter.Models;
+using Converter.Models.DeepseekV3.Onnx;
 using Converter.Sharding;
 using Converter.Tensors;
 using Microsoft.Extensions.Logging;
@@ -11,7 +12,9 @@ using Microsoft.Win32.SafeHandles;
 namespace Converter.Pipelines;
 
 /// <param name="WriteExtras">Called with the staging folder before it is renamed, to add files beside placement.json (a load report).</param>
-public sealed record ShardOptions(string Output, long MaxShardBytes = 5_000_000_000, bool Overwrite = false, Action<string>? WriteExtras = null);
+/// <param name="Onnx">Also write each rank's ONNX model (<c>rank-XXXXX/model.onnx</c> + data) with these weights (fp32 or fp8); null: none.</param>
+public sealed record ShardOptions(string Output, long MaxShardBytes = 5_000_000_000, bool Overwrite = false, Action<string>? WriteExtras = null,
+    OnnxWeightFormat? Onnx = null);
 
 public sealed record ShardResult(string Output, int Ranks, int SourceTensors, long BytesRead, long BytesWritten, TimeSpan Elapsed);
 
@@ -21,7 +24,8 @@ public sealed record ShardResult(string Output, int Ranks, int SourceTensors, lo
 /// plus every non-expert tensor, config.json and the model's side files; <c>placement.json</c> sits beside them.
 /// Each source tensor is read once, a slab at a time, and each slab is written to every rank that needs it, so
 /// memory is one slab plus one file buffer per rank whatever the rank count. The whole output folder is staged
-/// beside the destination and renamed into place at the end.
+/// beside the destination and renamed into place at the end. With <see cref="ShardOptions.Onnx"/> each rank folder also
+/// gets the rank's ONNX model (<see cref="ShardOnnxExport"/>), written inside the same staging folder.
 /// </summary>
 public static class ShardPipeline
 {
@@ -44,6 +48,7 @@ public static class ShardPipeline
     {
         var clock = Stopwatch.StartNew();
         PlacementJson.CheckMatches(placement, src.Architecture, "placement");
+        if (o.Onnx is { } onnxWeights) ShardOnnxExport.Check(src, onnxWeights);
         var dest = Path.GetFullPath(o.Output);
         if (File.Exists(dest)) throw new IOException($"{dest}: a file is in the way of the output folder");
         if (Directory.Exists(dest) && !o.Overwrite) throw new IOException($"{dest}: output folder already exists (use --overwrite to replace it)");
@@ -95,6 +100,13 @@ public static class ShardPipeline
                 WriteSideFiles(src, placement, r, writers[r]!.StagingDirectory);
                 writers[r]!.Commit();
             }
+            if (o.Onnx is { } weights)
+                for (int r = 0; r < placement.Ranks; r++)
+                {
+                    var onnx = ShardOnnxExport.Write(src, placement, r, Path.Combine(staging, RankFolderName(r)), weights, log);
+                    written += onnx.DataBytes;
+                    log.LogInformation("rank {Rank}: model.onnx ({MB:F1} MB of {Weights} weights)", r, onnx.DataBytes / 1e6, weights.ToString().ToLowerInvariant());
+                }
             PlacementJson.Write(placement, Path.Combine(staging, PlacementJson.FileName));
             o.WriteExtras?.Invoke(staging);
             if (Directory.Exists(dest))

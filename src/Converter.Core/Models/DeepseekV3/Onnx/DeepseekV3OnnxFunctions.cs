@@ -13,7 +13,7 @@ namespace Converter.Models.DeepseekV3.Onnx;
 /// </summary>
 internal static class DeepseekV3OnnxFunctions
 {
-    public const string MlaName = "MLA", MoeName = "MoE", MlpName = "MLP", DequantName = "DequantizeFp8Block",
+    public const string MlaName = "MLA", MoeName = "MoE", MoeRankName = "MoE_rank", MlpName = "MLP", DequantName = "DequantizeFp8Block",
         DequantCastName = "DequantizeFp8BlockCast";
 
     /// <summary>
@@ -116,10 +116,20 @@ internal static class DeepseekV3OnnxFunctions
     /// which com.microsoft.MoE (and QMoE) keep internal: the routed part then runs as k calls with k=1, call j routing
     /// every token to its j-th selected expert with weight 1, so each call returns exactly that expert's output; it
     /// is quantize-dequantized, multiplied by w_j and summed. Still sparse, about as costly.
+    /// <para>With <paramref name="rankLocal"/> (an expert-parallel rank's graph): fc1/fc2 hold only the S local slots
+    /// and two inputs follow them, slot_experts (int64 [S], the logical expert of each slot) and slot_shares (float
+    /// [S]). Routing is computed over all experts exactly as above; slot s then gets the dense weight
+    /// w[expert(s)] * share(s), and com.microsoft.MoE runs the S local experts with those weights (same log trick).
+    /// A token that selected no local expert gets a finite dummy row (all zeros, not all -inf whose softmax is NaN)
+    /// and its output is multiplied by its weight sum, 0, so its partial is exactly 0. <paramref name="localK"/> is
+    /// min(top-k, S) (the function is made once per distinct value). Outputs: shared experts' output
+    /// (zeros without shared experts), the routed partial, top-k ids: the caller adds the other ranks' partials.</para>
     /// </remarks>
     public static void Moe(OnnxModelBuilder model, DeepseekV3Config c, string name = MoeName, Int4Scheme? int4Scheme = null, bool[]? int4 = null,
-        CommSimulation? comm = null)
+        CommSimulation? comm = null, bool rankLocal = false, int localK = 0)
     {
+        if (rankLocal && (int4 != null || comm != null))
+            throw new NotSupportedException("an expert-parallel rank's MoE is exported with float32 or fp8 experts and without simulated traffic");
         model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
         var f = model.Function(DeepseekV3OnnxNames.Domain, name);
         // int4 mask: [0] routed experts (QMoE), [1..3] shared gate/up/down (MatMulNBits).
@@ -133,6 +143,7 @@ internal static class DeepseekV3OnnxFunctions
         string? fc1Scales = qmoe ? f.Input("fc1_scales") : null, fc1Zeros = qmoe && !int4Scheme!.Value.Symmetric ? f.Input("fc1_zero_points") : null;
         string fc2 = f.Input("fc2");
         string? fc2Scales = qmoe ? f.Input("fc2_scales") : null, fc2Zeros = qmoe && !int4Scheme!.Value.Symmetric ? f.Input("fc2_zero_points") : null;
+        string? slotExperts = rankLocal ? f.Input("slot_experts") : null, slotShares = rankLocal ? f.Input("slot_shares") : null;
         Proj? sg = null, su = null, sd = null;
         if (c.NSharedExperts > 0)
         {
@@ -182,6 +193,25 @@ internal static class DeepseekV3OnnxFunctions
                 Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
                 Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
             return unitWeights ? moe : f.Mul(moe, f.Op("ReduceSum", [weights, f.ConstInt64(1)], Int("keepdims", 1)));
+        }
+        if (rankLocal)
+        {
+            string dense = f.Op("ScatterElements", [zerosTE, topIdx, w], Int("axis", 1));              // [t, E]
+            string local = f.Mul(f.Op("Gather", [dense, slotExperts!], Int("axis", 1)), slotShares!);  // [t, S]
+            string localSum = f.Op("ReduceSum", [local, f.ConstInt64(1)], Int("keepdims", 1));        // [t, 1]
+            string any = f.Op("Greater", [localSum, f.ScalarFloat(0f)]);
+            // log(0) = -inf masks the slots this token did not select; a row with none gets zeros (finite softmax).
+            string logProbs = f.Op("Where", [any, f.Op("Log", [local]), f.ScalarFloat(0f)]);
+            // k = min(top-k, S): a token selects at most that many local slots (one replica of an expert per rank).
+            string moe = f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
+                Int("k", localK), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
+            string partial = f.Mul(moe, localSum);
+            string shared = sg != null ? SwiGlu(f, x2, sg, su!, sd!) : f.Mul(x2, f.ScalarFloat(0f));
+            f.Output(f.Reshape(shared, f.Shape(x)));
+            f.Output(f.Reshape(partial, f.Shape(x)));
+            f.Output(topIdx);
+            return;
         }
         string y;
         if (comm?.Combine is { } combine)

@@ -61,6 +61,9 @@ public static class DeepseekV3OnnxGraph
         if (int4 && scheme == null) throw new ArgumentException("int4 export needs an INT4 scheme (options.Int4)");
         if (int4) model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
         var denseInt4 = options.DenseInt4 ?? new HashSet<string>();
+        var rank = options.Rank;
+        if (rank != null && (int4 || options.Comm is { Any: true }))
+            throw new NotSupportedException("an expert-parallel rank graph is exported with fp32 or fp8 weights and without simulated traffic");
         // One function per distinct set of INT4 inputs (all float32 in the other formats): "MLA", "MLA_int4", "MLA_int4_0110".
         var made = new HashSet<string>(StringComparer.Ordinal);
         string Fn(string baseName, bool[] mask, Action<string, bool[]?> create)
@@ -155,6 +158,8 @@ public static class DeepseekV3OnnxGraph
         var hiddenOutputs = new List<string> { N.Embedding };
         var routingOutputs = new List<string>();
         var moeInputValues = new List<string>();
+        var partialOutputs = new List<string>();
+        var rankLayers = new List<int>();
         for (int layer = 0; layer < c.NumHiddenLayers; layer++)
         {
             string p = $"model.layers.{layer}.";
@@ -195,11 +200,17 @@ public static class DeepseekV3OnnxGraph
                 moeInputValues.Add(moeIn);
                 long e = c.NRoutedExperts, mi = c.MoeIntermediateSize;
                 string m = p + "mlp.";
+                OnnxLocalExperts? local = null;
+                if (rank != null && !rank.Layers.TryGetValue(layer, out local))
+                    throw new ArgumentException($"rank {rank.Rank}: no local experts given for MoE layer {layer}");
+                // The experts stacked into fc1/fc2: all of them, or a rank's local slots in slot order.
+                int[] stacked = local?.Experts ?? Enumerable.Range(0, (int)e).ToArray();
+                long se = stacked.Length;
                 string router = Plain(m + "gate.weight", e, h);
                 string bias = c.TopkMethod == "noaux_tc"
                     ? Plain(m + "gate.e_score_correction_bias", e)
                     : g.ConstFloat([e], new float[e]);
-                string[] Experts(string part) => Enumerable.Range(0, (int)e).Select(i => $"{m}experts.{i}.{part}.weight").ToArray();
+                string[] Experts(string part) => stacked.Select(i => $"{m}experts.{i}.{part}.weight").ToArray();
                 var moeMask = new List<bool> { int4 };
                 var moeInputs = new List<string> { xn2, router, bias };
                 if (int4)
@@ -210,17 +221,22 @@ public static class DeepseekV3OnnxGraph
                 }
                 else if (fp8)
                 {
-                    string gate = DequantStacked(m + "experts.gate_proj.weight", Experts("gate_proj"), e, mi, h);
-                    string up = DequantStacked(m + "experts.up_proj.weight", Experts("up_proj"), e, mi, h);
+                    string gate = DequantStacked(m + "experts.gate_proj.weight", Experts("gate_proj"), se, mi, h);
+                    string up = DequantStacked(m + "experts.up_proj.weight", Experts("up_proj"), se, mi, h);
                     // Interleave rows (gate i, up i): com.microsoft.MoE's swiglu_fusion=1 layout.
-                    moeInputs.Add(g.Reshape(g.Concat(2, g.Unsqueeze(gate, 2), g.Unsqueeze(up, 2)), e, 2 * mi, h));
-                    moeInputs.Add(DequantStacked(m + "experts.down_proj.weight", Experts("down_proj"), e, h, mi));
+                    moeInputs.Add(g.Reshape(g.Concat(2, g.Unsqueeze(gate, 2), g.Unsqueeze(up, 2)), se, 2 * mi, h));
+                    moeInputs.Add(DequantStacked(m + "experts.down_proj.weight", Experts("down_proj"), se, h, mi));
                 }
                 else
                 {
-                    moeInputs.Add(Init(m + "experts.fc1.weight", DataType.Float, [e, 2 * mi, h], InitializerSource.StackedFc1Float32,
+                    moeInputs.Add(Init(m + "experts.fc1.weight", DataType.Float, [se, 2 * mi, h], InitializerSource.StackedFc1Float32,
                         [.. Experts("gate_proj"), .. Experts("up_proj")]));
-                    moeInputs.Add(Init(m + "experts.fc2.weight", DataType.Float, [e, h, mi], InitializerSource.StackedFloat32, Experts("down_proj")));
+                    moeInputs.Add(Init(m + "experts.fc2.weight", DataType.Float, [se, h, mi], InitializerSource.StackedFloat32, Experts("down_proj")));
+                }
+                if (local != null)
+                {
+                    moeInputs.Add(g.ConstInt64(Array.ConvertAll(local.Experts, x => (long)x)));
+                    moeInputs.Add(g.ConstFloat([se], local.Shares));
                 }
                 if (c.NSharedExperts > 0)
                 {
@@ -230,9 +246,29 @@ public static class DeepseekV3OnnxGraph
                     moeInputs.AddRange(Proj(m + "shared_experts.down_proj.weight", h, si, moeMask));
                 }
                 string route = g.Reserve(N.Routing(layer));
-                string moeFn = Fn(DeepseekV3OnnxFunctions.MoeName, moeMask.ToArray(), (n, mk) => DeepseekV3OnnxFunctions.Moe(model, c, n, scheme, mk, options.Comm is { Any: true } ? options.Comm : null));
-                g.OpNamed(moeFn, moeInputs, [mlpOut, route], N.Domain);
-                routingOutputs.Add(route);
+                if (local != null)
+                {
+                    // This rank's routed partial, plus the other ranks' (an input that defaults to zeros), plus the
+                    // shared experts once: summed over ranks in graph order, the layer's output is the whole model's.
+                    int localK = Math.Min(c.NumExpertsPerTok, stacked.Length);
+                    string rankFn = Fn($"{DeepseekV3OnnxFunctions.MoeRankName}_k{localK}", moeMask.ToArray(),
+                        (n, mk) => DeepseekV3OnnxFunctions.Moe(model, c, n, scheme, mk, null, rankLocal: true, localK: localK));
+                    string shared = g.Fresh($"layer{layer}.shared");
+                    string partial = g.Reserve(N.Partial(layer));
+                    g.OpNamed(rankFn, moeInputs, [shared, partial, route], N.Domain);
+                    string peer = g.Input(N.PeerSum(layer), DataType.Float, null, null, h);
+                    plan.Add(new OnnxInitializerPlan(peer, DataType.Float, [1, 1, h], InitializerSource.Computed, [], new float[h]));
+                    g.OpNamed("Add", [shared, g.Add(partial, peer)], [mlpOut]);
+                    partialOutputs.Add(partial);
+                    routingOutputs.Add(route);
+                    rankLayers.Add(layer);
+                }
+                else
+                {
+                    string moeFn = Fn(DeepseekV3OnnxFunctions.MoeName, moeMask.ToArray(), (n, mk) => DeepseekV3OnnxFunctions.Moe(model, c, n, scheme, mk, options.Comm is { Any: true } ? options.Comm : null));
+                    g.OpNamed(moeFn, moeInputs, [mlpOut, route], N.Domain);
+                    routingOutputs.Add(route);
+                }
             }
             else
             {
@@ -258,6 +294,7 @@ public static class DeepseekV3OnnxGraph
         string flatLogits = g.Linear(g.Reshape(final, -1, h), lmHead);
         g.OpNamed("Reshape", [flatLogits, g.Concat(0, g.Shape(ids), g.ConstInt64(v))], [N.Logits]);
         g.Output(N.Logits, DataType.Float, "batch", "sequence", v);
+        foreach (var name in partialOutputs) g.Output(name, DataType.Float, "batch", "sequence", h);
 
         if (options.DiagnosticOutputs)
         {
@@ -271,6 +308,20 @@ public static class DeepseekV3OnnxGraph
         model.Metadata[N.RoutingKey] = string.Join(",", routingOutputs);
         model.Metadata[N.MoeInputsKey] = string.Join(",", moeInputValues);
         if (options.Comm is { Any: true } comm) model.Metadata["converter.simulate_comm"] = comm.ToString();
+        if (rank != null)
+        {
+            model.Metadata[N.RankKey] = rank.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            model.Metadata[N.RanksKey] = rank.Ranks.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            model.Metadata[N.ShardLayersKey] = string.Join(",", rankLayers);
+            model.Metadata[N.PlacementKey] = rank.Placement;
+            foreach (var l in rankLayers)
+            {
+                var le = rank.Layers[l];
+                model.Metadata[N.ShardLayerKey(l)] = string.Join(",", le.Experts.Select((x, i) =>
+                    $"{x}:{le.Shares[i].ToString("R", System.Globalization.CultureInfo.InvariantCulture)}"));
+            }
+            model.DocString += $", expert-parallel rank {rank.Rank} of {rank.Ranks}";
+        }
         model.Metadata["converter.model_type"] = "deepseek_v3";
         model.Metadata["converter.weights"] = options.Weights.ToString().ToLowerInvariant();
         if (int4) model.Metadata["converter.int4"] = $"group {scheme!.Value.GroupSize}, {(scheme.Value.Symmetric ? "symmetric" : "asymmetric")}, {denseInt4.Count} dense projection(s) MatMulNBits";

@@ -27,6 +27,7 @@ public enum OnnxWeightFormat
 /// <param name="DenseInt4">int4 only: projection weights outside the routed experts that become MatMulNBits
 /// (attention, dense MLP, shared experts); null or empty keeps them float32.</param>
 /// <param name="Comm">Simulated expert-parallel traffic (quantize-dequantize of dispatch and/or combine in the MoE function).</param>
+/// <param name="Rank">Expert-parallel rank graph: each MoE layer computes only this rank's local experts (see <see cref="OnnxRankExperts"/>).</param>
 public sealed record DeepseekV3OnnxOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool AttentionMaskInput = true,
@@ -35,7 +36,21 @@ public sealed record DeepseekV3OnnxOptions(
     bool Fp8CastDequantize = false,
     Converter.Numerics.Int4.Int4Scheme? Int4 = null,
     IReadOnlySet<string>? DenseInt4 = null,
-    CommSimulation? Comm = null);
+    CommSimulation? Comm = null,
+    OnnxRankExperts? Rank = null);
+
+/// <summary>The routed experts one rank holds in one MoE layer: the logical expert in each local slot and the
+/// share of that expert's routing weight the slot carries (a replicated expert's shares sum to 1 over its replicas).</summary>
+public sealed record OnnxLocalExperts(int[] Experts, float[] Shares);
+
+/// <summary>
+/// What makes an exported graph one expert-parallel rank's: per MoE layer, the local slots. Routing stays over all
+/// logical experts (identical on every rank); the routed experts' output is then this rank's partial sum only. Per
+/// MoE layer L the graph gains an input <c>moe_peer_sum.L</c> (the other ranks' partials, added to the local one;
+/// defaults to zeros) and an output <c>moe_partial.L</c> (the local partial), so the ranks' outputs sum to the
+/// whole model's without collective operators.
+/// </summary>
+public sealed record OnnxRankExperts(int Rank, int Ranks, IReadOnlyDictionary<int, OnnxLocalExperts> Layers, string Placement = "");
 
 /// <summary>Stable value names of the exported graph (diagnostic outputs refer to them).</summary>
 public static class DeepseekV3OnnxNames
@@ -51,6 +66,17 @@ public static class DeepseekV3OnnxNames
     public static string Routing(int layer) => $"routing.layer.{layer}.topk";
     /// <summary>An MoE layer's input (post_attention_layernorm output) [batch, sequence, hidden]: the dispatch traffic.</summary>
     public static string MoeInput(int layer) => $"moe.layer.{layer}.input";
+
+    /// <summary>A rank graph's input: the other ranks' routed partial sums of MoE layer <paramref name="layer"/> [batch|1, sequence|1, hidden].</summary>
+    public static string PeerSum(int layer) => $"moe_peer_sum.{layer}";
+    /// <summary>A rank graph's output: its own routed partial sum of MoE layer <paramref name="layer"/> [batch, sequence, hidden].</summary>
+    public static string Partial(int layer) => $"moe_partial.{layer}";
+
+    /// <summary>Rank graphs' metadata: this rank, the rank count, the MoE layers (comma-separated, in order), the placement label.</summary>
+    public const string RankKey = "converter.shard.rank", RanksKey = "converter.shard.ranks", ShardLayersKey = "converter.shard.moe_layers",
+        PlacementKey = "converter.shard.placement";
+    /// <summary>Rank graphs' metadata, per MoE layer: "converter.shard.layer.L" = the local slots as expert:share pairs.</summary>
+    public static string ShardLayerKey(int layer) => $"converter.shard.layer.{layer}";
 
     /// <summary>Model metadata key: comma-separated hidden-state values (embedding, layers 0..L-2, final norm).</summary>
     public const string HiddenStatesKey = "converter.hidden_states";
