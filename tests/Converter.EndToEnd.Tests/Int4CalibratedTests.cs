@@ -61,7 +61,7 @@ public class Int4CalibratedTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>Runs the reference forward over calibration tokens and writes a calibration folder with per-expert Hessians.</summary>
-    private static string Calibrate(ModelCheckpoint ckpt, string dir, int seqs)
+    private static string Calibrate(ModelCheckpoint ckpt, string dir, int seqs, bool routingWeighted = false)
     {
         var (tokens, _, len) = Tokens("calib.safetensors");
         var arch = ckpt.Architecture;
@@ -73,14 +73,15 @@ public class Int4CalibratedTests(ITestOutputHelper output) : IDisposable
         var topk = moeLayers.ToDictionary(l => l, _ => new List<int>());
         var model = new TinyDsv3Reference(ckpt)
         {
-            OnMoe = (l, x, sel, downIn) =>
+            OnMoe = (l, x, sel, weights, downIn) =>
             {
                 var xf = Array.ConvertAll(x, v => (float)v);
                 pooled[l].Add(xf, 1);
                 for (int s = 0; s < sel.Length; s++)
                 {
-                    gateUp[l][sel[s]]!.Add(xf, 1);
-                    down[l][sel[s]]!.Add(Array.ConvertAll(downIn[s], v => (float)v), 1);
+                    float[] w2 = [routingWeighted ? (float)(weights[s] * weights[s]) : 1f];
+                    gateUp[l][sel[s]]!.Add(xf, 1, w2);
+                    down[l][sel[s]]!.Add(Array.ConvertAll(downIn[s], v => (float)v), 1, w2);
                     topk[l].Add(sel[s]);
                 }
             },
@@ -111,16 +112,20 @@ public class Int4CalibratedTests(ITestOutputHelper output) : IDisposable
 
     /// <summary>
     /// `calibrate` (ONNX Runtime fp32, several batches with a partial last one) and the float64 reference forward give the
-    /// same per-expert token counts and Hessians (every expert's gate_up and down, and the pooled one) on the same tokens.
+    /// same per-expert token counts and Hessians (every expert's gate_up and down, and the pooled one) on the same tokens;
+    /// with routing weighting, each token's row weighted by the square of the routing weight the reference applies.
     /// </summary>
-    [Fact]
-    public void CalibrateHessiansMatchTheReferenceForward()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void CalibrateHessiansMatchTheReferenceForward(bool routingWeighted)
     {
         const int seqs = 8;
         using var src = ModelCheckpoint.Open(TestData.Model("tiny-dsv3"));
-        var refDir = Calibrate(src, _tmp["ref"], seqs);
+        var refDir = Calibrate(src, _tmp["ref"], seqs, routingWeighted);
         var prodDir = _tmp["prod"];
-        CalibratePipeline.Run(TestData.Model("tiny-dsv3"), TokensFile(seqs), prodDir, new CalibrateOptions(Batch: 3, CommReport: false));
+        CalibratePipeline.Run(TestData.Model("tiny-dsv3"), TokensFile(seqs), prodDir,
+            new CalibrateOptions(Batch: 3, CommReport: false) { RoutingWeighted = routingWeighted });
         var arch = src.Architecture;
         int e = arch.NumRoutedExperts, h = arch.HiddenSize, mi = ((Converter.Models.DeepseekV3.DeepseekV3Architecture)arch).Cfg.MoeIntermediateSize;
         double worst = 0;
@@ -169,10 +174,12 @@ public class Int4CalibratedTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>
-    /// The product path end to end: `calibrate` over all of calib.safetensors, then int4 symmetric rtn and gptq at
-    /// group 32, 64 and 128, measured on eval.safetensors. kl_mean over the 1024 eval positions is dominated by a
-    /// handful of positions where the quantized model's routing flips at a near-tie (see the output), so it moves a
-    /// lot with the calibration subset; the per-position median is what GPTQ reliably improves, and is asserted.
+    /// The product path end to end: `calibrate` over all of calib.safetensors, then int4 symmetric rtn and gptq (default
+    /// options: act-order, group scales from the updated weights, saliency-weighted clipping) at group 32, 64 and 128,
+    /// measured on eval.safetensors. kl_mean over the 1024 eval positions is dominated by a handful of positions where
+    /// the quantized model's routing flips (see the output), so it moves a lot with the calibration subset: at g128 gptq
+    /// is 24% below rtn with all 64 sequences but 2-35% below with 32- or 48-sequence subsets (README), so the issue's
+    /// 20% is printed, not asserted. Asserted: the per-position median >= 20% lower, and kl_mean lower, at every size.
     /// </summary>
     [Fact]
     public void GptqFromCalibrateBeatsRtnOnHeldOutEval()
@@ -204,8 +211,12 @@ public class Int4CalibratedTests(ITestOutputHelper output) : IDisposable
         foreach (int g in new[] { 32, 64, 128 })
             output.WriteLine($"g{g}: gptq kl_mean {100 * (1 - mean[(g, Int4Method.Gptq)] / mean[(g, Int4Method.Rtn)]):F1}% lower than rtn, " +
                              $"median {100 * (1 - median[(g, Int4Method.Gptq)] / median[(g, Int4Method.Rtn)]):F1}% lower");
+        bool acceptance = mean[(128, Int4Method.Gptq)] <= 0.8 * mean[(128, Int4Method.Rtn)];
+        output.WriteLine($"issue acceptance (g128 gptq kl_mean <= 0.8 x rtn): {(acceptance ? "met" : "not met")} on this calibration");
         foreach (int g in new[] { 32, 64, 128 })
+        {
             median[(g, Int4Method.Gptq)].Should().BeLessThan(0.8 * median[(g, Int4Method.Rtn)], $"g{g}: gptq's per-position median KL should be >= 20% lower than rtn's");
-        mean[(128, Int4Method.Gptq)].Should().BeLessThan(mean[(128, Int4Method.Rtn)], "g128: gptq kl_mean below rtn's");
+            mean[(g, Int4Method.Gptq)].Should().BeLessThan(mean[(g, Int4Method.Rtn)], $"g{g}: gptq kl_mean below rtn's");
+        }
     }
 }

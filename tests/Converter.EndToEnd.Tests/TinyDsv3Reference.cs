@@ -17,8 +17,8 @@ public sealed class TinyDsv3Reference
     private readonly ModelCheckpoint _ckpt;
     private readonly double[] _invFreq;
 
-    /// <summary>Per MoE layer, per token: the MoE input, the selected experts, and each selected expert's down_proj input.</summary>
-    public Action<int, double[], int[], double[][]>? OnMoe { get; set; }
+    /// <summary>Per MoE layer, per token: the MoE input, the selected experts, their routing weights, and each selected expert's down_proj input.</summary>
+    public Action<int, double[], int[], double[], double[][]>? OnMoe { get; set; }
 
     public TinyDsv3Reference(ModelCheckpoint ckpt)
     {
@@ -213,6 +213,7 @@ public sealed class TinyDsv3Reference
             double den = _c.NormTopkProb ? sel.Sum(j => score[j]) + 1e-20 : 1;
             var xi = x.AsSpan(i * h, h).ToArray();
             var downIn = new double[k][];
+            var weights = new double[k];
             for (int s = 0; s < k; s++)
             {
                 string ep = $"{p}mlp.experts.{sel[s]}.";
@@ -221,10 +222,10 @@ public sealed class TinyDsv3Reference
                 for (int j = 0; j < mi; j++) g1[j] = Silu(g1[j]) * u1[j];
                 downIn[s] = g1;
                 var d = Linear(g1, 1, mi, W(ep + "down_proj.weight"), h);
-                double wgt = score[sel[s]] / den * _c.RoutedScalingFactor;
+                double wgt = weights[s] = score[sel[s]] / den * _c.RoutedScalingFactor;
                 for (int j = 0; j < h; j++) y[i * h + j] += wgt * d[j];
             }
-            OnMoe?.Invoke(l, xi, sel, downIn);
+            OnMoe?.Invoke(l, xi, sel, weights, downIn);
         }
         return y;
     }

@@ -25,17 +25,18 @@ public static class CalibrateCommand
         var onnx = new Option<string?>("--onnx") { Description = "Use this ONNX export of the model (fp32 or fp8) instead of exporting one to a temp folder" };
         var minTokens = new Option<long>("--min-expert-tokens") { Description = "Experts with fewer tokens are reported as starved", DefaultValueFactory = _ => 128 };
         var budget = new Option<string>("--memory-budget") { Description = "Accumulator memory per pass (layers are grouped under it), e.g. 4GB", DefaultValueFactory = _ => "4GB" };
+        var routingWeighted = new Option<bool>("--routing-weighted") { Description = "Weight each token in a routed expert's Hessians by its squared routing weight (off by default)" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output folder if it exists" };
         var cmd = new Command("calibrate", "Run the model on ONNX Runtime over calibration tokens: routing, per-expert Hessians, expert traffic report")
         {
-            dir, tokens, output, batch, threads, hessians, noHessians, noComm, target, onnx, minTokens, budget, overwrite,
+            dir, tokens, output, batch, threads, hessians, noHessians, noComm, target, onnx, minTokens, budget, routingWeighted, overwrite,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
             var log = loggers.CreateLogger("calibrate");
             var o = new CalibrateOptions(parse.GetValue(batch), parse.GetValue(threads), parse.GetValue(hessians) && !parse.GetValue(noHessians),
                 !parse.GetValue(noComm), parse.GetValue(overwrite), parse.GetValue(onnx), parse.GetValue(target), parse.GetValue(minTokens),
-                SizeParser.Parse(parse.GetValue(budget)!));
+                SizeParser.Parse(parse.GetValue(budget)!)) { RoutingWeighted = parse.GetValue(routingWeighted) };
             var r = CalibratePipeline.Run(parse.GetValue(dir)!, parse.GetValue(tokens)!, parse.GetValue(output)!, o, log, GlobalOptions.CreateProgress(parse));
             log.LogInformation("{Tokens} tokens, {Layers} MoE layers, {Passes} pass(es), {Secs:F1} s, peak RSS {Rss}",
                 r.Data.Tokens, r.Data.TopK.Count, r.Passes, r.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture), ProcessStats.PeakRssText());

@@ -31,13 +31,15 @@ public static class QuantizeCommand
         var include = new Option<string?>("--include") { Description = "int4: also quantize projection weights whose name matches this regex" };
         var exclude = new Option<string?>("--exclude") { Description = "int4: never quantize weights whose name matches this regex" };
         var damp = new Option<double>("--damp") { Description = "int4 gptq: dampening, fraction of the mean Hessian diagonal", DefaultValueFactory = _ => 0.01 };
-        var actOrder = new Option<bool>("--act-order") { Description = "int4 gptq: quantize columns by decreasing Hessian diagonal (static groups)" };
+        var actOrder = new Option<bool>("--act-order") { Description = "int4 gptq: quantize columns by decreasing Hessian diagonal, static groups (default on; --act-order false for input order)", DefaultValueFactory = _ => true };
+        var gptqClip = new Option<string>("--gptq-clip") { Description = "int4 gptq: group clipping search objective: saliency (default, GPTQ's own per-column loss), mse, energy (H_jj-weighted)", DefaultValueFactory = _ => "saliency" };
+        gptqClip.AcceptOnlyFromAmong("saliency", "mse", "energy");
         var minTokens = new Option<long>("--min-expert-tokens") { Description = "int4 gptq: experts with fewer calibration tokens fall back (gate/up: pooled Hessian, down: rtn)", DefaultValueFactory = _ => 128 };
         var maxShard = new Option<string>("--max-shard-size") { Description = "Largest shard, e.g. 5GB, 500MB", DefaultValueFactory = _ => "5GB" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output folder if it exists" };
         var cmd = new Command("quantize", "Re-encode a checkpoint's weights (streaming, sharded, atomic)")
         {
-            dir, output, scheme, groupSize, method, calibration, symmetric, asymmetric, targets, include, exclude, damp, actOrder, minTokens, maxShard, overwrite,
+            dir, output, scheme, groupSize, method, calibration, symmetric, asymmetric, targets, include, exclude, damp, actOrder, gptqClip, minTokens, maxShard, overwrite,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
@@ -53,7 +55,10 @@ public static class QuantizeCommand
                     parse.GetValue(targets) == "all-linear" ? Int4Targets.AllLinear : Int4Targets.RoutedExperts,
                     parse.GetValue(include), parse.GetValue(exclude), parse.GetValue(calibration), parse.GetValue(minTokens))
                 {
-                    Gptq = new GptqOptions(parse.GetValue(damp), ActOrder: parse.GetValue(actOrder)),
+                    Gptq = new GptqOptions(parse.GetValue(damp), ActOrder: parse.GetValue(actOrder))
+                    {
+                        ClipObjective = parse.GetValue(gptqClip) switch { "mse" => GptqClipObjective.Mse, "energy" => GptqClipObjective.InputEnergy, _ => GptqClipObjective.Saliency },
+                    },
                 },
             };
             using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);

@@ -120,11 +120,15 @@ public static class HessianStats
     }
 }
 
-/// <summary>Accumulates X^T X (float64) over rows of inputs x [k], for <see cref="HessianStats"/>.</summary>
+/// <summary>
+/// Accumulates sum_t w_t x_t x_t^T (float64) over rows of inputs x [k], each row with a weight w_t (1 unless given),
+/// for <see cref="HessianStats"/>. <see cref="Count"/> counts rows; the mean divides by the sum of the weights.
+/// </summary>
 public sealed class HessianAccumulator
 {
     public int K { get; }
     public long Count { get; private set; }
+    public double WeightSum { get; private set; }
     private readonly double[] _sum;
 
     public HessianAccumulator(int k)
@@ -134,16 +138,24 @@ public sealed class HessianAccumulator
     }
 
     /// <summary>Adds rows x (row-major [rows, k]), each with weight 1.</summary>
-    public void Add(ReadOnlySpan<float> x, int rows)
+    public void Add(ReadOnlySpan<float> x, int rows) => Add(x, rows, default);
+
+    /// <summary>Adds rows x (row-major [rows, k]) with weights w [rows] (empty: weight 1 each).</summary>
+    public void Add(ReadOnlySpan<float> x, int rows, ReadOnlySpan<float> weights)
     {
+        if (!weights.IsEmpty && weights.Length < rows) throw new ArgumentException($"{weights.Length} weights for {rows} rows", nameof(weights));
         var xd = new double[K];
         for (int r = 0; r < rows; r++)
         {
+            double wt = weights.IsEmpty ? 1 : weights[r];
+            if (!(wt >= 0) || double.IsInfinity(wt)) throw new ArgumentException($"row {r} has weight {wt}", nameof(weights));
+            WeightSum += wt;
+            if (wt == 0) continue;
             var row = x.Slice(r * K, K);
             for (int i = 0; i < K; i++) xd[i] = row[i];
             for (int i = 0; i < K; i++)
             {
-                double a = xd[i];
+                double a = wt * xd[i];
                 if (a == 0) continue;
                 var dst = _sum.AsSpan(i * K, i + 1); // lower triangle, mirrored in Mean
                 int j = 0;
@@ -161,11 +173,11 @@ public sealed class HessianAccumulator
         Count += rows;
     }
 
-    /// <summary>The mean X^T X / n as a full symmetric float64 matrix.</summary>
+    /// <summary>The weighted mean sum_t w_t x_t x_t^T / sum_t w_t as a full symmetric float64 matrix.</summary>
     public double[] Mean()
     {
         var h = new double[_sum.Length];
-        double inv = Count == 0 ? 0 : 1.0 / Count;
+        double inv = WeightSum == 0 ? 0 : 1.0 / WeightSum;
         for (int i = 0; i < K; i++)
             for (int j = 0; j <= i; j++)
                 h[(long)i * K + j] = h[(long)j * K + i] = _sum[(long)i * K + j] * inv;

@@ -18,8 +18,10 @@ internal sealed class LayerState
     private readonly HessianAccumulator? _pooled;
     private readonly float[][]? _absGateUp, _absDown;
     private readonly float[]? _absPooled;
+    private readonly RoutingWeights? _routing;
 
-    public LayerState(ModelCheckpoint ckpt, int layer, DeepseekV3Config c, bool hessians, bool comm, int threads = 0)
+    /// <param name="routingWeighted">Weight each token's row in an expert's Hessians by its squared routing weight.</param>
+    public LayerState(ModelCheckpoint ckpt, int layer, DeepseekV3Config c, bool hessians, bool comm, int threads = 0, bool routingWeighted = false)
     {
         Layer = layer;
         (_h, _mi, _k) = (c.HiddenSize, c.MoeIntermediateSize, c.NumExpertsPerTok);
@@ -46,6 +48,9 @@ internal sealed class LayerState
             }
             _pooled = new HessianAccumulator(_h);
             _absPooled = new float[_h];
+            if (routingWeighted)
+                _routing = new RoutingWeights(ckpt.ReadFloat32($"model.layers.{layer}.mlp.gate.weight"), e, _h, _k, c.ScoringFunc,
+                    c.NormTopkProb, c.RoutedScalingFactor);
         }
     }
 
@@ -64,15 +69,22 @@ internal sealed class LayerState
             {
                 long ex = route[r * _k + j];
                 if ((ulong)ex >= (ulong)_experts.Length) throw new InvalidDataException($"{name}: routing selected expert {ex}, outside [0, {_experts.Length})");
-                (byExpert[ex] ??= new List<int>()).Add(r);
+                (byExpert[ex] ??= new List<int>()).Add(r * _k + j);
             }
+        var g = _gateUp != null ? _routing?.Compute(x, route, rows) : null;
         for (int ex = 0; ex < _experts.Length; ex++)
         {
             var list = byExpert[ex];
             if (list == null) continue;
             int n = list.Count;
             var xs = new float[n * _h];
-            for (int i = 0; i < n; i++) x.AsSpan(list[i] * _h, _h).CopyTo(xs.AsSpan(i * _h));
+            for (int i = 0; i < n; i++) x.AsSpan(list[i] / _k * _h, _h).CopyTo(xs.AsSpan(i * _h));
+            float[]? w2 = null;
+            if (g != null)
+            {
+                w2 = new float[n];
+                for (int i = 0; i < n; i++) w2[i] = g[list[i]] * g[list[i]];
+            }
             var act = new float[n * _mi];
             var y = new float[n * _h];
             _experts[ex].Run(xs, n, act, y);
@@ -80,8 +92,8 @@ internal sealed class LayerState
             ThrowIfNonFinite(act, $"{what} down_proj input, computed from {name}");
             if (_gateUp != null)
             {
-                (_gateUp[ex] ??= new HessianAccumulator(_h)).Add(xs, n);
-                (_down![ex] ??= new HessianAccumulator(_mi)).Add(act, n);
+                (_gateUp[ex] ??= new HessianAccumulator(_h)).Add(xs, n, w2);
+                (_down![ex] ??= new HessianAccumulator(_mi)).Add(act, n, w2);
                 AbsMax(xs, n, _h, _absGateUp![ex]);
                 AbsMax(act, n, _mi, _absDown![ex]);
             }

@@ -90,6 +90,40 @@ public static class Int4GroupQuantizer
         return best;
     }
 
+    /// <summary>
+    /// The same candidates as <see cref="QuantizeGroupScalar"/>, chosen by the importance-weighted error
+    /// sum_i importance_i (x_i - dq(x_i))^2 (GPTQ passes the per-column weight of its own objective). Codes are not written.
+    /// </summary>
+    public static (ushort Scale, sbyte Zero) ChooseGroupWeighted(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, bool symmetric, Int4ClipSearch clip)
+    {
+        float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
+        foreach (var v in x) { lo = MathF.Min(lo, v); hi = MathF.Max(hi, v); }
+        var best = Int4Scheme.FromRange(lo, hi, symmetric);
+        if (clip.Steps <= 1) return best;
+        double bestErr = WeightedError(x, importance, best.Scale, best.Zero);
+        for (int i = 1; i < clip.Steps; i++)
+        {
+            float p = clip.Shrink(i);
+            var cand = Int4Scheme.FromRange(lo * p, hi * p, symmetric);
+            if (cand == best) continue;
+            double e = WeightedError(x, importance, cand.Scale, cand.Zero);
+            if (e < bestErr) { bestErr = e; best = cand; }
+        }
+        return best;
+    }
+
+    private static double WeightedError(ReadOnlySpan<float> x, ReadOnlySpan<float> importance, ushort scaleBits, sbyte zero)
+    {
+        float s = Bf16.ToSingle(scaleBits);
+        double sum = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            double d = Int4Scheme.Dequantize(Int4Scheme.Quantize(x[i], s, zero), s, zero) - x[i];
+            sum += importance[i] * d * d;
+        }
+        return sum;
+    }
+
     /// <summary>Sum of squared dequantization errors of a group, accumulated in 8 lanes (lane = index % 8), lanes summed in order.</summary>
     internal static float ErrorScalar(ReadOnlySpan<float> x, ushort scaleBits, sbyte zero)
     {

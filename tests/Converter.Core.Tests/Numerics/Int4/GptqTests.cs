@@ -107,7 +107,7 @@ public class GptqTests(ITestOutputHelper output)
         var x = CorrelatedInputs(tokens, k, 1);
         var h = Hessian(x, tokens, k);
         for (int j = 0; j < k; j++) { h[5 * k + j] = 0; h[j * k + 5] = 0; } // a dead input
-        var f = GptqFactor.Create(h, k, new GptqOptions(0.01));
+        var f = GptqFactor.Create(h, k, new GptqOptions(0.01, ActOrder: false));
         f.Dead[5].Should().BeTrue();
         var reference = ReferenceU(h, k, 0.01);
         double maxRel = 0;
@@ -121,53 +121,106 @@ public class GptqTests(ITestOutputHelper output)
         maxRel.Should().BeLessThan(1e-5);
     }
 
-    /// <summary>Textbook GPTQ, one column at a time, double precision, no lazy blocks.</summary>
-    private static sbyte[] ReferenceGptq(float[] w, int n, int k, double[] h, Int4Scheme scheme, double percDamp)
+    /// <summary>
+    /// Textbook GPTQ, one column at a time, double precision, no lazy blocks. With act-order, columns go by decreasing
+    /// H_jj (stable) and each contiguous group's scale is chosen when its first column comes up, from the row's current
+    /// (error-updated) values; with saliency, the group search weighs column j's squared error by 1 / U_jj^2.
+    /// </summary>
+    private static sbyte[] ReferenceGptq(float[] w, int n, int k, double[] h, Int4Scheme scheme, double percDamp,
+        bool actOrder = false, bool saliency = false)
     {
-        var u = ReferenceU(h, k, percDamp);
+        var perm = Enumerable.Range(0, k).ToArray();
+        if (actOrder) perm = perm.OrderBy(i => -h[i * k + i]).ThenBy(i => i).ToArray();
+        var hp = new double[k * k];
+        for (int i = 0; i < k; i++) for (int j = 0; j < k; j++) hp[i * k + j] = h[perm[i] * k + perm[j]];
+        var u = ReferenceU(hp, k, percDamp);
+        var pos = new int[k];
+        for (int p = 0; p < k; p++) pos[perm[p]] = p;
         var q = new sbyte[n * k];
         int g = scheme.GroupSize;
         var scratch = new sbyte[g];
         for (int r = 0; r < n; r++)
         {
-            var row = new double[k];
-            for (int c = 0; c < k; c++) row[c] = h[c * k + c] == 0 ? 0 : w[r * k + c];
-            float s = 0; int z = 0;
-            for (int c = 0; c < k; c++)
+            var row = new double[k]; // processing order
+            for (int p = 0; p < k; p++) row[p] = h[perm[p] * k + perm[p]] == 0 ? 0 : w[r * k + perm[p]];
+            var scales = new float[k / g];
+            var zeros = new int[k / g];
+            var set = new bool[k / g];
+            for (int p = 0; p < k; p++)
             {
-                if (c % g == 0)
+                int c = perm[p], gi = c / g;
+                if (!set[gi])
                 {
+                    set[gi] = true;
                     var grp = new float[g];
-                    for (int i = 0; i < g; i++) grp[i] = (float)row[c + i];
-                    var (sb, zb) = Int4GroupQuantizer.QuantizeGroupScalar(grp, scheme.Symmetric, Int4ClipSearch.Default, scratch);
-                    s = Bf16.ToSingle(sb); z = zb;
+                    var imp = new float[g];
+                    for (int i = 0; i < g; i++)
+                    {
+                        int pj = pos[gi * g + i];
+                        grp[i] = (float)row[pj];
+                        imp[i] = h[perm[pj] * k + perm[pj]] == 0 ? 0 : (float)(1 / (u[pj * k + pj] * u[pj * k + pj]));
+                    }
+                    var (sb, zb) = saliency
+                        ? Int4GroupQuantizer.ChooseGroupWeighted(grp, imp, scheme.Symmetric, Int4ClipSearch.Default)
+                        : Int4GroupQuantizer.QuantizeGroupScalar(grp, scheme.Symmetric, Int4ClipSearch.Default, scratch);
+                    scales[gi] = Bf16.ToSingle(sb);
+                    zeros[gi] = zb;
                 }
-                float x = (float)row[c];
-                q[r * k + c] = Int4Scheme.Quantize(x, s, z);
-                double e = (row[c] - Int4Scheme.Dequantize(q[r * k + c], s, z)) / u[c * k + c];
-                for (int j = c + 1; j < k; j++) row[j] -= e * u[c * k + j];
+                float x = (float)row[p];
+                q[r * k + c] = Int4Scheme.Quantize(x, scales[gi], zeros[gi]);
+                double e = (row[p] - Int4Scheme.Dequantize(q[r * k + c], scales[gi], zeros[gi])) / u[p * k + p];
+                for (int j = p + 1; j < k; j++) row[j] -= e * u[p * k + j];
             }
         }
         return q;
     }
 
     [Theory]
-    [InlineData(32, true)]
-    [InlineData(64, false)]
-    public void MatchesTextbookGptqOnASmallMatrix(int group, bool symmetric)
+    [InlineData(32, true, false, false)]
+    [InlineData(64, false, false, false)]
+    [InlineData(32, true, true, true)]
+    [InlineData(64, false, true, true)]
+    [InlineData(128, true, true, false)]
+    public void MatchesTextbookGptqOnASmallMatrix(int group, bool symmetric, bool actOrder, bool saliency)
     {
         int n = 24, k = 256, tokens = 600;
         var x = CorrelatedInputs(tokens, k, 2);
         var h = Hessian(x, tokens, k);
         var w = Int4QuantizerTests.RandomWeight(n, k, 9);
         var scheme = new Int4Scheme(group, symmetric);
-        var got = Gptq.Quantize(w, n, k, h, scheme, new GptqOptions(0.01, BlockSize: 128));
-        var reference = ReferenceGptq(w, n, k, h, scheme, 0.01);
+        // Blocks of 64 or 128 < K: with act-order, groups straddle lazy blocks, so their scales need the block's pending updates.
+        var o = new GptqOptions(0.01, BlockSize: Math.Max(64, group), ActOrder: actOrder)
+        {
+            ClipObjective = saliency ? GptqClipObjective.Saliency : GptqClipObjective.Mse,
+            GroupScales = GptqGroupScales.Updated,
+        };
+        var got = Gptq.Quantize(w, n, k, h, scheme, o);
+        var reference = ReferenceGptq(w, n, k, h, scheme, 0.01, actOrder, saliency);
         int same = 0;
         for (int i = 0; i < reference.Length; i++) if (got.Q[i] == reference[i]) same++;
         double frac = (double)same / reference.Length;
-        output.WriteLine($"g{group} {(symmetric ? "sym" : "asym")}: {frac:P2} of codes identical to the double-precision textbook GPTQ");
+        output.WriteLine($"g{group} {(symmetric ? "sym" : "asym")}{(actOrder ? " act-order" : "")}{(saliency ? " saliency" : "")}: " +
+                         $"{frac:P2} of codes identical to the double-precision textbook GPTQ");
         frac.Should().BeGreaterThan(0.98, "lazy float32 blocks may flip a few near-tie roundings, no more");
+    }
+
+    /// <summary>With uniform importance the weighted search picks what the plain MSE search picks (up to near-ties).</summary>
+    [Fact]
+    public void WeightedClipSearchWithUniformImportanceIsTheMseSearch()
+    {
+        var w = Int4QuantizerTests.RandomWeight(64, 256, 3);
+        var ones = Enumerable.Repeat(1f, 32).ToArray();
+        var scratch = new sbyte[32];
+        int same = 0, total = 0;
+        foreach (bool sym in new[] { true, false })
+            for (int i = 0; i < w.Length; i += 32, total++)
+            {
+                var grp = w.AsSpan(i, 32);
+                if (Int4GroupQuantizer.ChooseGroupWeighted(grp, ones, sym, Int4ClipSearch.Default) ==
+                    Int4GroupQuantizer.QuantizeGroupScalar(grp, sym, Int4ClipSearch.Default, scratch)) same++;
+            }
+        output.WriteLine($"{same} of {total} groups choose the same scale and zero point");
+        same.Should().BeGreaterThan(total * 99 / 100);
     }
 
     [Theory]
