@@ -178,8 +178,9 @@ public class Int4CalibratedTests(ITestOutputHelper output) : IDisposable
     /// options: act-order, group scales from the updated weights, saliency-weighted clipping) at group 32, 64 and 128,
     /// measured on eval.safetensors. kl_mean over the 1024 eval positions is dominated by a handful of positions where
     /// the quantized model's routing flips (see the output), so it moves a lot with the calibration subset: at g128 gptq
-    /// is 24% below rtn with all 64 sequences but 2-35% below with 32- or 48-sequence subsets (README), so the issue's
-    /// 20% is printed, not asserted. Asserted: the per-position median >= 20% lower, and kl_mean lower, at every size.
+    /// is 24% below rtn with all 64 sequences but 2-35% below with 32- or 48-sequence subsets (README). Asserted: the
+    /// issue's acceptance (g128 kl_mean >= 20% lower with all of calib), and at every size the per-position median
+    /// >= 20% lower and kl_mean lower.
     /// </summary>
     [Fact]
     public void GptqFromCalibrateBeatsRtnOnHeldOutEval()
@@ -211,8 +212,9 @@ public class Int4CalibratedTests(ITestOutputHelper output) : IDisposable
         foreach (int g in new[] { 32, 64, 128 })
             output.WriteLine($"g{g}: gptq kl_mean {100 * (1 - mean[(g, Int4Method.Gptq)] / mean[(g, Int4Method.Rtn)]):F1}% lower than rtn, " +
                              $"median {100 * (1 - median[(g, Int4Method.Gptq)] / median[(g, Int4Method.Rtn)]):F1}% lower");
-        bool acceptance = mean[(128, Int4Method.Gptq)] <= 0.8 * mean[(128, Int4Method.Rtn)];
-        output.WriteLine($"issue acceptance (g128 gptq kl_mean <= 0.8 x rtn): {(acceptance ? "met" : "not met")} on this calibration");
+        // The issue's acceptance, on its own setup (all of calib.safetensors): 24% measured. Not a knife edge: damping
+        // 0.0099..0.0105 moves gptq's kl_mean by under 1.5% (3.03e-3..3.08e-3 against rtn's 4.00e-3).
+        mean[(128, Int4Method.Gptq)].Should().BeLessThanOrEqualTo(0.8 * mean[(128, Int4Method.Rtn)], "g128: gptq kl_mean >= 20% below rtn's");
         foreach (int g in new[] { 32, 64, 128 })
         {
             median[(g, Int4Method.Gptq)].Should().BeLessThan(0.8 * median[(g, Int4Method.Rtn)], $"g{g}: gptq's per-position median KL should be >= 20% lower than rtn's");
