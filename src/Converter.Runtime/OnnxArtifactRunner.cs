@@ -14,6 +14,14 @@ public sealed record OnnxRunnerOptions(OnnxExecutionProvider ExecutionProvider =
 {
     /// <summary>Log only errors from ONNX Runtime (e.g. rank models, whose peer-sum inputs with initializer defaults draw a warning per session).</summary>
     public bool ErrorsOnly { get; init; }
+
+    /// <summary>The factory's generic options (<c>verify --execution-provider cpu|cuda --threads N</c>) for ONNX Runtime.</summary>
+    public static OnnxRunnerOptions From(RunnerOptions options) => new(options.ExecutionProvider.ToLowerInvariant() switch
+    {
+        "cpu" => OnnxExecutionProvider.Cpu,
+        "cuda" => OnnxExecutionProvider.Cuda,
+        var other => throw new ArgumentException($"execution provider '{other}' is not cpu or cuda"),
+    }, options.Threads);
 }
 
 /// <summary>
@@ -187,16 +195,7 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     }
 
     /// <summary>Opens ONNX artifacts for <see cref="ArtifactRunnerFactory"/> (<c>verify</c>): cpu or cuda, threads.</summary>
-    public static IArtifactRunner Open(string path, RunnerOptions options)
-    {
-        var provider = options.ExecutionProvider.ToLowerInvariant() switch
-        {
-            "cpu" => OnnxExecutionProvider.Cpu,
-            "cuda" => OnnxExecutionProvider.Cuda,
-            var other => throw new ArgumentException($"execution provider '{other}' is not cpu or cuda"),
-        };
-        return new OnnxArtifactRunner(path, new OnnxRunnerOptions(provider, options.Threads));
-    }
+    public static IArtifactRunner Open(string path, RunnerOptions options) => new OnnxArtifactRunner(path, OnnxRunnerOptions.From(options));
 
     /// <summary>Registers <see cref="Open"/> as the factory's ONNX runner.</summary>
     public static ArtifactRunnerFactory RegisterWith(ArtifactRunnerFactory factory) => factory.Register(ArtifactKind.Onnx, Open);

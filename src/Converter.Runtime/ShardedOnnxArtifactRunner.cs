@@ -148,16 +148,7 @@ public sealed class ShardedOnnxArtifactRunner : IArtifactRunner
     }
 
     /// <summary>Opens sharded outputs for <see cref="ArtifactRunnerFactory"/> (<c>verify</c>).</summary>
-    public static IArtifactRunner Open(string path, RunnerOptions options)
-    {
-        var provider = options.ExecutionProvider.ToLowerInvariant() switch
-        {
-            "cpu" => OnnxExecutionProvider.Cpu,
-            "cuda" => OnnxExecutionProvider.Cuda,
-            var other => throw new ArgumentException($"execution provider '{other}' is not cpu or cuda"),
-        };
-        return new ShardedOnnxArtifactRunner(path, new OnnxRunnerOptions(provider, options.Threads));
-    }
+    public static IArtifactRunner Open(string path, RunnerOptions options) => new ShardedOnnxArtifactRunner(path, OnnxRunnerOptions.From(options));
 
     /// <summary>Registers <see cref="Open"/> as the factory's sharded-output runner.</summary>
     public static ArtifactRunnerFactory RegisterWith(ArtifactRunnerFactory factory) => factory.Register(ArtifactKind.ShardedOnnx, Open);

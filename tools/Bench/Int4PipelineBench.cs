@@ -42,31 +42,10 @@ public static class Int4PipelineBench
         foreach (var method in methods)
         {
             var outDir = Path.Combine(work, method);
-            var cpDir = outDir + "-cp";
-            double best = double.MaxValue, bestCp = double.MaxValue;
-            long rss = 0;
-            for (int r = 0; r < runs; r++)
-            {
-                if (Directory.Exists(outDir)) Directory.Delete(outDir, true);
-                CommandTimer.Run("sync");
-                var argv = new List<string> { "quantize", model, "-o", outDir, "--scheme", "int4", "--group-size", group.ToString(), "--method", method, "-q" };
-                if (method == "gptq") argv.AddRange(["--calibration", calibration!]);
-                var m = CommandTimer.Run(converter, [.. argv]);
-                if (m.ExitCode != 0)
-                {
-                    Console.Error.WriteLine($"converter failed ({m.ExitCode}): {m.StdErr}");
-                    return 1;
-                }
-                best = Math.Min(best, m.Seconds);
-                rss = Math.Max(rss, m.PeakRssBytes);
-                CommandTimer.Warm(outDir);
-                if (Directory.Exists(cpDir)) Directory.Delete(cpDir, true);
-                CommandTimer.Run("sync");
-                bestCp = Math.Min(bestCp, CommandTimer.Run("cp", "-r", outDir, cpDir).Seconds);
-                Directory.Delete(cpDir, true);
-            }
-            double outGb = CommandTimer.FolderBytes(outDir) / 1e9;
-            Console.WriteLine($"| {method} | {outGb:F2} | {best:F2} | {bestCp:F2} | {best / bestCp:F1}x | {inGb / best:F2} | {rss / 1048576.0:F0} |");
+            var argv = new List<string> { "quantize", model, "-o", outDir, "--scheme", "int4", "--group-size", group.ToString(), "--method", method, "-q" };
+            if (method == "gptq") argv.AddRange(["--calibration", calibration!]);
+            var m = CommandTimer.AgainstCp(converter, argv, outDir, runs);
+            Console.WriteLine($"| {method} | {m.OutputBytes / 1e9:F2} | {m.Seconds:F2} | {m.CpSeconds:F2} | {m.Seconds / m.CpSeconds:F1}x | {inGb / m.Seconds:F2} | {m.PeakRssBytes / 1048576.0:F0} |");
             Directory.Delete(outDir, true);
         }
         return 0;

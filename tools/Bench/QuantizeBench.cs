@@ -38,32 +38,9 @@ public static class QuantizeBench
         {
             double inGb = CommandTimer.Warm(src) / 1e9;
             var outDir = Path.Combine(work, scheme);
-            var cpDir = Path.Combine(work, scheme + "-cp");
-            double best = double.MaxValue, bestCp = double.MaxValue;
-            long rss = 0;
-            for (int r = 0; r < runs; r++)
-            {
-                // Both sides start alike: their previous output deleted (its page cache freed, not left for the
-                // next run to reclaim) and no dirty pages pending, so neither inherits the other's writeback.
-                if (Directory.Exists(outDir)) Directory.Delete(outDir, true);
-                CommandTimer.Run("sync");
-                var m = CommandTimer.Run(converter, "quantize", src, "-o", outDir, "--scheme", scheme, "-q");
-                if (m.ExitCode != 0)
-                {
-                    Console.Error.WriteLine($"converter failed ({m.ExitCode}): {m.StdErr}");
-                    return 1;
-                }
-                best = Math.Min(best, m.Seconds);
-                rss = Math.Max(rss, m.PeakRssBytes);
-                CommandTimer.Warm(outDir);
-                if (Directory.Exists(cpDir)) Directory.Delete(cpDir, true);
-                CommandTimer.Run("sync");
-                var cp = CommandTimer.Run("cp", "-r", outDir, cpDir);
-                bestCp = Math.Min(bestCp, cp.Seconds);
-                Directory.Delete(cpDir, true);
-            }
-            double outGb = CommandTimer.FolderBytes(outDir) / 1e9;
-            Console.WriteLine($"| {name} | {inGb:F2} | {outGb:F2} | {best:F2} | {bestCp:F2} | {best / bestCp:F2}x | {outGb / best:F2} | {rss / 1048576.0:F0} |");
+            var m = CommandTimer.AgainstCp(converter, ["quantize", src, "-o", outDir, "--scheme", scheme, "-q"], outDir, runs);
+            double outGb = m.OutputBytes / 1e9;
+            Console.WriteLine($"| {name} | {inGb:F2} | {outGb:F2} | {m.Seconds:F2} | {m.CpSeconds:F2} | {m.Seconds / m.CpSeconds:F2}x | {outGb / m.Seconds:F2} | {m.PeakRssBytes / 1048576.0:F0} |");
             Directory.Delete(outDir, true);
         }
         return 0;
