@@ -42,6 +42,7 @@ public static partial class QuantizePipeline
         public string? CalibrationDir { get; init; }
         private HessianStats.LayerReader? _layer;
         private readonly Dictionary<string, GptqFactor> _factors = new();
+        private int _factorsExpert = -1;
         public int Rtn, Gptq, Fallbacks;
 
         public static Int4Context Create(ModelCheckpoint src, Int4Options o, ILogger log)
@@ -91,6 +92,7 @@ public static partial class QuantizePipeline
                 _layer?.Dispose();
                 _layer = HessianStats.LayerReader.TryOpen(CalibrationDir, role.Layer, src.Architecture.NumRoutedExperts);
                 _factors.Clear();
+                _factorsExpert = -1;
             }
             if (_layer == null) return Fallback(name, $"calibration has no {HessianStats.Folder}/{HessianStats.FileName(role.Layer)}");
             var input = role.Part == "down_proj" ? ExpertInput.Down : ExpertInput.GateUp;
@@ -104,11 +106,22 @@ public static partial class QuantizePipeline
                 Fallbacks++;
                 Log.LogInformation("{Name}: expert {E} saw {T} calibration tokens (< {Min}); using the layer's pooled Hessian", name, role.Expert, tokens, Options.MinExpertTokens);
             }
+            if (_factorsExpert != role.Expert)
+            {
+                // gate_proj and up_proj of one expert share a factor (and starved experts the pooled one); keeping
+                // every expert's would hold a layer's worth of k x k float64 factors (100+ GB at DeepSeek-V3 scale).
+                foreach (var stale in _factors.Keys.Where(x => x != HessianStats.PooledGateUpName).ToList()) _factors.Remove(stale);
+                _factorsExpert = role.Expert;
+            }
             if (_factors.TryGetValue(key, out var f)) return f;
             var h = _layer.Read(key, k);
             if (h == null) return Fallback(name, $"'{key}' is missing from {HessianStats.FileName(role.Layer)}");
             f = GptqFactor.Create(h, k, Options.Gptq, Options.MaxThreads);
             _factors[key] = f;
+            // Building a factor allocates and drops several k x k float64 arrays (411 MB each at k = 7168); left to
+            // the GC's own pace, the large-object heap kept ~4 GB of them mapped. A factor costs seconds; this, ms.
+            h = null;
+            GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
             return f;
         }
 
