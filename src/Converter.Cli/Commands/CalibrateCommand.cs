@@ -24,7 +24,7 @@ public static class CalibrateCommand
         var target = new Option<double>("--target-snr-db") { Description = "SNR the smallest sufficient LogFMT width is searched for", DefaultValueFactory = _ => 40 };
         var onnx = new Option<string?>("--onnx") { Description = "Use this ONNX export of the model (fp32 or fp8) instead of exporting one to a temp folder" };
         var minTokens = new Option<long>("--min-expert-tokens") { Description = "Experts with fewer tokens are reported as starved", DefaultValueFactory = _ => 128 };
-        var budget = new Option<string>("--memory-budget") { Description = "Accumulator memory per pass (layers are grouped under it), e.g. 4GB", DefaultValueFactory = _ => "4GB" };
+        var budget = new Option<string>("--memory-budget") { Description = "Memory per pass over the tokens, e.g. 4GB: Hessians (h²+m²)x8 and weights 3xhxmx4 bytes per routed expert, plus h²x8 per layer; small layers share a pass, a large layer's experts are split into ranges over several passes", DefaultValueFactory = _ => "4GB" };
         var routingWeighted = new Option<bool>("--routing-weighted") { Description = "Weight each token in a routed expert's Hessians by its squared routing weight (off by default)" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output folder if it exists" };
         var cmd = new Command("calibrate", "Run the model on ONNX Runtime over calibration tokens: routing, per-expert Hessians, expert traffic report")

@@ -12,7 +12,9 @@ public enum CommSide { Dispatch, Combine }
 /// Error of every wire format on one MoE layer's dispatch and combine activations, accumulated batch by batch
 /// in float64 (signal, noise, max relative error), so no activation needs to be kept. Dispatch: each token's MoE
 /// input once (every copy sent to its k experts is quantized identically, so the metrics are the same);
-/// combine: every (token, selected expert) output before the routing weight.
+/// combine: every (token, selected expert) output before the routing weight. Combine sums are kept per slot (one
+/// per routed expert in calibrate) and added in slot order only when read, so the result does not depend on the
+/// order in which experts are visited (calibrate may split a layer's experts across passes over the tokens).
 /// </summary>
 public sealed class CommTrafficStats
 {
@@ -24,22 +26,33 @@ public sealed class CommTrafficStats
 
     public int Layer { get; }
     public int Hidden { get; }
-    private readonly Acc[,] _acc = new Acc[2, Formats.Count];
+    /// <summary>Combine slots (see the class comment); dispatch has one.</summary>
+    public int CombineSlots { get; }
+    private readonly Acc[] _dispatch = new Acc[Formats.Count];
+    private readonly Acc[,] _combine;
     public long[] Rows { get; } = new long[2];
 
     private struct Acc { public double Signal, Noise, MaxRel; }
 
-    public CommTrafficStats(int layer, int hidden) => (Layer, Hidden) = (layer, hidden);
-
-    /// <summary>Adds rows [rows, hidden] of one side; <paramref name="name"/> names the tensor in errors (non-finite values).</summary>
-    public void Add(CommSide side, ReadOnlySpan<float> x, int rows, string name)
+    public CommTrafficStats(int layer, int hidden, int combineSlots = 1)
     {
+        if (combineSlots < 1) throw new ArgumentOutOfRangeException(nameof(combineSlots), combineSlots, "at least one combine slot");
+        (Layer, Hidden, CombineSlots) = (layer, hidden, combineSlots);
+        _combine = new Acc[combineSlots, Formats.Count];
+    }
+
+    /// <summary>Adds rows [rows, hidden] of one side; <paramref name="name"/> names the tensor in errors (non-finite values);
+    /// <paramref name="slot"/>: the combine slot (the routed expert), 0 for dispatch.</summary>
+    public void Add(CommSide side, ReadOnlySpan<float> x, int rows, string name, int slot = 0)
+    {
+        if ((uint)slot >= (uint)(side == CommSide.Dispatch ? 1 : CombineSlots))
+            throw new ArgumentOutOfRangeException(nameof(slot), slot, $"{side} has {(side == CommSide.Dispatch ? 1 : CombineSlots)} slot(s)");
         var src = x[..(rows * Hidden)];
         var y = new float[src.Length];
         for (int f = 0; f < Formats.Count; f++)
         {
             ActivationQuantizer.QuantizeDequantize(Formats[f], src, y, Hidden, name);
-            ref var a = ref _acc[(int)side, f];
+            ref var a = ref side == CommSide.Dispatch ? ref _dispatch[f] : ref _combine[slot, f];
             var m = ErrorMetrics.Compute(src, y);
             double signal = 0;
             foreach (var v in src) signal += (double)v * v;
@@ -53,7 +66,18 @@ public sealed class CommTrafficStats
     /// <summary>The accumulated metrics of one side and format.</summary>
     public ErrorMetrics Metrics(CommSide side, int formatIndex)
     {
-        var a = _acc[(int)side, formatIndex];
+        var a = _dispatch[formatIndex];
+        if (side == CommSide.Combine)
+        {
+            a = default;
+            for (int i = 0; i < CombineSlots; i++) // slot order: independent of the order the slots were filled in
+            {
+                var b = _combine[i, formatIndex];
+                a.Signal += b.Signal;
+                a.Noise += b.Noise;
+                if (!(a.MaxRel >= b.MaxRel)) a.MaxRel = b.MaxRel;
+            }
+        }
         double rmse = a.Noise == 0 ? 0 : Math.Sqrt(a.Noise / a.Signal);
         double snr = a.Noise == 0 ? double.PositiveInfinity : 10 * Math.Log10(a.Signal / a.Noise);
         return new ErrorMetrics(rmse, a.MaxRel, snr, Rows[(int)side] * Hidden);

@@ -57,7 +57,77 @@ public static class HessianStats
         }
         File.Move(Path.Combine(staging, "model.safetensors"), Path.Combine(dir, FileName(layer)), overwrite: true);
         Directory.Delete(staging, true);
+        Record(data, layer);
+    }
 
+    /// <summary>
+    /// Streams one layer's file when its experts' Hessians finish at different times (calibrate splits a layer's experts
+    /// across passes): planned from the per-expert token counts, so every expert with tokens gets gate_up and down;
+    /// experts are written in expert order, then <see cref="Commit"/> writes the pooled Hessian and renames the file
+    /// into place. The bytes equal <see cref="WriteLayer"/>'s for the same accumulators.
+    /// </summary>
+    public sealed class LayerWriter : IDisposable
+    {
+        private readonly string _dir, _staging;
+        private readonly long[] _tokens;
+        private readonly int _hidden, _intermediate;
+        private readonly bool _pooled;
+        private readonly SafetensorsWriter _writer;
+        private int _nextExpert;
+        public int Layer { get; }
+
+        /// <param name="tokens">Rows each expert's Hessians will average (its routed tokens), [n_routed_experts].</param>
+        /// <param name="pooled">Whether <see cref="Commit"/> will get a pooled gate/up Hessian with rows.</param>
+        public LayerWriter(string calibrationDir, int layer, IReadOnlyList<long> tokens, int hidden, int intermediate, bool pooled)
+        {
+            (Layer, _tokens, _hidden, _intermediate, _pooled) = (layer, tokens.ToArray(), hidden, intermediate, pooled);
+            _dir = Path.Combine(calibrationDir, Folder);
+            Directory.CreateDirectory(_dir);
+            var plan = new List<TensorSpec> { new(TokensName, DType.I64, [_tokens.Length]) };
+            for (int e = 0; e < _tokens.Length; e++)
+            {
+                if (_tokens[e] <= 0) continue;
+                plan.Add(new TensorSpec(ExpertName(e, ExpertInput.GateUp), DType.F32, [hidden, hidden]));
+                plan.Add(new TensorSpec(ExpertName(e, ExpertInput.Down), DType.F32, [intermediate, intermediate]));
+            }
+            if (pooled) plan.Add(new TensorSpec(PooledGateUpName, DType.F32, [hidden, hidden]));
+            _staging = Path.Combine(_dir, $".layer{layer}");
+            _writer = new SafetensorsWriter(_staging, plan, long.MaxValue, overwrite: true);
+            _writer.Write(TokensName, MemoryMarshal.AsBytes(_tokens.AsSpan()));
+        }
+
+        /// <summary>Writes expert <paramref name="expert"/>'s Hessians (null for an expert without tokens); experts come in order.</summary>
+        public void WriteExpert(int expert, HessianAccumulator? gateUp, HessianAccumulator? down)
+        {
+            if (expert != _nextExpert) throw new InvalidOperationException($"layer {Layer}: expert {expert} written, expected {_nextExpert}");
+            _nextExpert++;
+            long n = _tokens[expert];
+            if ((gateUp?.Count ?? 0) != n || (down?.Count ?? 0) != n)
+                throw new InvalidOperationException($"layer {Layer} expert {expert}: Hessians over {gateUp?.Count ?? 0}/{down?.Count ?? 0} rows, planned {n}");
+            if (n == 0) return;
+            if (gateUp!.K != _hidden || down!.K != _intermediate)
+                throw new InvalidOperationException($"layer {Layer} expert {expert}: Hessians of {gateUp.K}/{down!.K}, planned {_hidden}/{_intermediate}");
+            _writer.Write(ExpertName(expert, ExpertInput.GateUp), MemoryMarshal.AsBytes(gateUp.MeanF32().AsSpan()));
+            _writer.Write(ExpertName(expert, ExpertInput.Down), MemoryMarshal.AsBytes(down.MeanF32().AsSpan()));
+        }
+
+        /// <summary>After every expert: writes the pooled Hessian, renames the file into place and lists it in the manifest.</summary>
+        public void Commit(CalibrationData data, HessianAccumulator? pooledGateUp)
+        {
+            if (_nextExpert != _tokens.Length) throw new InvalidOperationException($"layer {Layer}: {_tokens.Length - _nextExpert} experts not written");
+            if (_pooled != (pooledGateUp is { Count: > 0 })) throw new InvalidOperationException($"layer {Layer}: the pooled Hessian was {(_pooled ? "" : "not ")}planned");
+            if (_pooled) _writer.Write(PooledGateUpName, MemoryMarshal.AsBytes(pooledGateUp!.MeanF32().AsSpan()));
+            _writer.Commit();
+            File.Move(Path.Combine(_staging, "model.safetensors"), Path.Combine(_dir, FileName(Layer)), overwrite: true);
+            Directory.Delete(_staging, true);
+            Record(data, Layer);
+        }
+
+        public void Dispose() => _writer.Dispose();
+    }
+
+    private static void Record(CalibrationData data, int layer)
+    {
         var stats = data.Extra["stats"] as JsonObject ?? new JsonObject();
         data.Extra["stats"] = stats;
         var list = stats["hessian"] as JsonArray ?? new JsonArray();

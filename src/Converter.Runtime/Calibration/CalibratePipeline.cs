@@ -25,7 +25,8 @@ namespace Converter.Runtime.Calibration;
 /// <param name="CommReport">Record dispatch/combine wire-format errors (comm-report.md/.svg).</param>
 /// <param name="OnnxDir">Use this exported model instead of exporting one (it must come from the same config).</param>
 /// <param name="MinExpertTokens">Experts with fewer calibration tokens are listed as starved (the INT4 GPTQ fallback threshold).</param>
-/// <param name="MemoryBudgetBytes">Accumulators of MoE layers are grouped under this budget; each group is one pass over the tokens.</param>
+/// <param name="MemoryBudgetBytes">Accumulators and expert weights of one pass stay under this budget (<see cref="CalibrationPassPlan"/>):
+/// small layers share a pass, a large layer's routed experts are split into ranges over several passes; each pass runs the tokens once.</param>
 public sealed record CalibrateOptions(int Batch = 8, int Threads = 0, bool Hessians = true, bool CommReport = true,
     bool Overwrite = false, string? OnnxDir = null, double TargetSnrDb = 40, long MinExpertTokens = 128,
     long MemoryBudgetBytes = 4L << 30)
@@ -45,8 +46,11 @@ public sealed record CalibrateResult(string OutputDirectory, CalibrationData Dat
 /// its down input = silu(x Wg^T) * (x Wu^T) computed here from the checkpoint's weights) and per-channel absmax
 /// (stats/absmax.layer{L}.safetensors); the dispatch/combine traffic report; summary.md.
 /// The MoE inputs come from the graph values <see cref="DeepseekV3OnnxNames.MoeInput"/>, added as outputs to a copy
-/// of the model. Accumulators (the Hessians are hidden² and intermediate² float64 per expert) are held for a group of
-/// layers that fits the memory budget; the tokens are run once per group (each pass records its layers' routing).
+/// of the model. Accumulators (the Hessians are hidden² and intermediate² float64 per expert) and float32 expert weights
+/// are held for (layer, expert range) pieces that fit the memory budget (<see cref="CalibrationPassPlan"/>); the tokens are
+/// run once per pass. Per-layer records (routing, pooled Hessian, dispatch traffic) come from the pass holding the layer's
+/// expert 0; each expert's Hessians are streamed to the layer's file when its range ends, so the folder is the same
+/// whatever the budget.
 /// The folder is written to a staging folder and renamed into place at the end.
 /// </summary>
 public static class CalibratePipeline
@@ -92,19 +96,16 @@ public static class CalibratePipeline
             Directory.CreateDirectory(staging);
 
             int k = c.NumExpertsPerTok, e = c.NRoutedExperts, h = c.HiddenSize, mi = c.MoeIntermediateSize;
-            long perLayer = o.Hessians ? (long)e * ((long)h * h + (long)mi * mi) * 8 + (long)h * h * 8 + 3L * e * h * mi * 4 : 3L * e * h * mi * 4;
-            var groups = new List<int[]>();
-            if (!o.Hessians && !o.CommReport) groups.Add(moeLayers);
-            else
-            {
-                int per = (int)Math.Clamp(o.MemoryBudgetBytes / Math.Max(1, perLayer), 1, moeLayers.Length);
-                for (int i = 0; i < moeLayers.Length; i += per) groups.Add(moeLayers[i..Math.Min(moeLayers.Length, i + per)]);
-            }
-            if ((o.Hessians || o.CommReport) && perLayer > o.MemoryBudgetBytes)
-                logger.LogWarning("One MoE layer's accumulators need ~{GB:F1} GB, more than the {Budget:F1} GB budget: running one layer per pass " +
-                    "(experts are not split across passes)", perLayer / 1e9, o.MemoryBudgetBytes / 1e9);
-            logger.LogInformation("Calibrating on {Seq} x {Len} tokens, {Layers} MoE layers in {Passes} pass(es) (~{MB:N0} MB of accumulators per layer)",
-                sequences, seqLen, moeLayers.Length, groups.Count, perLayer / 1e6);
+            var plan = o.Hessians || o.CommReport
+                ? CalibrationPassPlan.Create(moeLayers, e, CalibrationPassPlan.ExpertBytesFor(h, mi, o.Hessians, o.CommReport),
+                    CalibrationPassPlan.LayerBytesFor(h, mi, e, o.Hessians), o.MemoryBudgetBytes)
+                : CalibrationPassPlan.Create(moeLayers, e, 0, 0, long.MaxValue); // routing only: one pass
+            if (plan.ExpertBytes + plan.LayerBytes > o.MemoryBudgetBytes)
+                logger.LogWarning("One routed expert's accumulators and weights need ~{MB:N0} MB (+{Layer:N0} MB per layer), more than the {Budget:N0} MB budget: " +
+                    "running one expert per pass", plan.ExpertBytes / 1e6, plan.LayerBytes / 1e6, o.MemoryBudgetBytes / 1e6);
+            int passes = plan.Passes.Count;
+            logger.LogInformation("Calibrating on {Seq} x {Len} tokens, {Layers} MoE layers of {Experts} routed experts: {Plan}",
+                sequences, seqLen, moeLayers.Length, e, plan.Describe());
 
             var topk = moeLayers.ToDictionary(l => l, _ => new int[sequences * seqLen * k]);
             var comm = new List<CommTrafficStats>();
@@ -119,30 +120,48 @@ public static class CalibratePipeline
                 TopK = topk,
             };
             using var runner = new MoeTap(onnxDir, o.Threads);
-            int batches = (sequences + o.Batch - 1) / o.Batch, step = 0, totalSteps = batches * groups.Count;
-            for (int pass = 0; pass < groups.Count; pass++)
+            var state = new Dictionary<int, LayerState>();
+            try
             {
-                var layers = groups[pass];
-                var state = layers.ToDictionary(l => l, l => new LayerState(ckpt, l, c, o.Hessians, o.CommReport, o.Threads, o.RoutingWeighted));
-                for (int b0 = 0; b0 < sequences; b0 += o.Batch)
+                int batches = (sequences + o.Batch - 1) / o.Batch, step = 0, totalSteps = batches * passes;
+                for (int pass = 0; pass < passes; pass++)
                 {
-                    cancellation.ThrowIfCancellationRequested();
-                    int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
-                    var outs = runner.Run(tokens.AsSpan(b0 * seqLen, rows), nb, seqLen, layers);
-                    foreach (var l in layers)
+                    var ranges = plan.Passes[pass];
+                    var layers = ranges.Select(r => r.Layer).ToArray();
+                    logger.LogDebug("Pass {Pass}/{Passes}: {Ranges} (~{MB:N0} MB)", pass + 1, passes, string.Join(", ", ranges), plan.PassBytes(pass) / 1e6);
+                    foreach (var r in ranges)
                     {
-                        var (x, route) = outs[l];
-                        for (int i = 0; i < route.Length; i++) topk[l][b0 * seqLen * k + i] = checked((int)route[i]); // each layer is in one group
-                        state[l].Add(x, route, rows, $"{DeepseekV3OnnxNames.MoeInput(l)} (sequences {b0}..{b0 + nb - 1})");
+                        if (r.First == 0) state[r.Layer] = new LayerState(ckpt, r.Layer, c, o.Hessians, o.CommReport, o.Threads, o.RoutingWeighted);
+                        state[r.Layer].BeginRange(r.First, r.End);
                     }
-                    step++;
-                    progress?.Report(new PipelineProgress(step, totalSteps, 0, $"pass {pass + 1}/{groups.Count}, sequences {b0 + nb}/{sequences}"));
+                    for (int b0 = 0; b0 < sequences; b0 += o.Batch)
+                    {
+                        cancellation.ThrowIfCancellationRequested();
+                        int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
+                        var outs = runner.Run(tokens.AsSpan(b0 * seqLen, rows), nb, seqLen, layers);
+                        foreach (var r in ranges)
+                        {
+                            var (x, route) = outs[r.Layer];
+                            if (r.First == 0) // each layer's routing once: in the pass holding its first experts
+                                for (int i = 0; i < route.Length; i++) topk[r.Layer][b0 * seqLen * k + i] = checked((int)route[i]);
+                            state[r.Layer].Add(x, route, rows, $"{DeepseekV3OnnxNames.MoeInput(r.Layer)} (sequences {b0}..{b0 + nb - 1})");
+                        }
+                        step++;
+                        progress?.Report(new PipelineProgress(step, totalSteps, 0, $"pass {pass + 1}/{passes}, sequences {b0 + nb}/{sequences}"));
+                    }
+                    foreach (var r in ranges)
+                    {
+                        state[r.Layer].EndRange(staging, data);
+                        if (!state[r.Layer].Done) continue;
+                        if (state[r.Layer].Comm is { } cs) comm.Add(cs);
+                        state[r.Layer].Dispose();
+                        state.Remove(r.Layer);
+                    }
                 }
-                foreach (var l in layers)
-                {
-                    state[l].Write(staging, data);
-                    if (state[l].Comm is { } cs) comm.Add(cs);
-                }
+            }
+            finally
+            {
+                foreach (var st in state.Values) st.Dispose();
             }
             // extra info for consumers
             data.Extra["min_expert_tokens"] = o.MinExpertTokens;
@@ -156,12 +175,12 @@ public static class CalibratePipeline
                 File.WriteAllText(Path.Combine(staging, CommReportWriter.MarkdownName), CommReportWriter.Markdown(comm, o.TargetSnrDb, modelName));
                 File.WriteAllText(Path.Combine(staging, CommReportWriter.SvgName), CommReportWriter.Svg(comm, o.TargetSnrDb, modelName));
             }
-            File.WriteAllText(Path.Combine(staging, SummaryName), Summary(data, moeLayers, modelName, o, groups.Count, comm));
+            File.WriteAllText(Path.Combine(staging, SummaryName), Summary(data, moeLayers, modelName, o, plan, comm));
 
             if (Directory.Exists(dest)) Directory.Delete(dest, true);
             Directory.Move(staging, dest);
             logger.LogInformation("Wrote {Dir} in {Secs:F1} s", dest, clock.Elapsed.TotalSeconds);
-            return new CalibrateResult(dest, data, groups.Count, comm, clock.Elapsed);
+            return new CalibrateResult(dest, data, passes, comm, clock.Elapsed);
         }
         finally
         {
@@ -194,7 +213,7 @@ public static class CalibratePipeline
             throw new InvalidDataException($"{cfg}: the ONNX model was exported from another config than the model being calibrated");
     }
 
-    private static string Summary(CalibrationData d, int[] layers, string modelName, CalibrateOptions o, int passes, IReadOnlyList<CommTrafficStats> comm)
+    private static string Summary(CalibrationData d, int[] layers, string modelName, CalibrateOptions o, CalibrationPassPlan plan, IReadOnlyList<CommTrafficStats> comm)
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
@@ -202,7 +221,8 @@ public static class CalibratePipeline
         sb.AppendLine();
         sb.AppendLine($"- tokens: {d.Tokens} ({d.Sequences} sequences x {d.SequenceLength}), {d.ExpertsPerToken} of {d.RoutedExperts} routed experts per token");
         sb.AppendLine($"- config fingerprint: {d.ConfigFingerprint} ({d.ModelType}); consumers refuse a model with another fingerprint");
-        sb.AppendLine($"- MoE layers: {string.Join(", ", layers)}; {passes} pass(es) over the tokens; Hessians: {(o.Hessians ? "yes (stats/)" : "no")}");
+        sb.AppendLine($"- MoE layers: {string.Join(", ", layers)}; Hessians: {(o.Hessians ? "yes (stats/)" : "no")}");
+        sb.AppendLine($"- passes: {plan.Describe()}");
         sb.AppendLine($"- starved expert: fewer than {o.MinExpertTokens} calibration tokens (the default `--min-expert-tokens` of INT4 GPTQ, below which");
         sb.AppendLine("  gate/up fall back to the layer's pooled Hessian and down_proj to RTN); the uniform share is tokens x k / experts.");
         sb.AppendLine();

@@ -7,41 +7,46 @@ using Converter.Tensors;
 
 namespace Converter.Runtime.Calibration;
 
-/// <summary>One MoE layer's accumulators during calibration: per-expert Hessians and absmax, and the traffic stats.</summary>
-internal sealed class LayerState
+/// <summary>
+/// One MoE layer's accumulators during calibration, from the pass holding its first experts to the pass holding its
+/// last (<see cref="CalibrationPassPlan"/>). Per layer, fed only while the range starting at expert 0 is open (so once):
+/// the pooled Hessian and absmax, the dispatch traffic. Per range of routed experts (<see cref="BeginRange"/> ..
+/// <see cref="EndRange"/>): the experts' float32 weights and Hessians, their absmax and combine traffic; at the end of
+/// a range its experts' Hessians are streamed to the layer's <see cref="HessianStats.LayerWriter"/> and dropped.
+/// </summary>
+internal sealed class LayerState : IDisposable
 {
     public int Layer { get; }
     public CommTrafficStats? Comm { get; }
-    private readonly int _h, _mi, _k;
-    private readonly ExpertForward[]? _experts;
-    private readonly HessianAccumulator?[]? _gateUp, _down;
+    /// <summary>Every routed expert was in a finished range: the layer's files are written.</summary>
+    public bool Done => _end == _e && _experts == null;
+    private readonly ModelCheckpoint _ckpt;
+    private readonly int _h, _mi, _k, _e, _threads;
+    private readonly bool _hessians, _loadExperts;
     private readonly HessianAccumulator? _pooled;
     private readonly float[][]? _absGateUp, _absDown;
     private readonly float[]? _absPooled;
     private readonly RoutingWeights? _routing;
+    private HessianStats.LayerWriter? _writer;
+    private long[]? _counts;
+    // the open range [_first, _end): weights and Hessians indexed by expert - _first
+    private int _first, _end;
+    private ExpertForward[]? _experts;
+    private HessianAccumulator?[]? _gateUp, _down;
 
     /// <param name="routingWeighted">Weight each token's row in an expert's Hessians by its squared routing weight.</param>
     public LayerState(ModelCheckpoint ckpt, int layer, DeepseekV3Config c, bool hessians, bool comm, int threads = 0, bool routingWeighted = false)
     {
         Layer = layer;
-        (_h, _mi, _k) = (c.HiddenSize, c.MoeIntermediateSize, c.NumExpertsPerTok);
-        int e = c.NRoutedExperts;
-        if (comm) Comm = new CommTrafficStats(layer, _h);
-        if (hessians || comm)
-        {
-            _experts = new ExpertForward[e];
-            string p = $"model.layers.{layer}.mlp.experts.";
-            for (int i = 0; i < e; i++)
-                _experts[i] = new ExpertForward(ckpt.ReadFloat32($"{p}{i}.gate_proj.weight"), ckpt.ReadFloat32($"{p}{i}.up_proj.weight"),
-                    ckpt.ReadFloat32($"{p}{i}.down_proj.weight"), _h, _mi) { MaxThreads = threads };
-        }
+        _ckpt = ckpt;
+        (_h, _mi, _k, _e, _threads) = (c.HiddenSize, c.MoeIntermediateSize, c.NumExpertsPerTok, c.NRoutedExperts, threads);
+        (_hessians, _loadExperts) = (hessians, hessians || comm);
+        if (comm) Comm = new CommTrafficStats(layer, _h, combineSlots: _e);
         if (hessians)
         {
-            _gateUp = new HessianAccumulator?[e];
-            _down = new HessianAccumulator?[e];
-            _absGateUp = new float[e][];
-            _absDown = new float[e][];
-            for (int i = 0; i < e; i++)
+            _absGateUp = new float[_e][];
+            _absDown = new float[_e][];
+            for (int i = 0; i < _e; i++)
             {
                 _absGateUp[i] = new float[_h];
                 _absDown[i] = new float[_mi];
@@ -49,56 +54,104 @@ internal sealed class LayerState
             _pooled = new HessianAccumulator(_h);
             _absPooled = new float[_h];
             if (routingWeighted)
-                _routing = new RoutingWeights(ckpt.ReadFloat32($"model.layers.{layer}.mlp.gate.weight"), e, _h, _k, c.ScoringFunc,
+                _routing = new RoutingWeights(ckpt.ReadFloat32($"model.layers.{layer}.mlp.gate.weight"), _e, _h, _k, c.ScoringFunc,
                     c.NormTopkProb, c.RoutedScalingFactor);
+        }
+    }
+
+    /// <summary>Opens routed experts [first, end): ranges come in expert order, each starting where the last ended.</summary>
+    public void BeginRange(int first, int end)
+    {
+        if (first != _end || end <= first || end > _e || _experts != null)
+            throw new InvalidOperationException($"layer {Layer}: experts {first}..{end - 1} opened after {_end} (of {_e}){(_experts != null ? " with a range open" : "")}");
+        (_first, _end) = (first, end);
+        int n = end - first;
+        _experts = new ExpertForward[_loadExperts ? n : 0];
+        string p = $"model.layers.{Layer}.mlp.experts.";
+        for (int i = 0; i < _experts.Length; i++)
+            _experts[i] = new ExpertForward(_ckpt.ReadFloat32($"{p}{first + i}.gate_proj.weight"), _ckpt.ReadFloat32($"{p}{first + i}.up_proj.weight"),
+                _ckpt.ReadFloat32($"{p}{first + i}.down_proj.weight"), _h, _mi) { MaxThreads = _threads };
+        if (_hessians)
+        {
+            _gateUp = new HessianAccumulator?[n];
+            _down = new HessianAccumulator?[n];
         }
     }
 
     /// <summary>x: the MoE input [rows, hidden]; route: selected experts [rows, k]; name: the tensor, for errors.</summary>
     public void Add(float[] x, long[] route, int rows, string name)
     {
+        if (_experts == null) throw new InvalidOperationException($"layer {Layer}: no range of experts is open");
         ThrowIfNonFinite(x.AsSpan(0, rows * _h), name);
-        _pooled?.Add(x, rows);
-        if (_absPooled != null) AbsMax(x, rows, _h, _absPooled);
-        Comm?.Add(CommSide.Dispatch, x, rows, name);
-        if (_experts == null) return;
-
-        var byExpert = new List<int>[_experts.Length];
+        if (_first == 0) // per-layer statistics: recorded in the layer's first range only
+        {
+            _pooled?.Add(x, rows);
+            if (_absPooled != null) AbsMax(x, rows, _h, _absPooled);
+            Comm?.Add(CommSide.Dispatch, x, rows, name);
+        }
+        var byExpert = new List<int>[_end - _first];
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < _k; j++)
             {
                 long ex = route[r * _k + j];
-                if ((ulong)ex >= (ulong)_experts.Length) throw new InvalidDataException($"{name}: routing selected expert {ex}, outside [0, {_experts.Length})");
-                (byExpert[ex] ??= new List<int>()).Add(r * _k + j);
+                if ((ulong)ex >= (ulong)_e) throw new InvalidDataException($"{name}: routing selected expert {ex}, outside [0, {_e})");
+                if (ex >= _first && ex < _end) (byExpert[ex - _first] ??= new List<int>()).Add(r * _k + j);
             }
+        if (_experts.Length == 0) return;
         var g = _gateUp != null ? _routing?.Compute(x, route, rows) : null;
-        for (int ex = 0; ex < _experts.Length; ex++)
+        for (int i = 0; i < byExpert.Length; i++)
         {
-            var list = byExpert[ex];
+            var list = byExpert[i];
             if (list == null) continue;
-            int n = list.Count;
+            int ex = _first + i, n = list.Count;
             var xs = new float[n * _h];
-            for (int i = 0; i < n; i++) x.AsSpan(list[i] / _k * _h, _h).CopyTo(xs.AsSpan(i * _h));
+            for (int t = 0; t < n; t++) x.AsSpan(list[t] / _k * _h, _h).CopyTo(xs.AsSpan(t * _h));
             float[]? w2 = null;
             if (g != null)
             {
                 w2 = new float[n];
-                for (int i = 0; i < n; i++) w2[i] = g[list[i]] * g[list[i]];
+                for (int t = 0; t < n; t++) w2[t] = g[list[t]] * g[list[t]];
             }
             var act = new float[n * _mi];
             var y = new float[n * _h];
-            _experts[ex].Run(xs, n, act, y);
+            _experts[i].Run(xs, n, act, y);
             string what = $"layer {Layer} expert {ex}";
             ThrowIfNonFinite(act, $"{what} down_proj input, computed from {name}");
             if (_gateUp != null)
             {
-                (_gateUp[ex] ??= new HessianAccumulator(_h)).Add(xs, n, w2);
-                (_down![ex] ??= new HessianAccumulator(_mi)).Add(act, n, w2);
+                (_gateUp[i] ??= new HessianAccumulator(_h)).Add(xs, n, w2);
+                (_down![i] ??= new HessianAccumulator(_mi)).Add(act, n, w2);
                 AbsMax(xs, n, _h, _absGateUp![ex]);
                 AbsMax(act, n, _mi, _absDown![ex]);
             }
-            Comm?.Add(CommSide.Combine, y, n, $"{what} output (combine), computed from {name}");
+            Comm?.Add(CommSide.Combine, y, n, $"{what} output (combine), computed from {name}", slot: ex);
         }
+    }
+
+    /// <summary>
+    /// Closes the open range: its experts' Hessians go to stats/hessian.layerL (the writer is planned from the layer's
+    /// expert counts in <paramref name="data"/>, complete once the first range has run); after the last range the file is
+    /// committed and stats/absmax.layerL written.
+    /// </summary>
+    public void EndRange(string dir, CalibrationData data)
+    {
+        if (_experts == null) throw new InvalidOperationException($"layer {Layer}: no range of experts is open");
+        if (_hessians)
+        {
+            if (_first == 0)
+            {
+                _counts = data.ExpertCounts(Layer);
+                _writer = new HessianStats.LayerWriter(dir, Layer, _counts, _h, _mi, pooled: _pooled!.Count > 0);
+            }
+            for (int i = 0; i < _end - _first; i++) _writer!.WriteExpert(_first + i, _gateUp![i], _down![i]);
+        }
+        _experts = null;
+        _gateUp = _down = null;
+        if (_end < _e || !_hessians) return;
+        _writer!.Commit(data, _pooled);
+        _writer.Dispose();
+        _writer = null;
+        WriteAbsmax(dir, data);
     }
 
     private static void AbsMax(ReadOnlySpan<float> x, int rows, int width, float[] acc)
@@ -116,20 +169,17 @@ internal sealed class LayerState
             if (!float.IsFinite(x[i])) throw new InvalidDataException($"calibration: '{name}' element {i} is {x[i]} (non-finite activations)");
     }
 
-    /// <summary>Writes stats/hessian.layerL and stats/absmax.layerL (when Hessians are on).</summary>
-    public void Write(string dir, CalibrationData data)
+    /// <summary>stats/absmax.layerL: the pooled gate/up input, then every expert with tokens.</summary>
+    private void WriteAbsmax(string dir, CalibrationData data)
     {
-        if (_gateUp == null) return;
-        HessianStats.WriteLayer(dir, data, Layer, _gateUp, _down!, _pooled);
-        var plan = new List<TensorSpec> { new("pooled.gate_up", DType.F32, [_h]) };
-        var writes = new List<(string, float[])> { ("pooled.gate_up", _absPooled!) };
-        for (int e = 0; e < _gateUp.Length; e++)
+        var writes = new List<(string, float[])> { (HessianStats.PooledGateUpName, _absPooled!) };
+        for (int e = 0; e < _e; e++)
         {
-            if (_gateUp[e] is not { Count: > 0 }) continue;
+            if (_counts![e] <= 0) continue;
             writes.Add(($"experts.{e}.gate_up", _absGateUp![e]));
             writes.Add(($"experts.{e}.down", _absDown![e]));
         }
-        plan = writes.Select(w => new TensorSpec(w.Item1, DType.F32, [w.Item2.Length])).ToList();
+        var plan = writes.Select(w => new TensorSpec(w.Item1, DType.F32, [w.Item2.Length])).ToList();
         string stats = Path.Combine(dir, HessianStats.Folder), staging = Path.Combine(stats, $".absmax{Layer}");
         using (var w = new SafetensorsWriter(staging, plan, long.MaxValue, overwrite: true))
         {
@@ -143,4 +193,6 @@ internal sealed class LayerState
         s["absmax"] = list;
         list.Add(HessianStats.Folder + "/" + CalibratePipeline.AbsmaxFileName(Layer));
     }
+
+    public void Dispose() => _writer?.Dispose();
 }

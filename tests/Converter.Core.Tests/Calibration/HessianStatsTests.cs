@@ -55,4 +55,48 @@ public class HessianStatsTests : IDisposable
         wrong.Should().Throw<InvalidDataException>().WithMessage("*experts.0.down*expected F32 [3, 3]*");
         HessianStats.LayerReader.TryOpen(dir, 2, 3).Should().BeNull();
     }
+    [Fact]
+    public void StreamedLayerWriterWritesTheSameBytesAsWriteLayer()
+    {
+        var data = new CalibrationData
+        {
+            ModelType = "deepseek_v3", ConfigFingerprint = "f", RoutedExperts = 4, ExpertsPerToken = 1, Sequences = 1, SequenceLength = 5,
+            TopK = new Dictionary<int, int[]> { [1] = [0, 2, 2, 3, 0] },
+        };
+        var rng = new Random(3);
+        float[] Rows(int n, int k) => Enumerable.Range(0, n * k).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        var tokens = data.ExpertCounts(1);
+        var g = new HessianAccumulator?[4];
+        var d = new HessianAccumulator?[4];
+        var pooled = new HessianAccumulator(6);
+        pooled.Add(Rows(5, 6), 5);
+        for (int e = 0; e < 4; e++)
+        {
+            if (tokens[e] == 0) continue;
+            (g[e] = new HessianAccumulator(6)).Add(Rows((int)tokens[e], 6), (int)tokens[e]);
+            (d[e] = new HessianAccumulator(3)).Add(Rows((int)tokens[e], 3), (int)tokens[e]);
+        }
+        HessianStats.WriteLayer(_tmp["a"], data, 1, g, d, pooled);
+        var other = new CalibrationData
+        {
+            ModelType = data.ModelType, ConfigFingerprint = data.ConfigFingerprint, RoutedExperts = 4, ExpertsPerToken = 1, Sequences = 1,
+            SequenceLength = 5, TopK = data.TopK,
+        };
+        using (var w = new HessianStats.LayerWriter(_tmp["b"], 1, tokens, 6, 3, pooled: true))
+        {
+            var outOfOrder = () => w.WriteExpert(1, null, null);
+            outOfOrder.Should().Throw<InvalidOperationException>().WithMessage("*expert 1 written, expected 0*");
+            for (int e = 0; e < 4; e++) w.WriteExpert(e, g[e], d[e]);
+            w.Commit(other, pooled);
+        }
+        string file = Path.Combine(HessianStats.Folder, HessianStats.FileName(1));
+        File.ReadAllBytes(Path.Combine(_tmp["b"], file)).Should().Equal(File.ReadAllBytes(Path.Combine(_tmp["a"], file)));
+        other.Extra.ToJsonString().Should().Be(data.Extra.ToJsonString());
+        Directory.GetFileSystemEntries(Path.Combine(_tmp["b"], HessianStats.Folder)).Should().ContainSingle("the staging folder is gone");
+
+        // an expert whose Hessians do not cover its planned tokens is refused
+        using var bad = new HessianStats.LayerWriter(_tmp["c"], 1, tokens, 6, 3, pooled: true);
+        var wrong = () => bad.WriteExpert(0, g[3], d[3]);
+        wrong.Should().Throw<InvalidOperationException>().WithMessage("*expert 0*planned 2*");
+    }
 }
