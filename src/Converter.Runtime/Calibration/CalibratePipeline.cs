@@ -148,6 +148,7 @@ public static class CalibratePipeline
                         }
                         step++;
                         progress?.Report(new PipelineProgress(step, totalSteps, 0, $"pass {pass + 1}/{passes}, sequences {b0 + nb}/{sequences}"));
+                        ReleaseScratch();
                     }
                     foreach (var r in ranges)
                     {
@@ -157,6 +158,7 @@ public static class CalibratePipeline
                         state[r.Layer].Dispose();
                         state.Remove(r.Layer);
                     }
+                    ReleaseScratch();
                 }
             }
             finally
@@ -188,6 +190,14 @@ public static class CalibratePipeline
             if (tempOnnx != null && Directory.Exists(tempOnnx)) Directory.Delete(tempOnnx, true);
         }
     }
+
+    /// <summary>
+    /// A batch leaves per-expert activations (tokens x hidden floats, tens of MB each at real width) and a pass its
+    /// k x k accumulators on the large-object heap; at the GC's own pace those stayed mapped, and a real-width layer
+    /// of 8 experts peaked at 13.7 GB against 4.4 GB for routing alone. A blocking collection per batch costs ms
+    /// against seconds of Hessian work.
+    /// </summary>
+    private static void ReleaseScratch() => GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
 
     /// <summary>tokens I32/I64 [sequences, length] from a safetensors file, every id checked against the vocabulary.</summary>
     public static (int[] Tokens, int Sequences, int Length) ReadTokens(string path, int vocab)
