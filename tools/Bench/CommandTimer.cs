@@ -22,12 +22,12 @@ public static class CommandTimer
         return new Measurement(secs, peak, p.ExitCode, err.Result + outp.Result);
     }
 
-    /// <summary>Reads every file under a folder once so later runs see a warm page cache.</summary>
+    /// <summary>Reads every file under a folder (and its subfolders) once so later runs see a warm page cache.</summary>
     public static long Warm(string dir)
     {
         long total = 0;
         var buf = new byte[1 << 22];
-        foreach (var f in Directory.EnumerateFiles(dir))
+        foreach (var f in Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories))
         {
             using var fs = File.OpenRead(f);
             int n;
@@ -36,7 +36,7 @@ public static class CommandTimer
         return total;
     }
 
-    public static long FolderBytes(string dir) => Directory.EnumerateFiles(dir).Sum(f => new FileInfo(f).Length);
+    public static long FolderBytes(string dir) => Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length);
 
     public sealed record VersusCp(double Seconds, double CpSeconds, long PeakRssBytes, long OutputBytes);
 

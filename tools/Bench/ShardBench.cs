@@ -54,27 +54,9 @@ public static class ShardBench
             foreach (var (name, extra) in variants)
             {
                 var outDir = Path.Combine(work, "out");
-                var cpDir = Path.Combine(work, "out-cp");
-                double best = double.MaxValue, bestCp = double.MaxValue;
-                long rss = 0;
-                for (int r = 0; r < runs; r++)
-                {
-                    var m = CommandTimer.Run(converter, ["shard", model, "-o", outDir, "--ranks", n.ToString(), "--overwrite", "-q", .. extra]);
-                    if (m.ExitCode != 0)
-                    {
-                        Console.Error.WriteLine($"converter failed ({m.ExitCode}): {m.StdErr}");
-                        return 1;
-                    }
-                    best = Math.Min(best, m.Seconds);
-                    rss = Math.Max(rss, m.PeakRssBytes);
-                    CommandTimer.Warm(outDir);
-                    if (Directory.Exists(cpDir)) Directory.Delete(cpDir, true);
-                    var cp = CommandTimer.Run("cp", "-r", outDir, cpDir);
-                    bestCp = Math.Min(bestCp, cp.Seconds);
-                    Directory.Delete(cpDir, true);
-                }
-                double outGb = Directory.EnumerateFiles(outDir, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length) / 1e9;
-                Console.WriteLine($"| {name} | {n} | {outGb:F2} | {best:F2} | {bestCp:F2} | {best / bestCp:F2}x | {outGb / best:F2} | {rss / 1048576.0:F0} |");
+                var m = CommandTimer.AgainstCp(converter, ["shard", model, "-o", outDir, "--ranks", n.ToString(), "-q", .. extra], outDir, runs);
+                double outGb = m.OutputBytes / 1e9;
+                Console.WriteLine($"| {name} | {n} | {outGb:F2} | {m.Seconds:F2} | {m.CpSeconds:F2} | {m.Seconds / m.CpSeconds:F2}x | {outGb / m.Seconds:F2} | {m.PeakRssBytes / 1048576.0:F0} |");
                 Directory.Delete(outDir, true);
             }
         }
