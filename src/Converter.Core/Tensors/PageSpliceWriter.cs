@@ -16,6 +16,8 @@ public sealed unsafe class PageSpliceWriter : IDisposable
     private static bool _supported = OperatingSystem.IsLinux();
     private readonly int _read = -1, _write = -1;
     private readonly int _pipeBytes = 64 * 1024;
+    /// <summary>Writes shorter than this go through the stream's buffer.</summary>
+    public const int MinSpliceBytes = 1 << 16;
     private bool _broken; // a failure mid-buffer may leave bytes in the pipe: never reuse it then
 
     [StructLayout(LayoutKind.Sequential)]
@@ -44,6 +46,7 @@ public sealed unsafe class PageSpliceWriter : IDisposable
     public void Write(FileStream dst, ReadOnlySpan<byte> data)
     {
         if (data.IsEmpty) return;
+        if (data.Length < MinSpliceBytes) { dst.Write(data); return; } // small pieces: FileStream's buffer beats a flush + two syscalls
         if (_broken) throw new InvalidOperationException("an earlier splice failed; this writer is unusable");
         if (_read < 0 || !_supported) { dst.Write(data); return; }
         _broken = true;

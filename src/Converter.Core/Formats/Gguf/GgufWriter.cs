@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
 using Converter.Numerics.Ggml;
+using Converter.Tensors;
 
 namespace Converter.Formats.Gguf;
 
@@ -23,6 +24,7 @@ public sealed class GgufWriter : IDisposable
     private readonly List<GgufTensorInfo> _tensors = [];
     private readonly Dictionary<string, int> _tensorIndex = [];
     private FileStream? _file;
+    private readonly PageSpliceWriter _splice = new();
     private long _dataSize;
     private bool _headerWritten;
     private bool _committed;
@@ -133,7 +135,7 @@ public sealed class GgufWriter : IDisposable
         var t = CurrentTensor();
         if (_currentWritten + data.Length > t.ByteSize)
             throw new InvalidOperationException($"tensor '{t.Name}': {_currentWritten + data.Length} bytes written, declared {t.ByteSize}");
-        _file!.Write(data);
+        _splice.Write(_file!, data);
         _currentWritten += data.Length;
     }
 
@@ -192,6 +194,7 @@ public sealed class GgufWriter : IDisposable
 
     public void Dispose()
     {
+        _splice.Dispose();
         if (_file != null)
         {
             _file.Dispose();

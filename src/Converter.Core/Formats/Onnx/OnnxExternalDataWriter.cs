@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using Converter.Formats.Onnx.Proto;
+using Converter.Tensors;
 using Google.Protobuf;
 using DataType = Converter.Formats.Onnx.Proto.TensorProto.Types.DataType;
 
@@ -23,6 +24,7 @@ public sealed class OnnxExternalDataWriter : IDisposable
     private readonly bool _overwrite;
     private readonly int _alignment;
     private readonly FileStream _data;
+    private readonly PageSpliceWriter _splice = new();
     private readonly List<TensorProto> _initializers = new();
     private readonly HashSet<string> _names = new(StringComparer.Ordinal);
     private TensorSink? _open;
@@ -123,6 +125,7 @@ public sealed class OnnxExternalDataWriter : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        _splice.Dispose();
         _data.Dispose();
         if (!_committed && Directory.Exists(_tempDir))
         {
@@ -158,7 +161,7 @@ public sealed class OnnxExternalDataWriter : IDisposable
             if (_done != null) throw new InvalidOperationException($"initializer '{Name}' already completed");
             if (Written + bytes.Length > ByteLength)
                 throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
-            _owner._data.Write(bytes);
+            _owner._splice.Write(_owner._data, bytes);
         }
 
         /// <summary>Appends typed values; spans over 2 GiB of bytes are written in pieces.</summary>
