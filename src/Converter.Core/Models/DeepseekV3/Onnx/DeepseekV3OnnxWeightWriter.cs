@@ -9,7 +9,8 @@ namespace Converter.Models.DeepseekV3.Onnx;
 
 /// <summary>
 /// Produces the bytes of each planned initializer from a checkpoint, one source tensor at a time (stacked
-/// experts are streamed expert by expert), so memory stays bounded by the largest checkpoint tensor.
+/// experts are streamed expert by expert; plain BF16/F32 tensors a slab at a time), so memory stays bounded by the
+/// largest tensor that is quantized or dequantized whole (an FP8 or INT4 weight, an expert), not by the embedding.
 /// FP8 codes from an FP8 source are copied byte for byte with their scales; other sources are quantized with
 /// <see cref="Fp8BlockQuantizer"/>. Scales are small and are held until their initializer is written.
 /// INT4 codes come from a packed INT4 source unchanged (codes, BF16 scales widened to float32, zero points) or are
@@ -75,7 +76,13 @@ public sealed class DeepseekV3OnnxWeightWriter
         }
     }
 
-    /// <summary>Streams one tensor as float32, converting a chunk at a time from the mapped source (FP8 is dequantized whole).</summary>
+    /// <summary>Elements of a source tensor mapped at a time (16-32 MB of BF16/F32); settable so tests can force many slabs.</summary>
+    internal static long SlabElements = 1 << 23;
+
+    /// <summary>
+    /// Streams one tensor as float32 from source slabs, each mapped only while it is converted, so a 129280-row
+    /// embedding does not stay mapped (and resident) whole. FP8 and packed INT4 are dequantized whole.
+    /// </summary>
     private void WriteFloat32(string name, OnnxExternalDataWriter.TensorSink sink)
     {
         if (_ckpt.IsFp8(name) || _ckpt.IsPackedInt4(name))
@@ -83,21 +90,25 @@ public sealed class DeepseekV3OnnxWeightWriter
             sink.Write<float>(_ckpt.ReadFloat32(name));
             return;
         }
-        using var t = _ckpt.Tensors.Read(name);
-        var info = t.Info;
-        if (info.DType == DType.F32)
-        {
-            sink.Write(t.Bytes);
-            return;
-        }
+        var info = _ckpt.Tensors.Info(name);
         int size = DTypeInfo.SizeOf(info.DType);
         long count = info.ElementCount;
-        var buffer = new float[(int)Math.Min(count, 1 << 20)];
-        for (long i = 0; i < count; i += buffer.Length)
+        float[]? buffer = info.DType == DType.F32 ? null : new float[(int)Math.Min(count, Math.Min(SlabElements, 1 << 20))];
+        for (long s0 = 0; s0 < count; s0 += SlabElements)
         {
-            int n = (int)Math.Min(buffer.Length, count - i);
-            TensorConvert.ToFloat32(info, t.Bytes.Slice(checked((int)(i * size)), n * size), buffer.AsSpan(0, n));
-            sink.Write<float>(buffer.AsSpan(0, n));
+            long slab = Math.Min(SlabElements, count - s0);
+            using var view = _ckpt.Tensors.ReadRange(name, s0 * size, slab * size);
+            if (buffer == null)
+            {
+                sink.Write(view.Bytes);
+                continue;
+            }
+            for (long i = 0; i < slab; i += buffer.Length)
+            {
+                int n = (int)Math.Min(buffer.Length, slab - i);
+                TensorConvert.ToFloat32(info, view.Bytes.Slice(checked((int)(i * size)), n * size), buffer.AsSpan(0, n));
+                sink.Write<float>(buffer.AsSpan(0, n));
+            }
         }
     }
 
