@@ -214,7 +214,7 @@ public static class Gptq
                     res.Q[(long)(r0 + r) * k + c] = q;
                     float e = (x - Int4Scheme.Dequantize(q, s, (int)z)) / d;
                     err[r * bs + i] = e;
-                    Axpy(-e, urow, w.AsSpan(r * k + p + 1, urow.Length));
+                    VectorKernels.Axpy(-e, urow, w.AsSpan(r * k + p + 1, urow.Length));
                 }
             }
             LazyUpdate(w, err, u, n, k, bs, i1, cnt);
@@ -276,21 +276,7 @@ public static class Gptq
         {
             var urow = u.AsSpan((int)((long)(i1 + i) * k + c0), len);
             for (int r = 0; r < n; r++)
-                Axpy(-err[r * bs + i], urow, w.AsSpan(r * k + c0, len));
+                VectorKernels.Axpy(-err[r * bs + i], urow, w.AsSpan(r * k + c0, len));
         }
-    }
-
-    internal static void Axpy(float alpha, ReadOnlySpan<float> x, Span<float> y)
-    {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            ref float px = ref MemoryMarshal.GetReference(x);
-            ref float py = ref MemoryMarshal.GetReference(y);
-            var va = Vector256.Create(alpha);
-            for (; i <= x.Length - 8; i += 8)
-                (Vector256.LoadUnsafe(ref py, (nuint)i) + va * Vector256.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
-        }
-        for (; i < x.Length; i++) y[i] += alpha * x[i];
     }
 }

@@ -133,7 +133,7 @@ public static class HessianFactor
                 else
                 {
                     Array.Clear(tmp);
-                    for (int j = c0; j < i; j++) Axpy(li[j], x.AsSpan((j - c0) * cb, cb), tmp);
+                    for (int j = c0; j < i; j++) VectorKernels.Axpy(li[j], x.AsSpan((j - c0) * cb, cb), tmp);
                 }
                 double inv = 1 / l[(long)i * k + i];
                 for (int t = 0; t < w; t++) xi[t] = ((i - c0 == t ? 1.0 : 0.0) - tmp[t]) * inv;
@@ -163,19 +163,5 @@ public static class HessianFactor
         }
         for (; i < a.Length; i++) sum += a[i] * b[i];
         return sum;
-    }
-
-    internal static void Axpy(double alpha, ReadOnlySpan<double> x, Span<double> y)
-    {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            ref double px = ref MemoryMarshal.GetReference(x);
-            ref double py = ref MemoryMarshal.GetReference(y);
-            var va = Vector256.Create(alpha);
-            for (; i <= x.Length - 4; i += 4)
-                (Vector256.LoadUnsafe(ref py, (nuint)i) + va * Vector256.LoadUnsafe(ref px, (nuint)i)).StoreUnsafe(ref py, (nuint)i);
-        }
-        for (; i < x.Length; i++) y[i] += alpha * x[i];
     }
 }

@@ -50,19 +50,7 @@ public static class Int4GroupQuantizer
     {
         if (!SimdPaths.Use256 || x.Length % 8 != 0) return QuantizeGroupScalar(x, symmetric, clip, q);
         var (lo, hi) = MinMax256(x);
-        var best = Int4Scheme.FromRange(lo, hi, symmetric);
-        if (clip.Steps > 1)
-        {
-            float bestErr = Error256(x, best.Scale, best.Zero);
-            for (int i = 1; i < clip.Steps; i++)
-            {
-                float p = clip.Shrink(i);
-                var cand = Int4Scheme.FromRange(lo * p, hi * p, symmetric);
-                if (cand == best) continue;
-                float e = Error256(x, cand.Scale, cand.Zero);
-                if (e < bestErr) { bestErr = e; best = cand; }
-            }
-        }
+        var best = BestCandidate(lo, hi, symmetric, clip, new PlainError256(x));
         Codes256(x, best.Scale, best.Zero, q);
         return best;
     }
@@ -72,19 +60,7 @@ public static class Int4GroupQuantizer
     {
         float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
         foreach (var v in x) { lo = MathF.Min(lo, v); hi = MathF.Max(hi, v); }
-        var best = Int4Scheme.FromRange(lo, hi, symmetric);
-        if (clip.Steps > 1)
-        {
-            float bestErr = ErrorScalar(x, best.Scale, best.Zero);
-            for (int i = 1; i < clip.Steps; i++)
-            {
-                float p = clip.Shrink(i);
-                var cand = Int4Scheme.FromRange(lo * p, hi * p, symmetric);
-                if (cand == best) continue;
-                float e = ErrorScalar(x, cand.Scale, cand.Zero);
-                if (e < bestErr) { bestErr = e; best = cand; }
-            }
-        }
+        var best = BestCandidate(lo, hi, symmetric, clip, new PlainErrorScalar(x));
         float s = Bf16.ToSingle(best.Scale);
         for (int i = 0; i < x.Length; i++) q[i] = Int4Scheme.Quantize(x[i], s, best.Zero);
         return best;
@@ -98,15 +74,50 @@ public static class Int4GroupQuantizer
     {
         float lo = float.PositiveInfinity, hi = float.NegativeInfinity;
         foreach (var v in x) { lo = MathF.Min(lo, v); hi = MathF.Max(hi, v); }
+        return BestCandidate(lo, hi, symmetric, clip, new WeightedErrorOf(x, importance));
+    }
+
+    /// <summary>A group's error for one candidate (scale bits, zero point): what the clipping search minimises.</summary>
+    private interface IGroupError
+    {
+        double Of(ushort scaleBits, sbyte zero);
+    }
+
+    private readonly ref struct PlainError256(ReadOnlySpan<float> x) : IGroupError
+    {
+        private readonly ReadOnlySpan<float> _x = x;
+        public double Of(ushort scaleBits, sbyte zero) => Error256(_x, scaleBits, zero);
+    }
+
+    private readonly ref struct PlainErrorScalar(ReadOnlySpan<float> x) : IGroupError
+    {
+        private readonly ReadOnlySpan<float> _x = x;
+        public double Of(ushort scaleBits, sbyte zero) => ErrorScalar(_x, scaleBits, zero);
+    }
+
+    private readonly ref struct WeightedErrorOf(ReadOnlySpan<float> x, ReadOnlySpan<float> importance) : IGroupError
+    {
+        private readonly ReadOnlySpan<float> _x = x, _importance = importance;
+        public double Of(ushort scaleBits, sbyte zero) => WeightedError(_x, _importance, scaleBits, zero);
+    }
+
+    /// <summary>
+    /// The clipping search shared by every quantizer here: the full range [lo, hi], then ranges shrunk by
+    /// <see cref="Int4ClipSearch.Shrink"/>; a candidate replaces the best only with a strictly smaller error
+    /// (float errors widen to double exactly, so the order is theirs).
+    /// </summary>
+    private static (ushort Scale, sbyte Zero) BestCandidate<TError>(float lo, float hi, bool symmetric, Int4ClipSearch clip, TError error)
+        where TError : IGroupError, allows ref struct
+    {
         var best = Int4Scheme.FromRange(lo, hi, symmetric);
         if (clip.Steps <= 1) return best;
-        double bestErr = WeightedError(x, importance, best.Scale, best.Zero);
+        double bestErr = error.Of(best.Scale, best.Zero);
         for (int i = 1; i < clip.Steps; i++)
         {
             float p = clip.Shrink(i);
             var cand = Int4Scheme.FromRange(lo * p, hi * p, symmetric);
             if (cand == best) continue;
-            double e = WeightedError(x, importance, cand.Scale, cand.Zero);
+            double e = error.Of(cand.Scale, cand.Zero);
             if (e < bestErr) { bestErr = e; best = cand; }
         }
         return best;
