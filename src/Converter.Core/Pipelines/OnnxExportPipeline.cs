@@ -29,7 +29,11 @@ public sealed record OnnxExportOptions(
     bool? Int4Symmetric = null,
     Int4Targets Int4Targets = Int4Targets.RoutedExperts,
     CommSimulation? Comm = null,
-    OnnxRankExperts? Rank = null);
+    OnnxRankExperts? Rank = null)
+{
+    /// <summary>Elements of a plain BF16/F32 source tensor mapped at a time (16-32 MB); smaller only to test slab edges.</summary>
+    public long SlabElements { get; init; } = 1 << 23;
+}
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
     IReadOnlyList<string> HiddenStateOutputs, IReadOnlyList<string> RoutingOutputs, TimeSpan Elapsed);
@@ -71,7 +75,7 @@ public static class OnnxExportPipeline
             options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank));
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
-        var weights = new DeepseekV3OnnxWeightWriter(ckpt, scheme);
+        var weights = new DeepseekV3OnnxWeightWriter(ckpt, scheme, options.SlabElements);
         int done = 0;
         foreach (var p in export.Initializers)
         {

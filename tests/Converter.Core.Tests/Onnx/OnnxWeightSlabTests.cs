@@ -1,4 +1,3 @@
-using Converter.Models.DeepseekV3.Onnx;
 using Converter.Pipelines;
 using FluentAssertions;
 using Xunit;
@@ -16,17 +15,7 @@ public class OnnxWeightSlabTests
     {
         using var tmp = new TestData.TempDir();
         var whole = OnnxExportPipeline.Run(TestData.Model("tiny-dsv3"), tmp["whole"], new OnnxExportOptions());
-        long saved = DeepseekV3OnnxWeightWriter.SlabElements;
-        OnnxExportResult slabbed;
-        try
-        {
-            DeepseekV3OnnxWeightWriter.SlabElements = 997;
-            slabbed = OnnxExportPipeline.Run(TestData.Model("tiny-dsv3"), tmp["slabbed"], new OnnxExportOptions());
-        }
-        finally
-        {
-            DeepseekV3OnnxWeightWriter.SlabElements = saved;
-        }
+        var slabbed = OnnxExportPipeline.Run(TestData.Model("tiny-dsv3"), tmp["slabbed"], new OnnxExportOptions { SlabElements = 997 });
         var a = File.ReadAllBytes(Path.Combine(whole.OutputDirectory, "model.onnx.data"));
         var b = File.ReadAllBytes(Path.Combine(slabbed.OutputDirectory, "model.onnx.data"));
         a.Length.Should().BeGreaterThan(1_000_000);

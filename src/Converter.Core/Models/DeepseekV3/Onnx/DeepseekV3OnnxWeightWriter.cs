@@ -21,13 +21,18 @@ public sealed class DeepseekV3OnnxWeightWriter
 {
     private readonly ModelCheckpoint _ckpt;
     private readonly Int4Scheme? _int4;
+    private readonly long _slabElements;
     private readonly Dictionary<string, float[]> _pendingScales = new(StringComparer.Ordinal);
     private readonly Dictionary<string, byte[]> _pendingZeros = new(StringComparer.Ordinal);
 
-    public DeepseekV3OnnxWeightWriter(ModelCheckpoint checkpoint, Int4Scheme? int4 = null)
+    /// <param name="slabElements">Elements of a plain BF16/F32 tensor mapped at a time, so a 129280-row embedding
+    /// does not stay mapped (and resident) whole.</param>
+    public DeepseekV3OnnxWeightWriter(ModelCheckpoint checkpoint, Int4Scheme? int4 = null, long slabElements = 1 << 23)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(slabElements, 1);
         _ckpt = checkpoint;
         _int4 = int4;
+        _slabElements = slabElements;
     }
 
     public void Write(OnnxInitializerPlan p, OnnxExternalDataWriter.TensorSink sink)
@@ -76,12 +81,9 @@ public sealed class DeepseekV3OnnxWeightWriter
         }
     }
 
-    /// <summary>Elements of a source tensor mapped at a time (16-32 MB of BF16/F32); settable so tests can force many slabs.</summary>
-    internal static long SlabElements = 1 << 23;
-
     /// <summary>
-    /// Streams one tensor as float32 from source slabs, each mapped only while it is converted, so a 129280-row
-    /// embedding does not stay mapped (and resident) whole. FP8 and packed INT4 are dequantized whole.
+    /// Streams one tensor as float32 from source slabs, each mapped only while it is converted. FP8 and packed INT4
+    /// are dequantized whole.
     /// </summary>
     private void WriteFloat32(string name, OnnxExternalDataWriter.TensorSink sink)
     {
@@ -93,10 +95,10 @@ public sealed class DeepseekV3OnnxWeightWriter
         var info = _ckpt.Tensors.Info(name);
         int size = DTypeInfo.SizeOf(info.DType);
         long count = info.ElementCount;
-        float[]? buffer = info.DType == DType.F32 ? null : new float[(int)Math.Min(count, Math.Min(SlabElements, 1 << 20))];
-        for (long s0 = 0; s0 < count; s0 += SlabElements)
+        float[]? buffer = info.DType == DType.F32 ? null : new float[(int)Math.Min(count, Math.Min(_slabElements, 1 << 20))];
+        for (long s0 = 0; s0 < count; s0 += _slabElements)
         {
-            long slab = Math.Min(SlabElements, count - s0);
+            long slab = Math.Min(_slabElements, count - s0);
             using var view = _ckpt.Tensors.ReadRange(name, s0 * size, slab * size);
             if (buffer == null)
             {
