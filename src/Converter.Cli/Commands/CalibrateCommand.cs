@@ -22,7 +22,7 @@ public static class CalibrateCommand
         var noHessians = new Option<bool>("--no-hessians") { Description = "Record routing (and the traffic report) only" };
         var noComm = new Option<bool>("--no-comm-report") { Description = "Skip the dispatch/combine wire-format report" };
         var target = new Option<double>("--target-snr-db") { Description = "SNR the smallest sufficient LogFMT width is searched for", DefaultValueFactory = _ => 40 };
-        var onnx = new Option<string?>("--onnx") { Description = "Use this ONNX export of the model (fp32 or fp8) instead of exporting one to a temp folder" };
+        var onnx = new Option<string?>("--onnx") { Description = "Run this whole-model ONNX export (fp32 or fp8, same config) in one session instead of exporting and running the model layer by layer" };
         var minTokens = new Option<long>("--min-expert-tokens") { Description = "Experts with fewer tokens are reported as starved", DefaultValueFactory = _ => 128 };
         var budget = new Option<string>("--memory-budget") { Description = "Memory per pass over the tokens, e.g. 4GB: Hessians (h²+m²)x8 and weights 3xhxmx4 bytes per routed expert, plus h²x8 per layer; small layers share a pass, a large layer's experts are split into ranges over several passes", DefaultValueFactory = _ => "4GB" };
         var routingWeighted = new Option<bool>("--routing-weighted") { Description = "Weight each token in a routed expert's Hessians by its squared routing weight (off by default)" };

@@ -18,6 +18,7 @@ namespace Converter.Pipelines;
 /// AllLinear also quantizes attention, dense MLP and shared-expert projections (MatMulNBits). Router, embeddings,
 /// norms and lm_head stay float32.</param>
 /// <param name="Rank">Export one expert-parallel rank's graph (its local experts only; see <see cref="OnnxRankExperts"/>).</param>
+/// <param name="Slice">Export decoder layers [First, End) only, without the head (see <see cref="OnnxLayerSlice"/>).</param>
 public sealed record OnnxExportOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool Overwrite = false,
@@ -29,7 +30,8 @@ public sealed record OnnxExportOptions(
     bool? Int4Symmetric = null,
     Int4Targets Int4Targets = Int4Targets.RoutedExperts,
     CommSimulation? Comm = null,
-    OnnxRankExperts? Rank = null)
+    OnnxRankExperts? Rank = null,
+    OnnxLayerSlice? Slice = null)
 {
     /// <summary>Elements of a plain BF16/F32 source tensor mapped at a time (16-32 MB); smaller only to test slab edges.</summary>
     public long SlabElements { get; init; } = 1 << 23;
@@ -67,12 +69,13 @@ public static class OnnxExportPipeline
         if (options.Weights == OnnxWeightFormat.Int4) (scheme, denseInt4) = Int4Selection(ckpt, options, logger);
         logger.LogInformation("Exporting {Dir}: deepseek_v3, {Layers} layers, {Experts} routed experts, source {Layout}, weights {Weights}",
             modelDir, cfg.NumHiddenLayers, cfg.NRoutedExperts, ckpt.Layout, options.Weights);
-        if (cfg.NumNextnPredictLayers > 0)
+        if (options.Slice != null) logger.LogInformation("Only {Slice}: no final norm or lm_head", options.Slice);
+        else if (cfg.NumNextnPredictLayers > 0)
             logger.LogInformation("MTP layer(s) {First}..{Last} are not exported: they are not part of the main forward pass",
                 cfg.NumHiddenLayers, cfg.NumHiddenLayers + cfg.NumNextnPredictLayers - 1);
 
         var export = DeepseekV3OnnxGraph.Build(cfg, new DeepseekV3OnnxOptions(options.Weights, options.AttentionMaskInput,
-            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank));
+            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank, options.Slice));
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new DeepseekV3OnnxWeightWriter(ckpt, scheme, options.SlabElements);

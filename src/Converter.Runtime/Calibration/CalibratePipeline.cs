@@ -23,7 +23,7 @@ namespace Converter.Runtime.Calibration;
 /// <param name="Threads">ONNX Runtime intra-op threads (0: its choice).</param>
 /// <param name="Hessians">Record per-expert Hessians and absmax (stats/) for GPTQ.</param>
 /// <param name="CommReport">Record dispatch/combine wire-format errors (comm-report.md/.svg).</param>
-/// <param name="OnnxDir">Use this exported model instead of exporting one (it must come from the same config).</param>
+/// <param name="OnnxDir">Run this whole-model export (same config) in one session instead of exporting and running the model layer by layer.</param>
 /// <param name="MinExpertTokens">Experts with fewer calibration tokens are listed as starved (the INT4 GPTQ fallback threshold).</param>
 /// <param name="MemoryBudgetBytes">Accumulators and expert weights of one pass stay under this budget (<see cref="CalibrationPassPlan"/>):
 /// small layers share a pass, a large layer's routed experts are split into ranges over several passes; each pass runs the tokens once.</param>
@@ -51,6 +51,9 @@ public sealed record CalibrateResult(string OutputDirectory, CalibrationData Dat
 /// run once per pass. Per-layer records (routing, pooled Hessian, dispatch traffic) come from the pass holding the layer's
 /// expert 0; each expert's Hessians are streamed to the layer's file when its range ends, so the folder is the same
 /// whatever the budget.
+/// By default the model runs layer by layer: one exported slice (<see cref="OnnxLayerSlice"/>: an MoE layer and the dense
+/// layers before it) per ONNX Runtime session, its output hidden state handed to the next slice through a file, so the
+/// session holds one layer's weights. With <see cref="CalibrateOptions.OnnxDir"/> one session runs a whole-model export.
 /// The folder is written to a staging folder and renamed into place at the end.
 /// </summary>
 public static class CalibratePipeline
@@ -75,23 +78,11 @@ public static class CalibratePipeline
         string dest = Path.GetFullPath(outputDir);
         if (Directory.Exists(dest) && !o.Overwrite) throw new IOException($"{dest} exists (use --overwrite)");
 
-        string? tempOnnx = null;
         string staging = dest + $".partial-{Environment.ProcessId}";
+        string work = dest + $".work-{Environment.ProcessId}"; // layer slices and hidden states, beside the output: they can be large
         try
         {
-            string onnxDir;
-            if (o.OnnxDir != null)
-            {
-                onnxDir = o.OnnxDir;
-                CheckOnnxConfig(onnxDir, arch);
-            }
-            else
-            {
-                tempOnnx = Path.Combine(Path.GetTempPath(), $"converter-calibrate-{Environment.ProcessId}-{Guid.NewGuid():N}");
-                logger.LogInformation("Exporting {Dir} to ONNX (fp32) in {Tmp}", modelDir, tempOnnx);
-                OnnxExportPipeline.Run(modelDir, tempOnnx, new OnnxExportOptions(), logger, null, cancellation);
-                onnxDir = tempOnnx;
-            }
+            if (o.OnnxDir != null) CheckOnnxConfig(o.OnnxDir, arch);
             if (Directory.Exists(staging)) Directory.Delete(staging, true);
             Directory.CreateDirectory(staging);
 
@@ -103,9 +94,8 @@ public static class CalibratePipeline
             if (plan.ExpertBytes + plan.LayerBytes > o.MemoryBudgetBytes)
                 logger.LogWarning("One routed expert's accumulators and weights need ~{MB:N0} MB (+{Layer:N0} MB per layer), more than the {Budget:N0} MB budget: " +
                     "running one expert per pass", plan.ExpertBytes / 1e6, plan.LayerBytes / 1e6, o.MemoryBudgetBytes / 1e6);
-            int passes = plan.Passes.Count;
-            logger.LogInformation("Calibrating on {Seq} x {Len} tokens, {Layers} MoE layers of {Experts} routed experts: {Plan}",
-                sequences, seqLen, moeLayers.Length, e, plan.Describe());
+            logger.LogInformation("Calibrating on {Seq} x {Len} tokens, {Layers} MoE layers of {Experts} routed experts, {Mode}: {Plan}",
+                sequences, seqLen, moeLayers.Length, e, o.OnnxDir == null ? "layer by layer" : "whole model in one session", plan.Describe());
 
             var topk = moeLayers.ToDictionary(l => l, _ => new int[sequences * seqLen * k]);
             var comm = new List<CommTrafficStats>();
@@ -119,51 +109,128 @@ public static class CalibratePipeline
                 SequenceLength = seqLen,
                 TopK = topk,
             };
-            using var runner = new MoeTap(onnxDir, o.Threads);
             var state = new Dictionary<int, LayerState>();
+            int batches = (sequences + o.Batch - 1) / o.Batch, step = 0, runs;
+            int totalSteps = batches * (o.OnnxDir != null ? plan.Passes.Count : plan.Passes.Sum(p => p.Count));
+
+            void Begin(IEnumerable<ExpertRange> ranges)
+            {
+                foreach (var r in ranges)
+                {
+                    if (r.First == 0) state[r.Layer] = new LayerState(ckpt, r.Layer, c, o.Hessians, o.CommReport, o.Threads, o.RoutingWeighted);
+                    state[r.Layer].BeginRange(r.First, r.End);
+                }
+            }
+            void Feed(ExpertRange r, (float[] X, long[] Route) o1, int b0, int nb)
+            {
+                if (r.First == 0) // each layer's routing once: in the pass holding its first experts
+                    for (int i = 0; i < o1.Route.Length; i++) topk[r.Layer][b0 * seqLen * k + i] = checked((int)o1.Route[i]);
+                state[r.Layer].Add(o1.X, o1.Route, nb * seqLen, $"{DeepseekV3OnnxNames.MoeInput(r.Layer)} (sequences {b0}..{b0 + nb - 1})");
+            }
+            void Step(string what, int b0, int nb)
+            {
+                step++;
+                progress?.Report(new PipelineProgress(step, totalSteps, 0, $"{what}, sequences {b0 + nb}/{sequences}"));
+                ReleaseScratch();
+            }
+            void End(IEnumerable<ExpertRange> ranges)
+            {
+                foreach (var r in ranges)
+                {
+                    state[r.Layer].EndRange(staging, data);
+                    if (!state[r.Layer].Done) continue;
+                    if (state[r.Layer].Comm is { } cs) comm.Add(cs);
+                    state[r.Layer].Dispose();
+                    state.Remove(r.Layer);
+                }
+                ReleaseScratch();
+            }
+
             try
             {
-                int batches = (sequences + o.Batch - 1) / o.Batch, step = 0, totalSteps = batches * passes;
-                for (int pass = 0; pass < passes; pass++)
+                if (o.OnnxDir != null)
                 {
-                    var ranges = plan.Passes[pass];
-                    var layers = ranges.Select(r => r.Layer).ToArray();
-                    logger.LogDebug("Pass {Pass}/{Passes}: {Ranges} (~{MB:N0} MB)", pass + 1, passes, string.Join(", ", ranges), plan.PassBytes(pass) / 1e6);
-                    foreach (var r in ranges)
+                    // One session over the whole model: every pass runs the tokens through all layers.
+                    using var runner = new MoeTap(o.OnnxDir, o.Threads);
+                    for (int pass = 0; pass < plan.Passes.Count; pass++)
                     {
-                        if (r.First == 0) state[r.Layer] = new LayerState(ckpt, r.Layer, c, o.Hessians, o.CommReport, o.Threads, o.RoutingWeighted);
-                        state[r.Layer].BeginRange(r.First, r.End);
-                    }
-                    for (int b0 = 0; b0 < sequences; b0 += o.Batch)
-                    {
-                        cancellation.ThrowIfCancellationRequested();
-                        int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
-                        var outs = runner.Run(tokens.AsSpan(b0 * seqLen, rows), nb, seqLen, layers);
-                        foreach (var r in ranges)
+                        var ranges = plan.Passes[pass];
+                        var layers = ranges.Select(r => r.Layer).ToArray();
+                        logger.LogDebug("Pass {Pass}/{Passes}: {Ranges} (~{MB:N0} MB)", pass + 1, plan.Passes.Count, string.Join(", ", ranges), plan.PassBytes(pass) / 1e6);
+                        Begin(ranges);
+                        for (int b0 = 0; b0 < sequences; b0 += o.Batch)
                         {
-                            var (x, route) = outs[r.Layer];
-                            if (r.First == 0) // each layer's routing once: in the pass holding its first experts
-                                for (int i = 0; i < route.Length; i++) topk[r.Layer][b0 * seqLen * k + i] = checked((int)route[i]);
-                            state[r.Layer].Add(x, route, rows, $"{DeepseekV3OnnxNames.MoeInput(r.Layer)} (sequences {b0}..{b0 + nb - 1})");
+                            cancellation.ThrowIfCancellationRequested();
+                            int nb = Math.Min(o.Batch, sequences - b0);
+                            var (outs, _) = runner.Run(tokens.AsSpan(b0 * seqLen, nb * seqLen), null, nb, seqLen, layers);
+                            foreach (var r in ranges) Feed(r, outs[r.Layer], b0, nb);
+                            Step($"pass {pass + 1}/{plan.Passes.Count}", b0, nb);
                         }
-                        step++;
-                        progress?.Report(new PipelineProgress(step, totalSteps, 0, $"pass {pass + 1}/{passes}, sequences {b0 + nb}/{sequences}"));
-                        ReleaseScratch();
+                        End(ranges);
                     }
-                    foreach (var r in ranges)
-                    {
-                        state[r.Layer].EndRange(staging, data);
-                        if (!state[r.Layer].Done) continue;
-                        if (state[r.Layer].Comm is { } cs) comm.Add(cs);
-                        state[r.Layer].Dispose();
-                        state.Remove(r.Layer);
-                    }
-                    ReleaseScratch();
+                    runs = plan.Passes.Count;
+                }
+                else
+                {
+                    runs = RunLayerByLayer();
                 }
             }
             finally
             {
                 foreach (var st in state.Values) st.Dispose();
+            }
+
+            // One session per slice (the MoE layer and the dense layers before it), exported just before it runs and
+            // deleted after: memory holds one layer's weights, not the model's. Each expert range of the layer runs the
+            // tokens through its slice once; the first also stores the slice's output, the next slice's input.
+            int RunLayerByLayer()
+            {
+                if (Directory.Exists(work)) Directory.Delete(work, true); // left by a killed run of the same pid
+                Directory.CreateDirectory(work);
+                HiddenStateFile? hin = null;
+                int prevEnd = 0, count = 0;
+                try
+                {
+                    foreach (int layer in moeLayers)
+                    {
+                        var slice = new OnnxLayerSlice(prevEnd, layer + 1);
+                        string sliceDir = Path.Combine(work, $"slice-{slice.First}-{layer}");
+                        logger.LogInformation("Exporting {Slice} to ONNX (fp32) in {Dir}", slice, sliceDir);
+                        OnnxExportPipeline.Run(modelDir, sliceDir, new OnnxExportOptions(Slice: slice), NullLogger.Instance, null, cancellation);
+                        var hout = layer == moeLayers[^1] ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{layer}.f32"), (long)sequences * seqLen, h);
+                        using (var tap = new MoeTap(sliceDir, o.Threads))
+                        {
+                            var ranges = plan.Passes.SelectMany(p => p).Where(r => r.Layer == layer).ToList();
+                            for (int ri = 0; ri < ranges.Count; ri++)
+                            {
+                                var r = ranges[ri];
+                                logger.LogDebug("{Slice}: {Range}", slice, r);
+                                Begin([r]);
+                                for (int b0 = 0; b0 < sequences; b0 += o.Batch)
+                                {
+                                    cancellation.ThrowIfCancellationRequested();
+                                    int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
+                                    var (outs, next) = tap.Run(tokens.AsSpan(b0 * seqLen, rows), hin?.Read((long)b0 * seqLen, rows), nb, seqLen, [layer],
+                                        wantHidden: ri == 0 && hout != null);
+                                    if (next != null) hout!.Write((long)b0 * seqLen, next);
+                                    Feed(r, outs[layer], b0, nb);
+                                    Step($"{slice}, {r}", b0, nb);
+                                }
+                                End([r]);
+                                count++;
+                            }
+                        }
+                        Directory.Delete(sliceDir, true);
+                        hin?.Dispose();
+                        hin = hout;
+                        prevEnd = layer + 1;
+                    }
+                }
+                finally
+                {
+                    hin?.Dispose();
+                }
+                return count;
             }
             // extra info for consumers
             data.Extra["min_expert_tokens"] = o.MinExpertTokens;
@@ -177,17 +244,17 @@ public static class CalibratePipeline
                 File.WriteAllText(Path.Combine(staging, CommReportWriter.MarkdownName), CommReportWriter.Markdown(comm, o.TargetSnrDb, modelName));
                 File.WriteAllText(Path.Combine(staging, CommReportWriter.SvgName), CommReportWriter.Svg(comm, o.TargetSnrDb, modelName));
             }
-            File.WriteAllText(Path.Combine(staging, SummaryName), Summary(data, moeLayers, modelName, o, plan, comm));
+            File.WriteAllText(Path.Combine(staging, SummaryName), Summary(data, moeLayers, modelName, o, plan, runs, comm));
 
             if (Directory.Exists(dest)) Directory.Delete(dest, true);
             Directory.Move(staging, dest);
             logger.LogInformation("Wrote {Dir} in {Secs:F1} s", dest, clock.Elapsed.TotalSeconds);
-            return new CalibrateResult(dest, data, passes, comm, clock.Elapsed);
+            return new CalibrateResult(dest, data, runs, comm, clock.Elapsed);
         }
         finally
         {
             if (Directory.Exists(staging)) Directory.Delete(staging, true);
-            if (tempOnnx != null && Directory.Exists(tempOnnx)) Directory.Delete(tempOnnx, true);
+            if (Directory.Exists(work)) Directory.Delete(work, true);
         }
     }
 
@@ -223,7 +290,7 @@ public static class CalibratePipeline
             throw new InvalidDataException($"{cfg}: the ONNX model was exported from another config than the model being calibrated");
     }
 
-    private static string Summary(CalibrationData d, int[] layers, string modelName, CalibrateOptions o, CalibrationPassPlan plan, IReadOnlyList<CommTrafficStats> comm)
+    private static string Summary(CalibrationData d, int[] layers, string modelName, CalibrateOptions o, CalibrationPassPlan plan, int runs, IReadOnlyList<CommTrafficStats> comm)
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
@@ -232,7 +299,9 @@ public static class CalibratePipeline
         sb.AppendLine($"- tokens: {d.Tokens} ({d.Sequences} sequences x {d.SequenceLength}), {d.ExpertsPerToken} of {d.RoutedExperts} routed experts per token");
         sb.AppendLine($"- config fingerprint: {d.ConfigFingerprint} ({d.ModelType}); consumers refuse a model with another fingerprint");
         sb.AppendLine($"- MoE layers: {string.Join(", ", layers)}; Hessians: {(o.Hessians ? "yes (stats/)" : "no")}");
-        sb.AppendLine($"- passes: {plan.Describe()}");
+        sb.AppendLine($"- passes: {plan.Describe()}; " + (o.OnnxDir != null
+            ? $"the whole model in one ONNX Runtime session (--onnx), {runs} run(s) over the tokens"
+            : $"layer by layer, one ONNX Runtime session per MoE layer (with the dense layers before it), {runs} run(s) over the tokens"));
         sb.AppendLine($"- starved expert: fewer than {o.MinExpertTokens} calibration tokens (the default `--min-expert-tokens` of INT4 GPTQ, below which");
         sb.AppendLine("  gate/up fall back to the layer's pooled Hessian and down_proj to RTN); the uniform share is tokens x k / experts.");
         sb.AppendLine();

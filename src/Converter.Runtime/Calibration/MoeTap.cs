@@ -9,11 +9,18 @@ namespace Converter.Runtime.Calibration;
 /// An ONNX Runtime session over an exported model with every MoE layer's input (<see cref="DeepseekV3OnnxNames.MoeInput"/>)
 /// and top-k expert ids (<see cref="DeepseekV3OnnxNames.Routing"/>) exposed: a copy of model.onnx with those values
 /// added as outputs is written beside the data file (so external data resolves), loaded, and deleted.
+/// The model is a whole export or a layer slice (<see cref="OnnxLayerSlice"/>): a slice after layer 0 takes the
+/// previous slice's hidden state instead of token ids and gives its own last hidden state.
 /// </summary>
 internal sealed class MoeTap : IDisposable
 {
     private readonly InferenceSession _session;
     private readonly bool _mask, _positions;
+
+    /// <summary>The model takes <see cref="DeepseekV3OnnxNames.SliceInput"/> (a slice after layer 0), not input_ids.</summary>
+    public bool TakesHidden { get; }
+    /// <summary>A slice's output value (its last layer's hidden state); null for a whole model.</summary>
+    public string? SliceOutput { get; }
 
     public MoeTap(string onnxDir, int threads)
     {
@@ -30,6 +37,9 @@ internal sealed class MoeTap : IDisposable
         var existing = proto.Graph.Output.Select(o => o.Name).ToHashSet();
         foreach (var n in wanted)
             if (!existing.Contains(n)) proto.Graph.Output.Add(new ValueInfoProto { Name = n });
+        TakesHidden = proto.Graph.Input.Any(i => i.Name == DeepseekV3OnnxNames.SliceInput);
+        if (Meta(DeepseekV3OnnxNames.SliceKey) is { Length: > 0 } slice)
+            SliceOutput = DeepseekV3OnnxNames.Layer(int.Parse(slice.Split(',')[1], System.Globalization.CultureInfo.InvariantCulture) - 1);
         _mask = proto.Graph.Input.Any(i => i.Name == DeepseekV3OnnxNames.AttentionMask);
         _positions = proto.Graph.Input.Any(i => i.Name == DeepseekV3OnnxNames.PositionIds);
         var tmp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, $".calibrate-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
@@ -46,32 +56,47 @@ internal sealed class MoeTap : IDisposable
         }
     }
 
-    /// <summary>Per requested MoE layer: its input [batch*seq*hidden] and top-k ids [batch*seq*k].</summary>
-    public Dictionary<int, (float[] X, long[] Route)> Run(ReadOnlySpan<int> tokens, int batch, int seq, IReadOnlyList<int> layers)
+    /// <summary>Per requested MoE layer: its input [batch*seq*hidden] and top-k ids [batch*seq*k]; with
+    /// <paramref name="wantHidden"/>, also the slice's output [batch*seq*hidden]. The model's first input is
+    /// <paramref name="tokens"/> or, for a slice after layer 0, <paramref name="hiddenIn"/> [batch*seq*hidden].</summary>
+    public (Dictionary<int, (float[] X, long[] Route)> Moe, float[]? Hidden) Run(ReadOnlySpan<int> tokens, float[]? hiddenIn,
+        int batch, int seq, IReadOnlyList<int> layers, bool wantHidden = false)
     {
-        var ids = new long[tokens.Length];
-        for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
-        var inputs = new List<NamedOnnxValue> { NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.InputIds, new DenseTensor<long>(ids, [batch, seq])) };
+        int n = batch * seq;
+        var inputs = new List<NamedOnnxValue>();
+        if (TakesHidden)
+        {
+            if (hiddenIn == null || hiddenIn.Length % n != 0) throw new ArgumentException("a layer slice needs the previous slice's hidden state");
+            inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.SliceInput, new DenseTensor<float>(hiddenIn, [batch, seq, hiddenIn.Length / n])));
+        }
+        else
+        {
+            var ids = new long[n];
+            for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
+            inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.InputIds, new DenseTensor<long>(ids, [batch, seq])));
+        }
         if (_mask)
         {
-            var ones = new long[ids.Length];
+            var ones = new long[n];
             Array.Fill(ones, 1L);
             inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.AttentionMask, new DenseTensor<long>(ones, [batch, seq])));
         }
         if (_positions)
         {
-            var pos = new long[ids.Length];
+            var pos = new long[n];
             for (int i = 0; i < pos.Length; i++) pos[i] = i % seq;
             inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.PositionIds, new DenseTensor<long>(pos, [batch, seq])));
         }
         var names = new List<string>();
         foreach (var l in layers) { names.Add(DeepseekV3OnnxNames.MoeInput(l)); names.Add(DeepseekV3OnnxNames.Routing(l)); }
+        if (wantHidden)
+            names.Add(SliceOutput ?? throw new InvalidOperationException("a whole model has no slice output"));
         using var results = _session.Run(inputs, names);
         var byName = results.ToDictionary(r => r.Name, r => r);
         var outs = new Dictionary<int, (float[], long[])>();
         foreach (var l in layers)
             outs[l] = (byName[DeepseekV3OnnxNames.MoeInput(l)].AsTensor<float>().ToArray(), byName[DeepseekV3OnnxNames.Routing(l)].AsTensor<long>().ToArray());
-        return outs;
+        return (outs, wantHidden ? byName[SliceOutput!].AsTensor<float>().ToArray() : null);
     }
 
     public void Dispose() => _session.Dispose();

@@ -130,7 +130,7 @@ public class CalibrateTests(CalibrationFixture fx, ITestOutputHelper log) : ICla
         });
         var act = () => CalibratePipeline.Run(tmp["nan"], fx.TokensPath, tmp["calib"], new CalibrateOptions(Batch: 16, Threads: 2, Hessians: false, CommReport: false));
         act.Should().Throw<InvalidDataException>().WithMessage("*moe.layer.2.input*non-finite*");
-        Directory.Exists(tmp["calib"]).Should().BeFalse();
+        Directory.GetFileSystemEntries(tmp.Path).Select(Path.GetFileName).Should().Equal(["nan"], "no output, staging or layer-slice folder is left");
 
         var stats = new CommTrafficStats(1, 4);
         var bad = () => stats.Add(CommSide.Combine, new[] { 1f, float.PositiveInfinity, 0f, 2f }, 1, "layer 1 expert 3 output");
@@ -146,6 +146,27 @@ public class CalibrateTests(CalibrationFixture fx, ITestOutputHelper log) : ICla
         act.Should().Throw<InvalidDataException>().WithMessage("*another config*");
         var again = () => CalibratePipeline.Run(fx.Model, fx.TokensPath, fx.Calib, new CalibrateOptions(OnnxDir: fx.Onnx));
         again.Should().Throw<IOException>().WithMessage("*exists*");
+    }
+
+    /// <summary>
+    /// Layer by layer (the default: one session per MoE layer slice, hidden states handed over through a file) against
+    /// the fixture's one session over the whole exported model: the same values flow through the same kernels, so every
+    /// file is the same byte for byte.
+    /// </summary>
+    [Fact]
+    public void LayerByLayerSessionsWriteWhatTheWholeModelSessionWrites()
+    {
+        using var tmp = new TestData.TempDir();
+        var r = CalibratePipeline.Run(fx.Model, fx.TokensPath, tmp["c"], new CalibrateOptions(Batch: 4, Threads: 2));
+        r.Passes.Should().Be(MoeLayers.Length, "one run per layer slice at the default budget");
+        Directory.GetFileSystemEntries(tmp.Path).Select(Path.GetFileName).Should().Equal(["c"], "the slices and hidden-state files are removed");
+        var files = Directory.GetFiles(fx.Calib, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(fx.Calib, f)).Order().ToList();
+        Directory.GetFiles(tmp["c"], "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(tmp["c"], f)).Order().Should().Equal(files);
+        files.Should().Contain(Path.Combine(HessianStats.Folder, HessianStats.FileName(3)));
+        foreach (var f in files.Where(f => f != CalibratePipeline.SummaryName))
+            File.ReadAllBytes(Path.Combine(tmp["c"], f)).SequenceEqual(File.ReadAllBytes(Path.Combine(fx.Calib, f))).Should().BeTrue($"{f} should be identical");
+        File.ReadAllLines(Path.Combine(tmp["c"], CalibratePipeline.SummaryName)).Single(l => l.StartsWith("- passes:"))
+            .Should().Contain("layer by layer").And.Contain($"{MoeLayers.Length} run(s)");
     }
 
     [Fact]

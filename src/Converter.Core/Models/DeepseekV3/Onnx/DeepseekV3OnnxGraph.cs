@@ -48,6 +48,7 @@ public sealed record DeepseekV3OnnxExport(ModelProto Model, IReadOnlyList<OnnxIn
 /// Builds the deepseek_v3 forward graph: embedding, per layer RMSNorm + MLA + residual, RMSNorm + MoE/MLP +
 /// residual, final norm, lm_head. Inputs input_ids (and optionally attention_mask, position_ids) int64
 /// [batch, sequence]; output logits float32 [batch, sequence, vocab]. The MTP layers are not part of it.
+/// With <see cref="DeepseekV3OnnxOptions.Slice"/> only a range of decoder layers (<see cref="OnnxLayerSlice"/>).
 /// </summary>
 public static class DeepseekV3OnnxGraph
 {
@@ -130,15 +131,33 @@ public static class DeepseekV3OnnxGraph
             return g.Op(DequantFor(cols), [w, s], 1, N.Domain)[0];
         }
 
-        // Inputs, embedding, mask, positions.
-        string ids = g.Input(N.InputIds, DataType.Int64, "batch", "sequence");
+        var slice = options.Slice ?? new OnnxLayerSlice(0, c.NumHiddenLayers);
+        bool whole = options.Slice == null;
+        if (slice.First < 0 || slice.End > c.NumHiddenLayers || slice.First >= slice.End)
+            throw new ArgumentException($"layer slice [{slice.First}, {slice.End}) is not within the model's {c.NumHiddenLayers} layers");
+        if (!whole && rank != null) throw new NotSupportedException("an expert-parallel rank graph is exported whole, not as a layer slice");
+
+        // Inputs, embedding (or the previous slice's hidden state), mask, positions.
+        string hidden, batchSeq; // batchSeq: the int64 shape [batch, sequence]
+        var hiddenOutputs = new List<string>();
+        if (slice.First == 0)
+        {
+            string ids = g.Input(N.InputIds, DataType.Int64, "batch", "sequence");
+            batchSeq = g.Shape(ids);
+            string embed = Plain("model.embed_tokens.weight", v, h);
+            hidden = g.Reserve(N.Embedding);
+            g.OpNamed("Gather", [embed, ids], [hidden]);
+            hiddenOutputs.Add(N.Embedding);
+        }
+        else
+        {
+            hidden = g.Input(N.SliceInput, DataType.Float, "batch", "sequence", h);
+            batchSeq = g.Shape(hidden, 0, 2);
+        }
         string? attentionMask = options.AttentionMaskInput ? g.Input(N.AttentionMask, DataType.Int64, "batch", "sequence") : null;
         string? positionIds = options.PositionIdsInput ? g.Input(N.PositionIds, DataType.Int64, "batch", "sequence") : null;
-        string embed = Plain("model.embed_tokens.weight", v, h);
-        string hidden = g.Reserve(N.Embedding);
-        g.OpNamed("Gather", [embed, ids], [hidden]);
 
-        string seq = g.Reshape(g.Shape(ids, 1, 2), g.ConstInt64());
+        string seq = g.Reshape(g.Shape(hidden, 1, 2), g.ConstInt64());
         string range = g.Op("Range", [g.ScalarInt64(0), seq, g.ScalarInt64(1)]);
         string causal = g.Op("LessOrEqual", [g.Unsqueeze(range, 0), g.Unsqueeze(range, 1)]);   // [s, s]: key <= query
         string allowed = attentionMask == null
@@ -146,7 +165,7 @@ public static class DeepseekV3OnnxGraph
             : g.Op("And", [causal, g.Unsqueeze(g.Cast(attentionMask, DataType.Bool), 1, 2)]);  // [b, 1, s, s]
         // A large finite bias (not -inf) keeps fully padded rows finite.
         string mask = g.Op("Where", [allowed, g.ScalarFloat(0f), g.ScalarFloat(-1e9f)]);
-        string positions = positionIds ?? g.Op("Expand", [g.Unsqueeze(range, 0), g.Shape(ids)]);
+        string positions = positionIds ?? g.Op("Expand", [g.Unsqueeze(range, 0), batchSeq]);
 
         int maxPos = c.MaxPositionEmbeddings;
         var (cosT, sinT) = DeepseekV3Rope.Tables(c, maxPos);
@@ -155,12 +174,11 @@ public static class DeepseekV3OnnxGraph
         string sin = Init("rope.sin_cache", DataType.Float, [maxPos, half], InitializerSource.Computed, [], sinT);
 
         float eps = (float)c.RmsNormEps;
-        var hiddenOutputs = new List<string> { N.Embedding };
         var routingOutputs = new List<string>();
         var moeInputValues = new List<string>();
         var partialOutputs = new List<string>();
         var rankLayers = new List<int>();
-        for (int layer = 0; layer < c.NumHiddenLayers; layer++)
+        for (int layer = slice.First; layer < slice.End; layer++)
         {
             string p = $"model.layers.{layer}.";
             string RmsNorm(string x, string weight, long dim) =>
@@ -287,19 +305,29 @@ public static class DeepseekV3OnnxGraph
             if (layer < c.NumHiddenLayers - 1) hiddenOutputs.Add(layerOut);
         }
 
-        string final = g.Reserve(N.FinalNorm);
-        g.OpNamed("RMSNormalization", [hidden, Plain("model.norm.weight", h)], [final], "", Float("epsilon", eps), Int("axis", -1));
-        hiddenOutputs.Add(final);
-        string lmHead = Plain("lm_head.weight", v, h);
-        string flatLogits = g.Linear(g.Reshape(final, -1, h), lmHead);
-        g.OpNamed("Reshape", [flatLogits, g.Concat(0, g.Shape(ids), g.ConstInt64(v))], [N.Logits]);
-        g.Output(N.Logits, DataType.Float, "batch", "sequence", v);
+        if (whole)
+        {
+            string final = g.Reserve(N.FinalNorm);
+            g.OpNamed("RMSNormalization", [hidden, Plain("model.norm.weight", h)], [final], "", Float("epsilon", eps), Int("axis", -1));
+            hiddenOutputs.Add(final);
+            string lmHead = Plain("lm_head.weight", v, h);
+            string flatLogits = g.Linear(g.Reshape(final, -1, h), lmHead);
+            g.OpNamed("Reshape", [flatLogits, g.Concat(0, batchSeq, g.ConstInt64(v))], [N.Logits]);
+            g.Output(N.Logits, DataType.Float, "batch", "sequence", v);
+        }
+        else
+        {
+            g.Output(N.Layer(slice.End - 1), DataType.Float, "batch", "sequence", h);
+            hiddenOutputs.Remove(N.Layer(slice.End - 1));
+            model.Metadata[N.SliceKey] = $"{slice.First},{slice.End}";
+            model.DocString += $", {slice} only";
+        }
         foreach (var name in partialOutputs) g.Output(name, DataType.Float, "batch", "sequence", h);
 
         if (options.DiagnosticOutputs)
         {
             foreach (var name in hiddenOutputs) g.Output(name, DataType.Float, "batch", "sequence", h);
-            if (!hiddenOutputs.Contains(N.Layer(c.NumHiddenLayers - 1))) g.Output(N.Layer(c.NumHiddenLayers - 1), DataType.Float, "batch", "sequence", h);
+            if (whole && !hiddenOutputs.Contains(N.Layer(c.NumHiddenLayers - 1))) g.Output(N.Layer(c.NumHiddenLayers - 1), DataType.Float, "batch", "sequence", h);
             foreach (var name in routingOutputs) g.Output(name, DataType.Int64, null, c.NumExpertsPerTok);
             foreach (var name in moeInputValues) g.Output(name, DataType.Float, "batch", "sequence", h);
         }

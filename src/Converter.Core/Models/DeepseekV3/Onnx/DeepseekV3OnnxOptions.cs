@@ -28,6 +28,7 @@ public enum OnnxWeightFormat
 /// (attention, dense MLP, shared experts); null or empty keeps them float32.</param>
 /// <param name="Comm">Simulated expert-parallel traffic (quantize-dequantize of dispatch and/or combine in the MoE function).</param>
 /// <param name="Rank">Expert-parallel rank graph: each MoE layer computes only this rank's local experts (see <see cref="OnnxRankExperts"/>).</param>
+/// <param name="Slice">Only decoder layers [First, End) (see <see cref="OnnxLayerSlice"/>); null: the whole model.</param>
 public sealed record DeepseekV3OnnxOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool AttentionMaskInput = true,
@@ -37,7 +38,19 @@ public sealed record DeepseekV3OnnxOptions(
     Converter.Numerics.Int4.Int4Scheme? Int4 = null,
     IReadOnlySet<string>? DenseInt4 = null,
     CommSimulation? Comm = null,
-    OnnxRankExperts? Rank = null);
+    OnnxRankExperts? Rank = null,
+    OnnxLayerSlice? Slice = null);
+
+/// <summary>
+/// A graph of decoder layers [First, End) only, so that a runtime holds one piece of a model too large for one session
+/// (layer-by-layer calibration). A slice starting at layer 0 takes <c>input_ids</c> and includes the embedding; a later
+/// one takes the previous slice's output as <see cref="DeepseekV3OnnxNames.SliceInput"/> float32 [batch, sequence, hidden].
+/// Its output is <see cref="DeepseekV3OnnxNames.Layer"/>(End - 1); the final norm and lm_head are never included.
+/// </summary>
+public sealed record OnnxLayerSlice(int First, int End)
+{
+    public override string ToString() => End - First == 1 ? $"layer {First}" : $"layers {First}-{End - 1}";
+}
 
 /// <summary>The routed experts one rank holds in one MoE layer: the logical expert in each local slot and the
 /// share of that expert's routing weight the slot carries (a replicated expert's shares sum to 1 over its replicas).</summary>
@@ -60,6 +73,10 @@ public static class DeepseekV3OnnxNames
     public const string AttentionMask = "attention_mask";
     public const string PositionIds = "position_ids";
     public const string Logits = "logits";
+    /// <summary>A layer slice's input when it does not start at layer 0: the hidden state after layer First - 1.</summary>
+    public const string SliceInput = "hidden.in";
+    /// <summary>Model metadata key of a layer slice: "First,End".</summary>
+    public const string SliceKey = "converter.layer_slice";
     public const string Embedding = "hidden.embed";
     public const string FinalNorm = "hidden.final_norm";
     public static string Layer(int layer) => $"hidden.layer.{layer}";
