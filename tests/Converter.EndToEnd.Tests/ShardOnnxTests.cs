@@ -35,9 +35,9 @@ public class ShardOnnxTests(Xunit.Abstractions.ITestOutputHelper log) : IDisposa
     }
 
     /// <summary>verify --json of an artifact: exit code and the report.</summary>
-    private (int ExitCode, JsonObject? Report, Cli.Result Raw) Verify(string artifact, string golden)
+    private (int ExitCode, JsonObject? Report, Cli.Result Raw) Verify(string artifact, string golden, params string[] more)
     {
-        var r = Cli.Run("verify", artifact, "--golden", golden, "--json", "--layers");
+        var r = Cli.Run(["verify", artifact, "--golden", golden, "--json", "--layers", .. more]);
         log.WriteLine($"verify {artifact}: exit {r.ExitCode}\n{r.StdOut}{r.StdErr}");
         var report = r.StdOut.TrimStart().StartsWith('{') ? JsonNode.Parse(r.StdOut)!.AsObject() : null;
         return (r.ExitCode, report, r);
@@ -202,14 +202,42 @@ public class ShardOnnxTests(Xunit.Abstractions.ITestOutputHelper log) : IDisposa
     }
 
     [Fact]
-    public void Int4RankModelsAreRefusedBeforeWriting()
+    public void Int4RankModelsSumToTheUnshardedInt4Export()
     {
-        // QMoE rank graphs are not built: --onnx-weights takes fp32 or fp8 only.
-        var outDir = _tmp["int4"];
-        var bad = Cli.Run("shard", TestData.Model("tiny-dsv3"), "-o", outDir, "--ranks", "2", "--onnx", "--onnx-weights", "int4", "-q");
-        bad.ExitCode.Should().NotBe(0, bad.ToString());
-        bad.StdErr.Should().Contain("int4", bad.ToString());
-        Directory.Exists(outDir).Should().BeFalse();
+        // BF16 source: each rank model quantizes its own experts (RTN, group 32, symmetric) as the unsharded
+        // `export onnx --weights int4` does, so the ranks' QMoE partials must sum to that export's output. Balanced with
+        // replicas: a replicated expert's codes appear on two ranks, each weighted by its share.
+        var outDir = Shard("int4", "tiny-dsv3", "--ranks", "4", "--placement", "balanced", "--calibration", CalibrationFolder(),
+            "--redundant", "2", "--onnx-weights", "int4");
+        var full = _tmp["full-int4"];
+        var export = Cli.Run("export", "onnx", TestData.Model("tiny-dsv3"), "-o", full, "--weights", "int4", "-q");
+        export.ExitCode.Should().Be(0, export.ToString());
+        using var eval = Converter.Formats.Safetensors.SafetensorsFile.Open(Eval());
+        int[] tokens;
+        using (var t = eval.Read("tokens")) tokens = t.As<int>()[..256].ToArray();
+        using var sharded = new ShardedOnnxArtifactRunner(outDir);
+        using var whole = new OnnxArtifactRunner(full);
+        var a = sharded.Run(tokens, 2, 128, false, true);
+        var b = whole.Run(tokens, 2, 128, false, true);
+        double worst = 0;
+        for (int i = 0; i < b.Logits.Length; i++) worst = Math.Max(worst, Math.Abs(a.Logits[i] - b.Logits[i]));
+        log.WriteLine($"int4 ranks summed vs unsharded int4 export: max |logit diff| {worst:G3}; {sharded.Description}");
+        worst.Should().BeLessThan(1e-3, "the same INT4 codes and kernels, summed over ranks in graph order");
+        for (int l = 0; l < b.RoutingTopK!.Length; l++) a.RoutingTopK![l].Should().Equal(b.RoutingTopK[l], $"MoE layer {l} routing");
+
+        // verify against the BF16 golden with the int4 preset: passes, at the unsharded export's accuracy
+        var (rc, report, raw) = Verify(outDir, Eval(), "--format-preset", "int4");
+        var (rcWhole, reportWhole, rawWhole) = Verify(full, Eval(), "--format-preset", "int4");
+        rcWhole.Should().Be(0, rawWhole.ToString());
+        rc.Should().Be(0, raw.ToString());
+        report!["passed"]!.GetValue<bool>().Should().BeTrue();
+        Metric(report, "kl_mean").Should().BeApproximately(Metric(reportWhole!, "kl_mean"), 0.01 * Metric(reportWhole!, "kl_mean"));
+    }
+
+    [Fact]
+    public void OnnxWeightsWithoutOnnxAreRefusedBeforeWriting()
+    {
+        var outDir = _tmp["orphan"];
         var orphan = Cli.Run("shard", TestData.Model("tiny-dsv3"), "-o", outDir, "--ranks", "2", "--onnx-weights", "fp8", "-q");
         orphan.ExitCode.Should().Be(2, orphan.ToString());
         orphan.StdErr.Should().Contain("--onnx-weights needs --onnx");

@@ -29,8 +29,9 @@ public static class ShardCommand
             Description = "Also write rank-XXXXX/model.onnx per rank: the full graph whose MoE computes only the rank's experts " +
                 "(routing identical on every rank); the ranks' partial MoE outputs sum to the whole model (converter verify <out-dir> runs them)",
         };
-        var onnxWeights = new Option<string>("--onnx-weights") { Description = "Weights of the rank ONNX models: fp32 or fp8 (DeepSeek 128x128 blocks)", DefaultValueFactory = _ => "fp32" };
-        onnxWeights.AcceptOnlyFromAmong("fp32", "fp8");
+        var onnxWeights = new Option<string>("--onnx-weights") { Description = "Weights of the rank ONNX models: fp32, fp8 (DeepSeek 128x128 blocks) or int4 " +
+            "(routed experts through QMoE: a packed INT4 source's codes exactly, otherwise RTN group 32 symmetric as export onnx --weights int4)", DefaultValueFactory = _ => "fp32" };
+        onnxWeights.AcceptOnlyFromAmong("fp32", "fp8", "int4");
         var check = new Option<string?>("--check") { Description = "Instead of sharding: check a sharded output folder against --source byte for byte" };
         var source = new Option<string?>("--source") { Description = "With --check: the source model folder" };
         var cmd = new Command("shard", "Split routed experts across expert-parallel ranks (placement.json, one checkpoint per rank, load report)")
@@ -72,7 +73,7 @@ public static class ShardCommand
             }
             var result = ShardPipeline.Run(ckpt, plan, new ShardOptions(outDir, SizeParser.Parse(parse.GetValue(maxShard)!), parse.GetValue(overwrite),
                 report == null ? null : staging => report.Write(staging),
-                parse.GetValue(onnx) ? (parse.GetValue(onnxWeights) == "fp8" ? OnnxWeightFormat.Fp8 : OnnxWeightFormat.Fp32) : null),
+                parse.GetValue(onnx) ? parse.GetValue(onnxWeights) switch { "fp8" => OnnxWeightFormat.Fp8, "int4" => OnnxWeightFormat.Int4, _ => OnnxWeightFormat.Fp32 } : null),
                 log, GlobalOptions.CreateProgress(parse));
             if (report != null)
             {

@@ -16,13 +16,11 @@ namespace Converter.Pipelines;
 /// </summary>
 public static class ShardOnnxExport
 {
-    /// <summary>Refuses before anything is written: a model the ONNX exporter does not map, or INT4 weights.</summary>
-    public static void Check(ModelCheckpoint src, OnnxWeightFormat weights)
+    /// <summary>Refuses before anything is written: a model the ONNX exporter does not map.</summary>
+    public static void Check(ModelCheckpoint src)
     {
         if (src.Architecture is not DeepseekV3Architecture)
             throw new NotSupportedException($"{src.Directory}: --onnx supports deepseek_v3, not {src.Architecture.ModelType}");
-        if (weights == OnnxWeightFormat.Int4)
-            throw new NotSupportedException("--onnx writes fp32 or fp8 rank models; int4 (QMoE) rank models are not supported");
     }
 
     /// <summary>The local experts of <paramref name="rank"/> in every MoE layer of the main forward pass (MTP layers are not exported).</summary>

@@ -48,7 +48,7 @@ public static class ShardPipeline
     {
         var clock = Stopwatch.StartNew();
         PlacementJson.CheckMatches(placement, src.Architecture, "placement");
-        if (o.Onnx is { } onnxWeights) ShardOnnxExport.Check(src, onnxWeights);
+        if (o.Onnx != null) ShardOnnxExport.Check(src);
         var dest = Path.GetFullPath(o.Output);
         if (File.Exists(dest)) throw new IOException($"{dest}: a file is in the way of the output folder");
         if (Directory.Exists(dest) && !o.Overwrite) throw new IOException($"{dest}: output folder already exists (use --overwrite to replace it)");

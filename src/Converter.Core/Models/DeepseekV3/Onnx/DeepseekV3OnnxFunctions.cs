@@ -128,8 +128,8 @@ internal static class DeepseekV3OnnxFunctions
     public static void Moe(OnnxModelBuilder model, DeepseekV3Config c, string name = MoeName, Int4Scheme? int4Scheme = null, bool[]? int4 = null,
         CommSimulation? comm = null, bool rankLocal = false, int localK = 0)
     {
-        if (rankLocal && (int4 != null || comm != null))
-            throw new NotSupportedException("an expert-parallel rank's MoE is exported with float32 or fp8 experts and without simulated traffic");
+        if (rankLocal && comm != null)
+            throw new NotSupportedException("an expert-parallel rank's MoE is exported without simulated traffic");
         model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
         var f = model.Function(DeepseekV3OnnxNames.Domain, name);
         // int4 mask: [0] routed experts (QMoE), [1..3] shared gate/up/down (MatMulNBits).
@@ -200,13 +200,28 @@ internal static class DeepseekV3OnnxFunctions
             string local = f.Mul(f.Op("Gather", [dense, slotExperts!], Int("axis", 1)), slotShares!);  // [t, S]
             string localSum = f.Op("ReduceSum", [local, f.ConstInt64(1)], Int("keepdims", 1));        // [t, 1]
             string any = f.Op("Greater", [localSum, f.ScalarFloat(0f)]);
-            // log(0) = -inf masks the slots this token did not select; a row with none gets zeros (finite softmax).
-            string logProbs = f.Op("Where", [any, f.Op("Log", [local]), f.ScalarFloat(0f)]);
             // k = min(top-k, S): a token selects at most that many local slots (one replica of an expert per rank).
-            string moe = f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
-                Int("k", localK), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
-            string partial = f.Mul(moe, localSum);
+            string partial;
+            if (qmoe)
+            {
+                // QMoE selects by router_probs and mixes with router_weights as given: the slots' weights x shares
+                // themselves; unselected slots are -inf to the selection and weigh 0 (a token with none gives 0).
+                string probs = f.Op("Where", [f.Op("Greater", [local, f.ScalarFloat(0f)]), local, f.ScalarFloat(float.NegativeInfinity)]);
+                partial = f.Op("QMoE", [xRouted, probs, fc1, fc1Scales!, "", fc2, fc2Scales!, "", "", "", "", fc1Zeros ?? "", fc2Zeros ?? "", "", local],
+                    1, OnnxModelBuilder.MicrosoftDomain,
+                    Int("k", localK), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                    Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0),
+                    Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))[0];
+            }
+            else
+            {
+                // log(0) = -inf masks the slots this token did not select; a row with none gets zeros (finite softmax).
+                string logProbs = f.Op("Where", [any, f.Op("Log", [local]), f.ScalarFloat(0f)]);
+                string moe = f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
+                    Int("k", localK), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                    Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
+                partial = f.Mul(moe, localSum);
+            }
             string shared = sg != null ? SwiGlu(f, x2, sg, su!, sd!) : f.Mul(x2, f.ScalarFloat(0f));
             f.Output(f.Reshape(shared, f.Shape(x)));
             f.Output(f.Reshape(partial, f.Shape(x)));

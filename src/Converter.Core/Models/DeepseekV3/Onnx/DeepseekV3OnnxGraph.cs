@@ -63,8 +63,8 @@ public static class DeepseekV3OnnxGraph
         if (int4) model.Import(OnnxModelBuilder.MicrosoftDomain, 1);
         var denseInt4 = options.DenseInt4 ?? new HashSet<string>();
         var rank = options.Rank;
-        if (rank != null && (int4 || options.Comm is { Any: true }))
-            throw new NotSupportedException("an expert-parallel rank graph is exported with fp32 or fp8 weights and without simulated traffic");
+        if (rank != null && options.Comm is { Any: true })
+            throw new NotSupportedException("an expert-parallel rank graph is exported without simulated traffic");
         // One function per distinct set of INT4 inputs (all float32 in the other formats): "MLA", "MLA_int4", "MLA_int4_0110".
         var made = new HashSet<string>(StringComparer.Ordinal);
         string Fn(string baseName, bool[] mask, Action<string, bool[]?> create)
@@ -233,9 +233,9 @@ public static class DeepseekV3OnnxGraph
                 var moeInputs = new List<string> { xn2, router, bias };
                 if (int4)
                 {
-                    moeInputs.AddRange(Int4Parts(m + "experts.fc1.weight", [.. Experts("gate_proj"), .. Experts("up_proj")], e, 2 * mi, h,
+                    moeInputs.AddRange(Int4Parts(m + "experts.fc1.weight", [.. Experts("gate_proj"), .. Experts("up_proj")], se, 2 * mi, h,
                         InitializerSource.Int4CodesFc1, matMulNBits: false));
-                    moeInputs.AddRange(Int4Parts(m + "experts.fc2.weight", Experts("down_proj"), e, h, mi, InitializerSource.Int4Codes, matMulNBits: false));
+                    moeInputs.AddRange(Int4Parts(m + "experts.fc2.weight", Experts("down_proj"), se, h, mi, InitializerSource.Int4Codes, matMulNBits: false));
                 }
                 else if (fp8)
                 {
