@@ -13,6 +13,7 @@ var benches = new Dictionary<string, (string Help, Func<string[], int> Run)>
     ["shard"] = ("expert-parallel sharding of a synthetic checkpoint (contiguous, balanced +R) against cp of the output bytes", ShardBench.Run),
     ["int4-quant"] = ("INT4 RTN (MSE clip) and GPTQ throughput on a 2048x7168 expert weight, 1 and 2 threads", Int4QuantBench.Run),
     ["int4-pipeline"] = ("quantize --scheme int4 (RTN, and GPTQ with a calibration folder) on a checkpoint: time, peak RSS, against cp of the output", Int4PipelineBench.Run),
+    ["expert-forward"] = ("calibration's float32 expert forward at DeepSeek-V3 width: blocked kernel against one dot per output, 1 and 2 threads", ExpertForwardBench.Run),
     ["fp8-codec"] = ("FP8 block quantize (bf16->fp8) and dequantize (fp8->bf16) of a 7168x2048 weight, 1 and 2 threads, against Span copy", Fp8CodecBench.Run),
 };
 if (args.Length == 0 || !benches.TryGetValue(args[0], out var bench))

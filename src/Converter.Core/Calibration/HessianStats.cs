@@ -1,5 +1,7 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using System.Text.Json.Nodes;
 using Converter.Formats.Safetensors;
 using Converter.Tensors;
@@ -210,37 +212,142 @@ public sealed class HessianAccumulator
     /// <summary>Adds rows x (row-major [rows, k]), each with weight 1.</summary>
     public void Add(ReadOnlySpan<float> x, int rows) => Add(x, rows, default);
 
+    /// <summary>Rows added per sweep of the lower triangle (a rank-64 update instead of 64 rank-1 updates): at k = 7168 the
+    /// triangle is 205 MB of float64, and sweeping it once per row made calibration memory-bound (90% of its time).</summary>
+    private const int Block = 64;
+    /// <summary>Triangle rows per parallel work item (a multiple of the kernel's 4), and columns per cache tile (a multiple of
+    /// its 8; 64 x 256 doubles = 128 KB of panels).</summary>
+    private const int RowChunk = 32, ColumnTile = 256;
+
+    /// <summary>Threads for <see cref="Add(ReadOnlySpan{float}, int, ReadOnlySpan{float})"/> (0: all cores). Results do not
+    /// depend on it: every element is summed in the same order whatever the thread that computes it.</summary>
+    public int MaxThreads { get; init; }
+
     /// <summary>Adds rows x (row-major [rows, k]) with weights w [rows] (empty: weight 1 each).</summary>
     public void Add(ReadOnlySpan<float> x, int rows, ReadOnlySpan<float> weights)
     {
         if (!weights.IsEmpty && weights.Length < rows) throw new ArgumentException($"{weights.Length} weights for {rows} rows", nameof(weights));
-        var xd = new double[K];
+        if (x.Length < (long)rows * K) throw new ArgumentException($"{x.Length} values for {rows} rows of {K}", nameof(x));
         for (int r = 0; r < rows; r++)
         {
             double wt = weights.IsEmpty ? 1 : weights[r];
             if (!(wt >= 0) || double.IsInfinity(wt)) throw new ArgumentException($"row {r} has weight {wt}", nameof(weights));
             WeightSum += wt;
+        }
+        if (rows < 8) AddRankOne(x, rows, weights);
+        else AddBlocked(x, rows, weights);
+        Count += rows;
+    }
+
+    /// <summary>A few rows (GPTQ tests feed one token at a time): one sweep of the triangle per row.</summary>
+    private void AddRankOne(ReadOnlySpan<float> x, int rows, ReadOnlySpan<float> weights)
+    {
+        var xd = new double[K];
+        for (int r = 0; r < rows; r++)
+        {
+            double wt = weights.IsEmpty ? 1 : weights[r];
             if (wt == 0) continue;
             var row = x.Slice(r * K, K);
             for (int i = 0; i < K; i++) xd[i] = row[i];
             for (int i = 0; i < K; i++)
             {
                 double a = wt * xd[i];
-                if (a == 0) continue;
-                var dst = _sum.AsSpan(i * K, i + 1); // lower triangle, mirrored in Mean
-                int j = 0;
-                if (Vector256.IsHardwareAccelerated)
-                {
-                    var va = Vector256.Create(a);
-                    ref double pd = ref MemoryMarshal.GetReference(dst);
-                    ref double px = ref xd[0];
-                    for (; j <= i + 1 - 4; j += 4)
-                        (Vector256.LoadUnsafe(ref pd, (nuint)j) + va * Vector256.LoadUnsafe(ref px, (nuint)j)).StoreUnsafe(ref pd, (nuint)j);
-                }
-                for (; j <= i; j++) dst[j] += a * xd[j];
+                var dst = _sum.AsSpan(i * K, i + 1);
+                for (int j = 0; j <= i; j++) dst[j] += a * xd[j];
             }
         }
-        Count += rows;
+    }
+
+    private void AddBlocked(ReadOnlySpan<float> x, int rows, ReadOnlySpan<float> weights)
+    {
+        // A block of rows packed as GEMM panels: bp holds x[r, j] by 8 columns (bp[j / 8][r][j % 8]), ap holds
+        // w_r x[r, i] by 4 columns (ap[i / 4][r][i % 4]), so the 4x8 kernel reads both contiguously. The block width is
+        // the row count rounded up to 8, at most 64; padding rows are 0.
+        int width = Math.Min(Block, (rows + 7) / 8 * 8);
+        var bp = new double[(long)(K + 7) / 8 * 8 * width];
+        var ap = new double[(long)(K + 3) / 4 * 4 * width];
+        var po = new ParallelOptions { MaxDegreeOfParallelism = MaxThreads > 0 ? MaxThreads : -1 };
+        for (int r0 = 0; r0 < rows; r0 += width)
+        {
+            int n = Math.Min(width, rows - r0);
+            if (n < width) { Array.Clear(bp); Array.Clear(ap); }
+            for (int r = 0; r < n; r++)
+            {
+                double wt = weights.IsEmpty ? 1 : weights[r0 + r];
+                var row = x.Slice((r0 + r) * K, K);
+                for (int i = 0; i < K; i++)
+                {
+                    bp[(i >> 3) * width * 8 + r * 8 + (i & 7)] = row[i];
+                    ap[(i >> 2) * width * 4 + r * 4 + (i & 3)] = wt * row[i];
+                }
+            }
+            Parallel.For(0, (K + RowChunk - 1) / RowChunk, po, chunk => AddChunk(ap, bp, width, chunk * RowChunk, Math.Min(K, (chunk + 1) * RowChunk)));
+        }
+    }
+
+    /// <summary>sum[i, j] += sum_r ap[i, r] * bp[j, r] for triangle rows [i0, i1) (i0 a multiple of 4), j &lt;= i, one
+    /// column tile at a time: 4x8 kernels below the diagonal, a scalar loop for the few entries beside it.</summary>
+    private void AddChunk(double[] ap, double[] bp, int width, int i0, int i1)
+    {
+        bool vector = Vector256.IsHardwareAccelerated;
+        for (int j0 = 0; j0 < i1; j0 += ColumnTile)
+        {
+            int j1 = Math.Min(j0 + ColumnTile, i1);
+            for (int ib = i0; ib < i1; ib += 4)
+            {
+                int nRows = Math.Min(4, i1 - ib);
+                if (ib + nRows - 1 < j0) continue;
+                // 8-column panels wholly at or left of column ib, so at or below the diagonal for every row of the block
+                int fullEnd = vector && nRows == 4 ? Math.Min(j1, (ib + 1) / 8 * 8) : j0;
+                for (int jb = j0; jb < fullEnd; jb += 8) Kernel4x8(ap, bp, width, ib, jb);
+                for (int i = ib; i < ib + nRows; i++)
+                {
+                    var dst = _sum.AsSpan(i * K, i + 1); // lower triangle, mirrored in Mean
+                    for (int j = Math.Max(j0, fullEnd), end = Math.Min(j1, i + 1); j < end; j++)
+                    {
+                        double sum = 0;
+                        for (int r = 0; r < width; r++) sum += ap[(i >> 2) * width * 4 + r * 4 + (i & 3)] * bp[(j >> 3) * width * 8 + r * 8 + (j & 7)];
+                        dst[j] += sum;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>sum[ib..ib+3, jb..jb+7] += the block's rank-width update, in 8 registers.</summary>
+    private void Kernel4x8(double[] ap, double[] bp, int width, int ib, int jb)
+    {
+        ref double pa = ref ap[(ib >> 2) * width * 4];
+        ref double pb = ref bp[(jb >> 3) * width * 8];
+        Vector256<double> c00 = Vector256<double>.Zero, c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+        for (int r = 0; r < width; r++)
+        {
+            var b0 = Vector256.LoadUnsafe(ref pb, (nuint)(r * 8));
+            var b1 = Vector256.LoadUnsafe(ref pb, (nuint)(r * 8 + 4));
+            var a0 = Vector256.Create(Unsafe.Add(ref pa, r * 4));
+            var a1 = Vector256.Create(Unsafe.Add(ref pa, r * 4 + 1));
+            var a2 = Vector256.Create(Unsafe.Add(ref pa, r * 4 + 2));
+            var a3 = Vector256.Create(Unsafe.Add(ref pa, r * 4 + 3));
+            c00 = MulAdd(a0, b0, c00); c01 = MulAdd(a0, b1, c01);
+            c10 = MulAdd(a1, b0, c10); c11 = MulAdd(a1, b1, c11);
+            c20 = MulAdd(a2, b0, c20); c21 = MulAdd(a2, b1, c21);
+            c30 = MulAdd(a3, b0, c30); c31 = MulAdd(a3, b1, c31);
+        }
+        ref double d = ref _sum[(long)ib * K + jb];
+        AddTo(ref d, c00, c01);
+        AddTo(ref Unsafe.Add(ref d, K), c10, c11);
+        AddTo(ref Unsafe.Add(ref d, 2 * K), c20, c21);
+        AddTo(ref Unsafe.Add(ref d, 3 * K), c30, c31);
+
+        // one rounding where the CPU fuses (the branch is a JIT-time constant); the result is deterministic either way
+        static Vector256<double> MulAdd(Vector256<double> a, Vector256<double> b, Vector256<double> c) =>
+            Fma.IsSupported ? Fma.MultiplyAdd(a, b, c) : c + a * b;
+
+        static void AddTo(ref double dst, Vector256<double> lo, Vector256<double> hi)
+        {
+            (Vector256.LoadUnsafe(ref dst) + lo).StoreUnsafe(ref dst);
+            (Vector256.LoadUnsafe(ref dst, 4) + hi).StoreUnsafe(ref dst, 4);
+        }
     }
 
     /// <summary>The weighted mean sum_t w_t x_t x_t^T / sum_t w_t as a full symmetric float64 matrix.</summary>

@@ -53,7 +53,8 @@ public sealed record CalibrateResult(string OutputDirectory, CalibrationData Dat
 /// whatever the budget.
 /// By default the model runs layer by layer: one exported slice (<see cref="OnnxLayerSlice"/>: an MoE layer and the dense
 /// layers before it) per ONNX Runtime session, its output hidden state handed to the next slice through a file, so the
-/// session holds one layer's weights. With <see cref="CalibrateOptions.OnnxDir"/> one session runs a whole-model export.
+/// session holds one layer's weights; the session runs once per layer and is released before the layer's accumulators
+/// take its stored MoE inputs range by range. With <see cref="CalibrateOptions.OnnxDir"/> one session runs a whole-model export.
 /// The folder is written to a staging folder and renamed into place at the end.
 /// </summary>
 public static class CalibratePipeline
@@ -181,14 +182,17 @@ public static class CalibratePipeline
             }
 
             // One session per slice (the MoE layer and the dense layers before it), exported just before it runs and
-            // deleted after: memory holds one layer's weights, not the model's. Each expert range of the layer runs the
-            // tokens through its slice once; the first also stores the slice's output, the next slice's input.
+            // deleted after: memory holds one layer's weights, not the model's. The slice runs over the tokens once, storing
+            // its output (the next slice's input), the MoE inputs and the routing; the session is gone before the layer's
+            // accumulators exist, which then take the expert ranges one by one from the stored MoE inputs. Peak memory is
+            // the larger of the two, not their sum.
             int RunLayerByLayer()
             {
                 if (Directory.Exists(work)) Directory.Delete(work, true); // left by a killed run of the same pid
                 Directory.CreateDirectory(work);
                 HiddenStateFile? hin = null;
                 int prevEnd = 0, count = 0;
+                long tokenCount = (long)sequences * seqLen;
                 try
                 {
                     foreach (int layer in moeLayers)
@@ -197,32 +201,42 @@ public static class CalibratePipeline
                         string sliceDir = Path.Combine(work, $"slice-{slice.First}-{layer}");
                         logger.LogInformation("Exporting {Slice} to ONNX (fp32) in {Dir}", slice, sliceDir);
                         OnnxExportPipeline.Run(modelDir, sliceDir, new OnnxExportOptions(Slice: slice), NullLogger.Instance, null, cancellation);
-                        var hout = layer == moeLayers[^1] ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{layer}.f32"), (long)sequences * seqLen, h);
+                        var hout = layer == moeLayers[^1] ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{layer}.f32"), tokenCount, h);
+                        using var moeIn = new HiddenStateFile(Path.Combine(work, $"moe-input.layer{layer}.f32"), tokenCount, h);
                         using (var tap = new MoeTap(sliceDir, o.Threads))
                         {
-                            var ranges = plan.Passes.SelectMany(p => p).Where(r => r.Layer == layer).ToList();
-                            for (int ri = 0; ri < ranges.Count; ri++)
+                            for (int b0 = 0; b0 < sequences; b0 += o.Batch)
                             {
-                                var r = ranges[ri];
-                                logger.LogDebug("{Slice}: {Range}", slice, r);
-                                Begin([r]);
-                                for (int b0 = 0; b0 < sequences; b0 += o.Batch)
-                                {
-                                    cancellation.ThrowIfCancellationRequested();
-                                    int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
-                                    var (outs, next) = tap.Run(tokens.AsSpan(b0 * seqLen, rows), hin?.Read((long)b0 * seqLen, rows), nb, seqLen, [layer],
-                                        wantHidden: ri == 0 && hout != null);
-                                    if (next != null) hout!.Write((long)b0 * seqLen, next);
-                                    Feed(r, outs[layer], b0, nb);
-                                    Step($"{slice}, {r}", b0, nb);
-                                }
-                                End([r]);
-                                count++;
+                                cancellation.ThrowIfCancellationRequested();
+                                int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
+                                var (outs, next) = tap.Run(tokens.AsSpan(b0 * seqLen, rows), hin?.Read((long)b0 * seqLen, rows), nb, seqLen, [layer],
+                                    wantHidden: hout != null);
+                                if (next != null) hout!.Write((long)b0 * seqLen, next);
+                                var (x, route) = outs[layer];
+                                LayerState.ThrowIfNonFinite(x, $"{DeepseekV3OnnxNames.MoeInput(layer)} (sequences {b0}..{b0 + nb - 1})");
+                                moeIn.Write((long)b0 * seqLen, x);
+                                for (int i = 0; i < route.Length; i++) topk[layer][b0 * seqLen * k + i] = checked((int)route[i]);
+                                progress?.Report(new PipelineProgress(step, totalSteps, 0, $"{slice}: ONNX Runtime, sequences {b0 + nb}/{sequences}"));
                             }
                         }
                         Directory.Delete(sliceDir, true);
+                        ReleaseScratch();
                         hin?.Dispose();
                         hin = hout;
+                        foreach (var r in plan.Passes.SelectMany(p => p).Where(r => r.Layer == layer))
+                        {
+                            Begin([r]);
+                            for (int b0 = 0; b0 < sequences; b0 += o.Batch)
+                            {
+                                cancellation.ThrowIfCancellationRequested();
+                                int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
+                                var route = Array.ConvertAll(topk[layer][(b0 * seqLen * k)..((b0 * seqLen + rows) * k)], v => (long)v);
+                                Feed(r, (moeIn.Read((long)b0 * seqLen, rows), route), b0, nb);
+                                Step($"layer {layer}, {r}", b0, nb);
+                            }
+                            End([r]);
+                            count++;
+                        }
                         prevEnd = layer + 1;
                     }
                 }
@@ -301,7 +315,8 @@ public static class CalibratePipeline
         sb.AppendLine($"- MoE layers: {string.Join(", ", layers)}; Hessians: {(o.Hessians ? "yes (stats/)" : "no")}");
         sb.AppendLine($"- passes: {plan.Describe()}; " + (o.OnnxDir != null
             ? $"the whole model in one ONNX Runtime session (--onnx), {runs} run(s) over the tokens"
-            : $"layer by layer, one ONNX Runtime session per MoE layer (with the dense layers before it), {runs} run(s) over the tokens"));
+            : $"layer by layer, one ONNX Runtime session per MoE layer (with the dense layers before it) run once over the tokens, " +
+              $"its MoE inputs stored, then {runs} expert range(s) in all read them"));
         sb.AppendLine($"- starved expert: fewer than {o.MinExpertTokens} calibration tokens (the default `--min-expert-tokens` of INT4 GPTQ, below which");
         sb.AppendLine("  gate/up fall back to the layer's pooled Hessian and down_proj to RTN); the uniform share is tokens x k / experts.");
         sb.AppendLine();

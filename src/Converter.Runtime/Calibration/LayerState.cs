@@ -51,7 +51,7 @@ internal sealed class LayerState : IDisposable
                 _absGateUp[i] = new float[_h];
                 _absDown[i] = new float[_mi];
             }
-            _pooled = new HessianAccumulator(_h);
+            _pooled = new HessianAccumulator(_h) { MaxThreads = threads };
             _absPooled = new float[_h];
             if (routingWeighted)
                 _routing = new RoutingWeights(ckpt.ReadFloat32($"model.layers.{layer}.mlp.gate.weight"), _e, _h, _k, c.ScoringFunc,
@@ -119,8 +119,8 @@ internal sealed class LayerState : IDisposable
             ThrowIfNonFinite(act, $"{what} down_proj input, computed from {name}");
             if (_gateUp != null)
             {
-                (_gateUp[i] ??= new HessianAccumulator(_h)).Add(xs, n, w2);
-                (_down![i] ??= new HessianAccumulator(_mi)).Add(act, n, w2);
+                (_gateUp[i] ??= new HessianAccumulator(_h) { MaxThreads = _threads }).Add(xs, n, w2);
+                (_down![i] ??= new HessianAccumulator(_mi) { MaxThreads = _threads }).Add(act, n, w2);
                 AbsMax(xs, n, _h, _absGateUp![ex]);
                 AbsMax(act, n, _mi, _absDown![ex]);
             }

@@ -151,22 +151,30 @@ public class CalibrateTests(CalibrationFixture fx, ITestOutputHelper log) : ICla
     /// <summary>
     /// Layer by layer (the default: one session per MoE layer slice, hidden states handed over through a file) against
     /// the fixture's one session over the whole exported model: the same values flow through the same kernels, so every
-    /// file is the same byte for byte.
+    /// file is the same byte for byte; also when a small budget splits each layer into expert ranges, whose later ranges
+    /// read the layer's stored MoE inputs instead of running the session again.
     /// </summary>
-    [Fact]
-    public void LayerByLayerSessionsWriteWhatTheWholeModelSessionWrites()
+    [Theory]
+    [InlineData(4L << 30)]
+    [InlineData(6_500_000L)]
+    public void LayerByLayerSessionsWriteWhatTheWholeModelSessionWrites(long budget)
     {
+        var plan = CalibrationPassPlan.Create(MoeLayers, Experts, CalibrationPassPlan.ExpertBytesFor(Hidden, Inter, true, true),
+            CalibrationPassPlan.LayerBytesFor(Hidden, Inter, Experts, true), budget);
+        int ranges = plan.Passes.Sum(p => p.Count);
+        if (budget > 1L << 30) ranges.Should().Be(MoeLayers.Length, "the default budget holds a whole tiny layer");
+        else ranges.Should().BeGreaterThan(2 * MoeLayers.Length, "the small budget splits every layer");
         using var tmp = new TestData.TempDir();
-        var r = CalibratePipeline.Run(fx.Model, fx.TokensPath, tmp["c"], new CalibrateOptions(Batch: 4, Threads: 2));
-        r.Passes.Should().Be(MoeLayers.Length, "one run per layer slice at the default budget");
-        Directory.GetFileSystemEntries(tmp.Path).Select(Path.GetFileName).Should().Equal(["c"], "the slices and hidden-state files are removed");
+        var r = CalibratePipeline.Run(fx.Model, fx.TokensPath, tmp["c"], new CalibrateOptions(Batch: 4, Threads: 2, MemoryBudgetBytes: budget));
+        r.Passes.Should().Be(ranges, "one run of the accumulators per (layer, expert range)");
+        Directory.GetFileSystemEntries(tmp.Path).Select(Path.GetFileName).Should().Equal(["c"], "the slices and stored activations are removed");
         var files = Directory.GetFiles(fx.Calib, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(fx.Calib, f)).Order().ToList();
         Directory.GetFiles(tmp["c"], "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(tmp["c"], f)).Order().Should().Equal(files);
         files.Should().Contain(Path.Combine(HessianStats.Folder, HessianStats.FileName(3)));
         foreach (var f in files.Where(f => f != CalibratePipeline.SummaryName))
             File.ReadAllBytes(Path.Combine(tmp["c"], f)).SequenceEqual(File.ReadAllBytes(Path.Combine(fx.Calib, f))).Should().BeTrue($"{f} should be identical");
         File.ReadAllLines(Path.Combine(tmp["c"], CalibratePipeline.SummaryName)).Single(l => l.StartsWith("- passes:"))
-            .Should().Contain("layer by layer").And.Contain($"{MoeLayers.Length} run(s)");
+            .Should().Contain("layer by layer").And.Contain($"{ranges} expert range(s)");
     }
 
     [Fact]

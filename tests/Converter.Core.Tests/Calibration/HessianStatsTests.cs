@@ -28,6 +28,40 @@ public class HessianStatsTests : IDisposable
         acc.Count.Should().Be(rows);
     }
 
+    /// <summary>
+    /// The blocked update (64 rows per sweep of the triangle, column tiles of 256, rows in parallel chunks) against
+    /// float64 sums of outer products: k above one tile and not a multiple of the chunk, rows leaving a partial block,
+    /// routing-style weights including 0. Thread count does not change a bit.
+    /// </summary>
+    [Theory]
+    [InlineData(300, 200)]
+    [InlineData(37, 8)]
+    [InlineData(64, 3)]
+    public void BlockedWeightedUpdateIsTheWeightedMeanOfOuterProducts(int k, int rows)
+    {
+        var rng = new Random(k + rows);
+        var x = new float[rows * k];
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
+        var w = new float[rows];
+        for (int r = 0; r < rows; r++) w[r] = r % 7 == 3 ? 0f : (float)rng.NextDouble();
+        var one = new HessianAccumulator(k) { MaxThreads = 1 };
+        var two = new HessianAccumulator(k) { MaxThreads = 2 };
+        one.Add(x, rows, w);
+        two.Add(x, rows, w);
+        var h = one.Mean();
+        two.Mean().Should().Equal(h);
+        double wsum = 0;
+        foreach (var v in w) wsum += v;
+        one.WeightSum.Should().BeApproximately(wsum, 1e-9);
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++)
+            {
+                double s = 0;
+                for (int t = 0; t < rows; t++) s += (double)w[t] * x[t * k + i] * x[t * k + j];
+                h[i * k + j].Should().BeApproximately(s / wsum, 1e-12, $"[{i}, {j}]");
+            }
+    }
+
     [Fact]
     public void LayerFileRoundTripsAndIsListedInTheManifest()
     {
