@@ -26,7 +26,7 @@ namespace Converter.Runtime.Calibration;
 /// <param name="OnnxDir">Run this whole-model export (same config) in one session instead of exporting and running the model layer by layer.</param>
 /// <param name="MinExpertTokens">Experts with fewer calibration tokens are listed as starved (the INT4 GPTQ fallback threshold).</param>
 /// <param name="MemoryBudgetBytes">Accumulators and expert weights of one pass stay under this budget (<see cref="CalibrationPassPlan"/>):
-/// small layers share a pass, a large layer's routed experts are split into ranges over several passes; each pass runs the tokens once.</param>
+/// small layers share a pass, a large layer's routed experts are split into ranges over several passes; each pass goes over the tokens once.</param>
 public sealed record CalibrateOptions(int Batch = 8, int Threads = 0, bool Hessians = true, bool CommReport = true,
     bool Overwrite = false, string? OnnxDir = null, double TargetSnrDb = 40, long MinExpertTokens = 128,
     long MemoryBudgetBytes = 4L << 30)
@@ -122,11 +122,11 @@ public static class CalibratePipeline
                     state[r.Layer].BeginRange(r.First, r.End);
                 }
             }
-            void Feed(ExpertRange r, (float[] X, long[] Route) o1, int b0, int nb)
-            {
-                if (r.First == 0) // each layer's routing once: in the pass holding its first experts
-                    for (int i = 0; i < o1.Route.Length; i++) topk[r.Layer][b0 * seqLen * k + i] = checked((int)o1.Route[i]);
+            void Feed(ExpertRange r, (float[] X, long[] Route) o1, int b0, int nb) =>
                 state[r.Layer].Add(o1.X, o1.Route, nb * seqLen, $"{DeepseekV3OnnxNames.MoeInput(r.Layer)} (sequences {b0}..{b0 + nb - 1})");
+            void KeepRouting(int layer, long[] route, int b0)
+            {
+                for (int i = 0; i < route.Length; i++) topk[layer][b0 * seqLen * k + i] = checked((int)route[i]);
             }
             void Step(string what, int b0, int nb)
             {
@@ -164,7 +164,11 @@ public static class CalibratePipeline
                             cancellation.ThrowIfCancellationRequested();
                             int nb = Math.Min(o.Batch, sequences - b0);
                             var (outs, _) = runner.Run(tokens.AsSpan(b0 * seqLen, nb * seqLen), null, nb, seqLen, layers);
-                            foreach (var r in ranges) Feed(r, outs[r.Layer], b0, nb);
+                            foreach (var r in ranges)
+                            {
+                                if (r.First == 0) KeepRouting(r.Layer, outs[r.Layer].Route, b0); // once: in the pass holding expert 0
+                                Feed(r, outs[r.Layer], b0, nb);
+                            }
                             Step($"pass {pass + 1}/{plan.Passes.Count}", b0, nb);
                         }
                         End(ranges);
@@ -215,7 +219,7 @@ public static class CalibratePipeline
                                 var (x, route) = outs[layer];
                                 LayerState.ThrowIfNonFinite(x, $"{DeepseekV3OnnxNames.MoeInput(layer)} (sequences {b0}..{b0 + nb - 1})");
                                 moeIn.Write((long)b0 * seqLen, x);
-                                for (int i = 0; i < route.Length; i++) topk[layer][b0 * seqLen * k + i] = checked((int)route[i]);
+                                KeepRouting(layer, route, b0);
                                 progress?.Report(new PipelineProgress(step, totalSteps, 0, $"{slice}: ONNX Runtime, sequences {b0 + nb}/{sequences}"));
                             }
                         }
