@@ -7,6 +7,7 @@ namespace Converter.Tools.Bench;
 /// converter shard on a synthetic checkpoint (tools/Synth) for several rank counts: wall time and peak RSS of the child
 /// process against `cp -r` of the same output bytes, page cache warm, best of N runs. Balanced runs use a synthetic
 /// skewed calibration (Zipf-like expert popularity) so replicas and the load report are exercised at real shapes.
+/// With --onnx, every rank also gets its ONNX model (fp32, fp8 or int4 weights).
 /// </summary>
 public static class ShardBench
 {
@@ -16,6 +17,7 @@ public static class ShardBench
         int runs = 2;
         var ranks = new List<int> { 4, 8 };
         int redundant = 2;
+        string? onnx = null;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -25,8 +27,9 @@ public static class ShardBench
                 case "--runs": runs = int.Parse(args[++i]); break;
                 case "--ranks": ranks = args[++i].Split(',').Select(int.Parse).ToList(); break;
                 case "--redundant": redundant = int.Parse(args[++i]); break;
+                case "--onnx": onnx = args[++i]; break;
                 default:
-                    Console.WriteLine("shard --model <synthetic dir> [--ranks 4,8] [--redundant R] [--work DIR] [--runs N]");
+                    Console.WriteLine("shard --model <synthetic dir> [--ranks 4,8] [--redundant R] [--onnx fp32|fp8|int4] [--work DIR] [--runs N]");
                     return args[i] is "--help" or "-h" ? 0 : 2;
             }
         }
@@ -40,7 +43,8 @@ public static class ShardBench
         var calib = Path.Combine(work, "calib");
         SkewedCalibration(ArchitectureRegistry.Load(model), 8192).Save(calib);
         double inGb = CommandTimer.Warm(model) / 1e9;
-        Console.WriteLine($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}; input {inGb:F2} GB; runs: best of {runs}");
+        Console.WriteLine($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}; input {inGb:F2} GB; runs: best of {runs}" +
+            (onnx == null ? "" : $"; with --onnx --onnx-weights {onnx} (a model per rank as well as its checkpoint)"));
         Console.WriteLine();
         Console.WriteLine("| placement | ranks | output GB | converter s | cp s | ratio | converter GB/s (output) | peak RSS MiB |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|");
@@ -54,7 +58,8 @@ public static class ShardBench
             foreach (var (name, extra) in variants)
             {
                 var outDir = Path.Combine(work, "out");
-                var m = CommandTimer.AgainstCp(converter, ["shard", model, "-o", outDir, "--ranks", n.ToString(), "-q", .. extra], outDir, runs);
+                string[] withOnnx = onnx == null ? [] : ["--onnx", "--onnx-weights", onnx];
+                var m = CommandTimer.AgainstCp(converter, ["shard", model, "-o", outDir, "--ranks", n.ToString(), "-q", .. extra, .. withOnnx], outDir, runs);
                 double outGb = m.OutputBytes / 1e9;
                 Console.WriteLine($"| {name} | {n} | {outGb:F2} | {m.Seconds:F2} | {m.CpSeconds:F2} | {m.Seconds / m.CpSeconds:F2}x | {outGb / m.Seconds:F2} | {m.PeakRssBytes / 1048576.0:F0} |");
                 Directory.Delete(outDir, true);
