@@ -194,7 +194,7 @@ public static class CalibratePipeline
             {
                 if (Directory.Exists(work)) Directory.Delete(work, true); // left by a killed run of the same pid
                 Directory.CreateDirectory(work);
-                HiddenStateFile? hin = null;
+                HiddenStateFile? hin = null, hout = null;
                 int prevEnd = 0, count = 0;
                 long tokenCount = (long)sequences * seqLen;
                 try
@@ -205,7 +205,7 @@ public static class CalibratePipeline
                         string sliceDir = Path.Combine(work, $"slice-{slice.First}-{layer}");
                         logger.LogInformation("Exporting {Slice} to ONNX (fp32) in {Dir}", slice, sliceDir);
                         OnnxExportPipeline.Run(modelDir, sliceDir, new OnnxExportOptions(Slice: slice), NullLogger.Instance, null, cancellation);
-                        var hout = layer == moeLayers[^1] ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{layer}.f32"), tokenCount, h);
+                        hout = layer == moeLayers[^1] ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{layer}.f32"), tokenCount, h);
                         using var moeIn = new HiddenStateFile(Path.Combine(work, $"moe-input.layer{layer}.f32"), tokenCount, h);
                         using (var tap = new MoeTap(sliceDir, o.Threads))
                         {
@@ -226,7 +226,7 @@ public static class CalibratePipeline
                         Directory.Delete(sliceDir, true);
                         ReleaseScratch();
                         hin?.Dispose();
-                        hin = hout;
+                        (hin, hout) = (hout, null);
                         foreach (var r in plan.Passes.SelectMany(p => p).Where(r => r.Layer == layer))
                         {
                             Begin([r]);
@@ -246,7 +246,8 @@ public static class CalibratePipeline
                 }
                 finally
                 {
-                    hin?.Dispose();
+                    hin?.Dispose(); // closed before the work folder is deleted
+                    hout?.Dispose();
                 }
                 return count;
             }
