@@ -35,6 +35,10 @@ public sealed record OnnxExportOptions(
 {
     /// <summary>Elements of a plain BF16/F32 source tensor mapped at a time (16-32 MB); smaller only to test slab edges.</summary>
     public long SlabElements { get; init; } = 1 << 23;
+
+    /// <summary>An export of the same checkpoint with the same weight options (another expert-parallel rank's): its
+    /// initializers that no routed expert feeds are copied from it file to file instead of being converted again.</summary>
+    public string? ReuseFrom { get; init; }
 }
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
@@ -79,19 +83,30 @@ public static class OnnxExportPipeline
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new DeepseekV3OnnxWeightWriter(ckpt, scheme, options.SlabElements);
-        int done = 0;
+        int done = 0, reused = 0;
+        using var donor = options.ReuseFrom == null ? null : new OnnxExternalInitializers(options.ReuseFrom);
         foreach (var p in export.Initializers)
         {
             cancellation.ThrowIfCancellationRequested();
             using (var sink = writer.Begin(p.Name, p.Type, p.Dims))
             {
-                weights.Write(p, sink);
+                if (donor != null && !Array.Exists(p.Tensors, DeepseekV3OnnxWeightWriter.IsRoutedExpert)
+                    && donor.TryGet(p.Name, (int)p.Type, p.Dims, out var from) && from.Length == p.ByteLength)
+                {
+                    sink.CopyFrom(donor.Data, donor.DataPath, from.Offset, from.Length);
+                    reused++;
+                }
+                else
+                {
+                    weights.Write(p, sink);
+                }
                 sink.Complete();
             }
             done++;
             progress?.Report(new PipelineProgress(done, export.Initializers.Count, writer.DataBytes, p.Name));
             logger.LogDebug("{Name} {Type} [{Dims}]", p.Name, p.Type, string.Join(", ", p.Dims));
         }
+        if (donor != null) logger.LogInformation("{Reused} of {Count} initializers copied from {Donor}", reused, export.Initializers.Count, options.ReuseFrom);
         File.Copy(Path.Combine(modelDir, "config.json"), Path.Combine(writer.StagingDirectory, "config.json"));
         long dataBytes = writer.DataBytes;
         writer.Commit(export.Model);

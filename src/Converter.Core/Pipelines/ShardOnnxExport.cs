@@ -37,11 +37,14 @@ public static class ShardOnnxExport
     }
 
     /// <summary>Writes <c>model.onnx</c> and <c>model.onnx.data</c> of <paramref name="rank"/> into <paramref name="rankDir"/>.</summary>
-    public static OnnxExportResult Write(ModelCheckpoint src, ExpertPlacement placement, int rank, string rankDir, OnnxWeightFormat weights, ILogger log)
+    /// <param name="reuseFrom">An earlier rank's folder written by this method: the replicated weights (everything but the
+    /// routed experts) are copied from its model.onnx.data instead of being converted again.</param>
+    public static OnnxExportResult Write(ModelCheckpoint src, ExpertPlacement placement, int rank, string rankDir, OnnxWeightFormat weights, ILogger log,
+        string? reuseFrom = null)
     {
         var cfg = ((DeepseekV3Architecture)src.Architecture).Cfg;
         var tmp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(rankDir))!, "." + Path.GetFileName(rankDir) + ".onnx");
-        var result = OnnxExportPipeline.Run(src, tmp, new OnnxExportOptions(weights, Rank: LocalExperts(placement, rank, cfg.NumHiddenLayers)), log);
+        var result = OnnxExportPipeline.Run(src, tmp, new OnnxExportOptions(weights, Rank: LocalExperts(placement, rank, cfg.NumHiddenLayers)) { ReuseFrom = reuseFrom }, log);
         try
         {
             foreach (var name in new[] { OnnxExternalDataWriter.ModelFileName, OnnxExternalDataWriter.DataFileName })

@@ -103,7 +103,8 @@ public static class ShardPipeline
             if (o.Onnx is { } weights)
                 for (int r = 0; r < placement.Ranks; r++)
                 {
-                    var onnx = ShardOnnxExport.Write(src, placement, r, Path.Combine(staging, RankFolderName(r)), weights, log);
+                    var onnx = ShardOnnxExport.Write(src, placement, r, Path.Combine(staging, RankFolderName(r)), weights, log,
+                        reuseFrom: r == 0 ? null : Path.Combine(staging, RankFolderName(0))); // replicated weights converted once
                     written += onnx.DataBytes;
                     log.LogInformation("rank {Rank}: model.onnx ({MB:F1} MB of {Weights} weights)", r, onnx.DataBytes / 1e6, weights.ToString().ToLowerInvariant());
                 }

@@ -25,6 +25,7 @@ public sealed class OnnxExternalDataWriter : IDisposable
     private readonly int _alignment;
     private readonly FileStream _data;
     private readonly PageSpliceWriter _splice = new();
+    private byte[]? _copyBuffer; // for CopyFrom where the kernel cannot copy file to file
     private readonly List<TensorProto> _initializers = new();
     private readonly HashSet<string> _names = new(StringComparer.Ordinal);
     private TensorSink? _open;
@@ -162,6 +163,16 @@ public sealed class OnnxExternalDataWriter : IDisposable
             if (Written + bytes.Length > ByteLength)
                 throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
             _owner._splice.Write(_owner._data, bytes);
+        }
+
+        /// <summary>Appends <paramref name="length"/> bytes of another file from <paramref name="offset"/>, file to file
+        /// (copy_file_range where the kernel can).</summary>
+        public void CopyFrom(Microsoft.Win32.SafeHandles.SafeFileHandle src, string srcPath, long offset, long length)
+        {
+            if (_done != null) throw new InvalidOperationException($"initializer '{Name}' already completed");
+            if (Written + length > ByteLength)
+                throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
+            FileRangeCopy.Copy(src, srcPath, offset, _owner._data, length, _owner._copyBuffer ??= new byte[1 << 20]);
         }
 
         /// <summary>Appends typed values; spans over 2 GiB of bytes are written in pieces.</summary>

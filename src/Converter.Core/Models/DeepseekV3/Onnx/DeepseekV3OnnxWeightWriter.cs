@@ -35,6 +35,9 @@ public sealed class DeepseekV3OnnxWeightWriter
         _slabElements = slabElements;
     }
 
+    /// <summary>A routed expert's tensor (what differs between expert-parallel ranks' exports).</summary>
+    public static bool IsRoutedExpert(string tensor) => tensor.Contains(".mlp.experts.", StringComparison.Ordinal);
+
     public void Write(OnnxInitializerPlan p, OnnxExternalDataWriter.TensorSink sink)
     {
         switch (p.Source)
