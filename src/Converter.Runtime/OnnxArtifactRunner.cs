@@ -1,4 +1,5 @@
 using Converter.Formats.Onnx.Proto;
+using Converter.Models.DeepseekV3.Onnx;
 using Converter.Verification;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
@@ -141,21 +142,9 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     {
         if (tokens.Length != batch * seq) throw new ArgumentException($"{tokens.Length} tokens for batch {batch} x seq {seq}");
         var session = hiddenStates || routing ? DiagnosticSession() : _plain!;
-        var ids = new long[tokens.Length];
-        for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
-        var inputs = new List<NamedOnnxValue> { NamedOnnxValue.CreateFromTensor("input_ids", new DenseTensor<long>(ids, [batch, seq])) };
-        if (session.InputMetadata.ContainsKey("attention_mask"))
-        {
-            var ones = new long[ids.Length];
-            Array.Fill(ones, 1L);
-            inputs.Add(NamedOnnxValue.CreateFromTensor("attention_mask", new DenseTensor<long>(ones, [batch, seq])));
-        }
-        if (session.InputMetadata.ContainsKey("position_ids"))
-        {
-            var pos = new long[ids.Length];
-            for (int i = 0; i < pos.Length; i++) pos[i] = i % seq;
-            inputs.Add(NamedOnnxValue.CreateFromTensor("position_ids", new DenseTensor<long>(pos, [batch, seq])));
-        }
+        var inputs = new List<NamedOnnxValue> { DecoderInputs.Ids(tokens, batch, seq) };
+        DecoderInputs.AddMaskAndPositions(inputs, batch, seq, session.InputMetadata.ContainsKey(DeepseekV3OnnxNames.AttentionMask),
+            session.InputMetadata.ContainsKey(DeepseekV3OnnxNames.PositionIds));
         if (extraInputs != null)
             foreach (var (name, value) in extraInputs) inputs.Add(NamedOnnxValue.CreateFromTensor(name, value));
         var outputNames = new List<string> { "logits" };

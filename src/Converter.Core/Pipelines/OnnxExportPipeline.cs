@@ -91,7 +91,7 @@ public static class OnnxExportPipeline
             using (var sink = writer.Begin(p.Name, p.Type, p.Dims))
             {
                 if (donor != null && !Array.Exists(p.Tensors, DeepseekV3OnnxWeightWriter.IsRoutedExpert)
-                    && donor.TryGet(p.Name, (int)p.Type, p.Dims, out var from) && from.Length == p.ByteLength)
+                    && donor.TryGet(p.Name, (int)p.Type, p.Dims, out var from))
                 {
                     sink.CopyFrom(donor.Data, donor.DataPath, from.Offset, from.Length);
                     reused++;

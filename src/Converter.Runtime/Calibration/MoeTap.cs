@@ -71,22 +71,9 @@ internal sealed class MoeTap : IDisposable
         }
         else
         {
-            var ids = new long[n];
-            for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
-            inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.InputIds, new DenseTensor<long>(ids, [batch, seq])));
+            inputs.Add(DecoderInputs.Ids(tokens, batch, seq));
         }
-        if (_mask)
-        {
-            var ones = new long[n];
-            Array.Fill(ones, 1L);
-            inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.AttentionMask, new DenseTensor<long>(ones, [batch, seq])));
-        }
-        if (_positions)
-        {
-            var pos = new long[n];
-            for (int i = 0; i < pos.Length; i++) pos[i] = i % seq;
-            inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.PositionIds, new DenseTensor<long>(pos, [batch, seq])));
-        }
+        DecoderInputs.AddMaskAndPositions(inputs, batch, seq, _mask, _positions);
         var names = new List<string>();
         foreach (var l in layers) { names.Add(DeepseekV3OnnxNames.MoeInput(l)); names.Add(DeepseekV3OnnxNames.Routing(l)); }
         if (wantHidden)
