@@ -86,9 +86,6 @@ public sealed class CalibrationPassPlan
         return b;
     }
 
-    /// <summary>The largest number of experts of one layer held in one pass (layers not split: all of them).</summary>
-    public int MaxExpertsPerPiece => Passes.Max(p => p.Max(r => r.Count));
-
     /// <summary>One line: the passes and what each holds (the first and last few when there are many).</summary>
     public string Describe(int show = 6)
     {

@@ -4,6 +4,7 @@ using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using System.Text.Json.Nodes;
 using Converter.Formats.Safetensors;
+using Converter.Numerics.Int4;
 using Converter.Tensors;
 
 namespace Converter.Calibration;
@@ -250,11 +251,7 @@ public sealed class HessianAccumulator
             var row = x.Slice(r * K, K);
             for (int i = 0; i < K; i++) xd[i] = row[i];
             for (int i = 0; i < K; i++)
-            {
-                double a = wt * xd[i];
-                var dst = _sum.AsSpan(i * K, i + 1);
-                for (int j = 0; j <= i; j++) dst[j] += a * xd[j];
-            }
+                VectorKernels.Axpy(wt * xd[i], xd.AsSpan(0, i + 1), _sum.AsSpan(i * K, i + 1));
         }
     }
 

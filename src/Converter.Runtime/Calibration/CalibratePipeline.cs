@@ -204,7 +204,7 @@ public static class CalibratePipeline
                         var slice = new OnnxLayerSlice(prevEnd, layer + 1);
                         string sliceDir = Path.Combine(work, $"slice-{slice.First}-{layer}");
                         logger.LogInformation("Exporting {Slice} to ONNX (fp32) in {Dir}", slice, sliceDir);
-                        OnnxExportPipeline.Run(modelDir, sliceDir, new OnnxExportOptions(Slice: slice), NullLogger.Instance, null, cancellation);
+                        OnnxExportPipeline.Run(ckpt, sliceDir, new OnnxExportOptions(Slice: slice), NullLogger.Instance, null, cancellation);
                         hout = layer == moeLayers[^1] ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{layer}.f32"), tokenCount, h);
                         using var moeIn = new HiddenStateFile(Path.Combine(work, $"moe-input.layer{layer}.f32"), tokenCount, h);
                         using (var tap = new MoeTap(sliceDir, o.Threads))

@@ -116,6 +116,7 @@ public static class Gptq
             throw new ArgumentException($"GPTQ block size {options.BlockSize} must be a multiple of the group size {scheme.GroupSize}");
         var result = Int4Weight.Allocate(rows, cols, scheme);
         int tiles = (rows + RowTile - 1) / RowTile;
+        var importance = Importance(factor, options.ClipObjective); // per input column: the same for every tile
         unsafe
         {
             fixed (float* p = weight)
@@ -124,14 +125,15 @@ public static class Gptq
                 Parallel.For(0, tiles, new ParallelOptions { MaxDegreeOfParallelism = maxThreads }, t =>
                 {
                     int r0 = t * RowTile, n = Math.Min(RowTile, rows - r0);
-                    QuantizeTile(new ReadOnlySpan<float>((float*)w + (long)r0 * cols, n * cols), r0, n, cols, factor, scheme, options, result);
+                    QuantizeTile(new ReadOnlySpan<float>((float*)w + (long)r0 * cols, n * cols), r0, n, cols, factor, importance, scheme, options, result);
                 });
             }
         }
         return result;
     }
 
-    private static void QuantizeTile(ReadOnlySpan<float> src, int r0, int n, int k, GptqFactor f, Int4Scheme scheme, GptqOptions o, Int4Weight res)
+    private static void QuantizeTile(ReadOnlySpan<float> src, int r0, int n, int k, GptqFactor f, float[]? importance, Int4Scheme scheme,
+        GptqOptions o, Int4Weight res)
     {
         int g = scheme.GroupSize, groups = k / g, bs = o.BlockSize;
         var w = new float[n * k];
@@ -140,8 +142,6 @@ public static class Gptq
         var scale = new float[n * groups];
         var zero = new float[n * groups];
         var values = new float[g];
-        var importance = Importance(f, o.ClipObjective);
-        var groupImportance = new float[g];
         var groupSet = new bool[groups];
         bool lazyGroups = !f.ActOrder || o.GroupScales == GptqGroupScales.Updated;
         // Working copy in processing order, dead inputs zeroed.
@@ -169,11 +169,7 @@ public static class Gptq
         {
             (ushort s, sbyte z) sz;
             if (importance == null) sz = Int4GroupQuantizer.QuantizeGroup(v, scheme.Symmetric, o.Clip, scratch);
-            else
-            {
-                for (int j = 0; j < g; j++) groupImportance[j] = importance[gi * g + j];
-                sz = Int4GroupQuantizer.ChooseGroupWeighted(v, groupImportance, scheme.Symmetric, o.Clip);
-            }
+            else sz = Int4GroupQuantizer.ChooseGroupWeighted(v, importance.AsSpan(gi * g, g), scheme.Symmetric, o.Clip);
             res.Scales[(r0 + r) * groups + gi] = sz.s;
             res.Zeros[(r0 + r) * groups + gi] = sz.z;
             scale[r * groups + gi] = Bf16.ToSingle(sz.s);
