@@ -159,19 +159,22 @@ public sealed class OnnxExternalDataWriter : IDisposable
 
         public void Write(ReadOnlySpan<byte> bytes)
         {
-            if (_done != null) throw new InvalidOperationException($"initializer '{Name}' already completed");
-            if (Written + bytes.Length > ByteLength)
-                throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
+            CheckAppend(bytes.Length);
             _owner._splice.Write(_owner._data, bytes);
+        }
+
+        private void CheckAppend(long length)
+        {
+            if (_done != null) throw new InvalidOperationException($"initializer '{Name}' already completed");
+            if (Written + length > ByteLength)
+                throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
         }
 
         /// <summary>Appends <paramref name="length"/> bytes of another file from <paramref name="offset"/>, file to file
         /// (copy_file_range where the kernel can).</summary>
         public void CopyFrom(Microsoft.Win32.SafeHandles.SafeFileHandle src, string srcPath, long offset, long length)
         {
-            if (_done != null) throw new InvalidOperationException($"initializer '{Name}' already completed");
-            if (Written + length > ByteLength)
-                throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
+            CheckAppend(length);
             FileRangeCopy.Copy(src, srcPath, offset, _owner._data, length, _owner._copyBuffer ??= new byte[1 << 20]);
         }
 

@@ -171,7 +171,20 @@ internal static class DeepseekV3OnnxFunctions
         w = f.Mul(w, f.ScalarFloat((float)c.RoutedScalingFactor));
         string negInf = f.Op("Expand", [f.ScalarFloat(float.NegativeInfinity), f.Shape(scores)]);
         string xRouted = comm?.Dispatch is { } dispatch ? OnnxCommQdq.Emit(f, x2, dispatch, h) : x2;
-        string zerosTE = f.Mul(scores, f.ScalarFloat(0f));
+        string? zerosTE = null;
+        string ZerosTE() => zerosTE ??= f.Mul(scores, f.ScalarFloat(0f)); // [t, E] of 0, made where a graph needs it
+        // com.microsoft.QMoE over the 4-bit experts: selects kk experts by probs, mixes them with weights as given.
+        string QMoe(string probs, string weights, int kk) =>
+            f.Op("QMoE", [xRouted, probs, fc1, fc1Scales!, "", fc2, fc2Scales!, "", "", "", "", fc1Zeros ?? "", fc2Zeros ?? "", "", weights],
+                1, OnnxModelBuilder.MicrosoftDomain,
+                Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0),
+                Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))[0];
+        // com.microsoft.MoE over float experts: softmax of logProbs over the kk selected, as weights.
+        string Moe(string logProbs, int kk) =>
+            f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
+                Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
         // sum_j weights[:, j] * expert_{idx[:, j]}(xRouted), exactly, for idx/weights [t, kk].
         string Routed(string idx, string weights, int kk, bool unitWeights = false)
         {
@@ -180,26 +193,16 @@ internal static class DeepseekV3OnnxFunctions
                 // QMoE selects by router_probs (-inf masks every expert but the chosen kk) and mixes with input 14
                 // router_weights as given (normalize_routing_weights=0): the exact DeepSeek weights, no log trick.
                 string probs = f.Op("ScatterElements", [negInf, idx, weights], Int("axis", 1));
-                string mix = f.Op("ScatterElements", [zerosTE, idx, weights], Int("axis", 1));
-                return f.Op("QMoE", [xRouted, probs, fc1, fc1Scales!, "", fc2, fc2Scales!, "", "", "", "", fc1Zeros ?? "", fc2Zeros ?? "", "", mix],
-                    1, OnnxModelBuilder.MicrosoftDomain,
-                    Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-                    Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0),
-                    Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))[0];
+                return QMoe(probs, f.Op("ScatterElements", [ZerosTE(), idx, weights], Int("axis", 1)), kk);
             }
             // com.microsoft.MoE: log(w) over -inf, its softmax returns w / sum(w); times sum(w).
-            string logProbs = f.Op("ScatterElements", [negInf, idx, f.Op("Log", [weights])], Int("axis", 1));
-            string moe = f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
-                Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
+            string moe = Moe(f.Op("ScatterElements", [negInf, idx, f.Op("Log", [weights])], Int("axis", 1)), kk);
             return unitWeights ? moe : f.Mul(moe, f.Op("ReduceSum", [weights, f.ConstInt64(1)], Int("keepdims", 1)));
         }
         if (rankLocal)
         {
-            string dense = f.Op("ScatterElements", [zerosTE, topIdx, w], Int("axis", 1));              // [t, E]
+            string dense = f.Op("ScatterElements", [ZerosTE(), topIdx, w], Int("axis", 1));            // [t, E]
             string local = f.Mul(f.Op("Gather", [dense, slotExperts!], Int("axis", 1)), slotShares!);  // [t, S]
-            string localSum = f.Op("ReduceSum", [local, f.ConstInt64(1)], Int("keepdims", 1));        // [t, 1]
-            string any = f.Op("Greater", [localSum, f.ScalarFloat(0f)]);
             // k = min(top-k, S): a token selects at most that many local slots (one replica of an expert per rank).
             string partial;
             if (qmoe)
@@ -207,20 +210,15 @@ internal static class DeepseekV3OnnxFunctions
                 // QMoE selects by router_probs and mixes with router_weights as given: the slots' weights x shares
                 // themselves; unselected slots are -inf to the selection and weigh 0 (a token with none gives 0).
                 string probs = f.Op("Where", [f.Op("Greater", [local, f.ScalarFloat(0f)]), local, f.ScalarFloat(float.NegativeInfinity)]);
-                partial = f.Op("QMoE", [xRouted, probs, fc1, fc1Scales!, "", fc2, fc2Scales!, "", "", "", "", fc1Zeros ?? "", fc2Zeros ?? "", "", local],
-                    1, OnnxModelBuilder.MicrosoftDomain,
-                    Int("k", localK), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-                    Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0),
-                    Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))[0];
+                partial = QMoe(probs, local, localK);
             }
             else
             {
+                string localSum = f.Op("ReduceSum", [local, f.ConstInt64(1)], Int("keepdims", 1));    // [t, 1]
+                string any = f.Op("Greater", [localSum, f.ScalarFloat(0f)]);
                 // log(0) = -inf masks the slots this token did not select; a row with none gets zeros (finite softmax).
                 string logProbs = f.Op("Where", [any, f.Op("Log", [local]), f.ScalarFloat(0f)]);
-                string moe = f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
-                    Int("k", localK), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-                    Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
-                partial = f.Mul(moe, localSum);
+                partial = f.Mul(Moe(logProbs, localK), localSum);
             }
             string shared = sg != null ? SwiGlu(f, x2, sg, su!, sd!) : f.Mul(x2, f.ScalarFloat(0f));
             f.Output(f.Reshape(shared, f.Shape(x)));

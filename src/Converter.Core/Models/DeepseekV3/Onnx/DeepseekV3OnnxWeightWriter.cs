@@ -127,11 +127,7 @@ public sealed class DeepseekV3OnnxWeightWriter
             var up = _ckpt.ReadFloat32(p.Tensors[e + i]);
             int cols = checked((int)p.Dims[2]), inter = gate.Length / cols;
             rows ??= new float[2 * gate.Length];
-            for (int r = 0; r < inter; r++)
-            {
-                gate.AsSpan(r * cols, cols).CopyTo(rows.AsSpan(2 * r * cols, cols));
-                up.AsSpan(r * cols, cols).CopyTo(rows.AsSpan((2 * r + 1) * cols, cols));
-            }
+            InterleaveRows<float>(gate, up, inter, cols, rows);
             sink.Write<float>(rows);
         }
     }
@@ -246,25 +242,28 @@ public sealed class DeepseekV3OnnxWeightWriter
     /// <summary>Rows 2i = gate row i, 2i + 1 = up row i (QMoE's swiglu_fusion=1), with their scales and zero points.</summary>
     private static Int4Weight Interleave(Int4Weight gate, Int4Weight up)
     {
-        int rows = gate.Rows, cols = gate.Cols, groups = gate.Groups;
-        var w = Int4Weight.Allocate(2 * rows, cols, gate.Scheme);
+        var w = Int4Weight.Allocate(2 * gate.Rows, gate.Cols, gate.Scheme);
+        InterleaveRows<sbyte>(gate.Q, up.Q, gate.Rows, gate.Cols, w.Q);
+        InterleaveRows<ushort>(gate.Scales, up.Scales, gate.Rows, gate.Groups, w.Scales);
+        InterleaveRows<sbyte>(gate.Zeros, up.Zeros, gate.Rows, gate.Groups, w.Zeros);
+        return w;
+    }
+
+    /// <summary>dst row 2i = gate row i, row 2i + 1 = up row i, for <paramref name="rows"/> rows of <paramref name="cols"/>.</summary>
+    private static void InterleaveRows<T>(ReadOnlySpan<T> gate, ReadOnlySpan<T> up, int rows, int cols, Span<T> dst)
+    {
         for (int r = 0; r < rows; r++)
         {
-            gate.Q.AsSpan(r * cols, cols).CopyTo(w.Q.AsSpan(2 * r * cols, cols));
-            up.Q.AsSpan(r * cols, cols).CopyTo(w.Q.AsSpan((2 * r + 1) * cols, cols));
-            gate.Scales.AsSpan(r * groups, groups).CopyTo(w.Scales.AsSpan(2 * r * groups, groups));
-            up.Scales.AsSpan(r * groups, groups).CopyTo(w.Scales.AsSpan((2 * r + 1) * groups, groups));
-            gate.Zeros.AsSpan(r * groups, groups).CopyTo(w.Zeros.AsSpan(2 * r * groups, groups));
-            up.Zeros.AsSpan(r * groups, groups).CopyTo(w.Zeros.AsSpan((2 * r + 1) * groups, groups));
+            gate.Slice(r * cols, cols).CopyTo(dst.Slice(2 * r * cols, cols));
+            up.Slice(r * cols, cols).CopyTo(dst.Slice((2 * r + 1) * cols, cols));
         }
-        return w;
     }
 
     /// <summary>BF16 scales as float32 (exact).</summary>
     private static float[] Widen(ushort[] bf16)
     {
         var f = new float[bf16.Length];
-        for (int i = 0; i < f.Length; i++) f[i] = Bf16.ToSingle(bf16[i]);
+        Bf16.ToSingle(bf16, f);
         return f;
     }
 }
