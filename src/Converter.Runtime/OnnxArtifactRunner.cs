@@ -62,11 +62,10 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         {
             throw new InvalidDataException($"{_modelPath}: not a valid ONNX model ({e.Message})");
         }
-        string Meta(string key) => _proto.MetadataProps.FirstOrDefault(p => p.Key == key)?.Value ?? "";
-        _hiddenNames = Meta(HiddenStatesKey).Split(',', StringSplitOptions.RemoveEmptyEntries);
-        _routingNames = Meta(RoutingKey).Split(',', StringSplitOptions.RemoveEmptyEntries);
+        _hiddenNames = (Metadata(HiddenStatesKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        _routingNames = (Metadata(RoutingKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
         // A rank model's peer-sum inputs have zeros initializers as defaults, which ORT warns about in every session.
-        if (Meta(Converter.Models.DeepseekV3.Onnx.DeepseekV3OnnxNames.RankKey) != "") _options = _options with { ErrorsOnly = true };
+        if (!string.IsNullOrEmpty(Metadata(DeepseekV3OnnxNames.RankKey))) _options = _options with { ErrorsOnly = true };
         _plain = CreateSession(_modelPath);
         Description = $"ONNX Runtime {OrtEnv.Instance().GetVersionString()} ({_options.ExecutionProvider.ToString().ToLowerInvariant()}, " +
                       $"intra-op threads {(_options.IntraOpThreads == 0 ? "default" : _options.IntraOpThreads)}) on {_modelPath}";
@@ -140,13 +139,8 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     public ArtifactOutputs Run(int[] tokens, int batch, int seq, bool hiddenStates, bool routing,
         IReadOnlyDictionary<string, DenseTensor<float>>? extraInputs, IReadOnlyList<string>? extraOutputs, out Dictionary<string, float[]> extra)
     {
-        if (tokens.Length != batch * seq) throw new ArgumentException($"{tokens.Length} tokens for batch {batch} x seq {seq}");
         var session = hiddenStates || routing ? DiagnosticSession() : _plain!;
-        var inputs = new List<NamedOnnxValue> { DecoderInputs.Ids(tokens, batch, seq) };
-        DecoderInputs.AddMaskAndPositions(inputs, batch, seq, session.InputMetadata.ContainsKey(DeepseekV3OnnxNames.AttentionMask),
-            session.InputMetadata.ContainsKey(DeepseekV3OnnxNames.PositionIds));
-        if (extraInputs != null)
-            foreach (var (name, value) in extraInputs) inputs.Add(NamedOnnxValue.CreateFromTensor(name, value));
+        var inputs = Inputs(session, tokens, batch, seq, extraInputs);
         var outputNames = new List<string> { "logits" };
         if (hiddenStates) outputNames.AddRange(_hiddenNames);
         if (routing) outputNames.AddRange(_routingNames);
@@ -181,6 +175,29 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
             }
         }
         return new ArtifactOutputs(logits, hidden, route);
+    }
+
+    /// <summary>
+    /// Only the named float outputs (e.g. a rank's <c>moe_partial.L</c>): ONNX Runtime then runs just the nodes they
+    /// need, not the head, and no logits are copied out.
+    /// </summary>
+    public Dictionary<string, float[]> RunOutputs(int[] tokens, int batch, int seq, IReadOnlyDictionary<string, DenseTensor<float>>? extraInputs,
+        IReadOnlyList<string> outputs)
+    {
+        using var results = _plain!.Run(Inputs(_plain, tokens, batch, seq, extraInputs), outputs);
+        return results.ToDictionary(r => r.Name, r => r.AsTensor<float>().ToArray(), StringComparer.Ordinal);
+    }
+
+    private static List<NamedOnnxValue> Inputs(InferenceSession session, int[] tokens, int batch, int seq,
+        IReadOnlyDictionary<string, DenseTensor<float>>? extraInputs)
+    {
+        if (tokens.Length != batch * seq) throw new ArgumentException($"{tokens.Length} tokens for batch {batch} x seq {seq}");
+        var inputs = new List<NamedOnnxValue> { DecoderInputs.Ids(tokens, batch, seq) };
+        DecoderInputs.AddMaskAndPositions(inputs, batch, seq, session.InputMetadata.ContainsKey(DeepseekV3OnnxNames.AttentionMask),
+            session.InputMetadata.ContainsKey(DeepseekV3OnnxNames.PositionIds));
+        if (extraInputs != null)
+            foreach (var (name, value) in extraInputs) inputs.Add(NamedOnnxValue.CreateFromTensor(name, value));
+        return inputs;
     }
 
     /// <summary>Opens ONNX artifacts for <see cref="ArtifactRunnerFactory"/> (<c>verify</c>): cpu or cuda, threads.</summary>

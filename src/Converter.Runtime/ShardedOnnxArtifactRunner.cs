@@ -1,4 +1,5 @@
 using System.Globalization;
+using Converter.Pipelines;
 using Converter.Sharding;
 using Converter.Verification;
 using Microsoft.ML.OnnxRuntime.Tensors;
@@ -22,19 +23,12 @@ public sealed class ShardedOnnxArtifactRunner : IArtifactRunner
     private readonly OnnxArtifactRunner[] _ranks;
     private readonly int[] _moeLayers;
     private readonly string _base;
-    private double? _maxDisagreement;
+    private double? _maxDisagreement; // the largest |logit difference| between any rank and rank 0 in the last batch
     private int _runs;
-
-    /// <summary>The largest |logit difference| between any rank and rank 0 in the last batch (null before a run).</summary>
-    public double? MaxRankDisagreement => _maxDisagreement;
-    public IReadOnlyList<int> MoeLayers => _moeLayers;
 
     public string Description => _base + (_maxDisagreement is { } d
         ? $"; {_runs} rank runs per batch, ranks' logits agree within {d.ToString("G3", CultureInfo.InvariantCulture)}"
         : "");
-
-    /// <summary>True when <paramref name="path"/> is a folder holding a placement.json (a <c>shard</c> output).</summary>
-    public static bool IsShardedOutput(string path) => Directory.Exists(path) && File.Exists(Path.Combine(path, PlacementJson.FileName));
 
     public ShardedOnnxArtifactRunner(string dir, OnnxRunnerOptions? options = null)
     {
@@ -42,7 +36,7 @@ public sealed class ShardedOnnxArtifactRunner : IArtifactRunner
         _placement = PlacementJson.Read(_dir);
         int n = _placement.Ranks;
         var folders = Directory.GetDirectories(_dir, "rank-*").Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray();
-        var expected = Enumerable.Range(0, n).Select(r => $"rank-{r:D5}").ToArray();
+        var expected = Enumerable.Range(0, n).Select(ShardPipeline.RankFolderName).ToArray();
         if (!folders.SequenceEqual(expected))
             throw new InvalidDataException($"{_dir}: placement.json has {n} ranks but the folder holds [{string.Join(", ", folders)}] (expected {expected[0]}..{expected[^1]})");
         _ranks = new OnnxArtifactRunner[n];
@@ -72,7 +66,7 @@ public sealed class ShardedOnnxArtifactRunner : IArtifactRunner
         for (int r = 0; r < n; r++)
         {
             var m = _ranks[r];
-            string where = Path.Combine(_dir, $"rank-{r:D5}", "model.onnx");
+            string where = Path.Combine(_dir, ShardPipeline.RankFolderName(r), "model.onnx");
             string Need(string key) => m.Metadata(key) ?? throw new InvalidDataException($"{where}: not an expert-parallel rank model (no '{key}' metadata)");
             if (Need(N.RankKey) != r.ToString(CultureInfo.InvariantCulture) || Need(N.RanksKey) != n.ToString(CultureInfo.InvariantCulture))
                 throw new InvalidDataException($"{where}: the model is rank {Need(N.RankKey)} of {Need(N.RanksKey)}, the placement expects rank {r} of {n}");
@@ -107,8 +101,7 @@ public sealed class ShardedOnnxArtifactRunner : IArtifactRunner
             var partials = new float[n][];
             for (int r = 0; r < n; r++)
             {
-                _ranks[r].Run(tokens, batch, seq, false, false, peers[r], [name], out var extra);
-                partials[r] = extra[name];
+                partials[r] = _ranks[r].RunOutputs(tokens, batch, seq, peers[r], [name])[name];
                 runs++;
             }
             int len = partials[0].Length;

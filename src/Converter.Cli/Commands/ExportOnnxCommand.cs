@@ -51,7 +51,7 @@ public static class ExportOnnxCommand
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
-            var format = parse.GetValue(weights) switch { "fp8" => OnnxWeightFormat.Fp8, "int4" => OnnxWeightFormat.Int4, _ => OnnxWeightFormat.Fp32 };
+            var format = Enum.Parse<OnnxWeightFormat>(parse.GetValue(weights)!, ignoreCase: true);
             var both = parse.GetValue(simulate);
             ActivationFormat? Fmt(string? s) => s == null ? null : ActivationFormatParser.Parse(s);
             var comm = new CommSimulation(Fmt(parse.GetValue(dispatch) ?? both), Fmt(parse.GetValue(combine) ?? both));

@@ -73,7 +73,7 @@ public static class ShardCommand
             }
             var result = ShardPipeline.Run(ckpt, plan, new ShardOptions(outDir, SizeParser.Parse(parse.GetValue(maxShard)!), parse.GetValue(overwrite),
                 report == null ? null : staging => report.Write(staging),
-                parse.GetValue(onnx) ? parse.GetValue(onnxWeights) switch { "fp8" => OnnxWeightFormat.Fp8, "int4" => OnnxWeightFormat.Int4, _ => OnnxWeightFormat.Fp32 } : null),
+                parse.GetValue(onnx) ? Enum.Parse<OnnxWeightFormat>(parse.GetValue(onnxWeights)!, ignoreCase: true) : null),
                 log, GlobalOptions.CreateProgress(parse));
             if (report != null)
             {

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.CommandLine.Invocation;
 using System.Globalization;
 using Converter.Models;
+using Converter.Pipelines;
 using Converter.Runtime;
 using Converter.Verification;
 
@@ -94,7 +95,7 @@ public static class VerifyCommand
                 options = new RunnerOptions(nThreads, provider) { KvCache = pr.GetValue(kvCache)!, InteropDirectory = pr.GetValue(interopDir) };
                 goldenSet = GoldenSet.Load(pr.GetValue(golden)!);
                 // A sharded output's config.json sits in each rank folder.
-                var configDir = kind == ArtifactKind.ShardedOnnx ? Path.Combine(path, "rank-00000") : path;
+                var configDir = kind == ArtifactKind.ShardedOnnx ? Path.Combine(path, ShardPipeline.RankFolderName(0)) : path;
                 var modelDir = pr.GetValue(model) ?? (Directory.Exists(configDir) && File.Exists(Path.Combine(configDir, "config.json")) ? configDir : null);
                 if (modelDir != null) goldenSet.CheckModel(ConfigJson.Load(modelDir));
             }

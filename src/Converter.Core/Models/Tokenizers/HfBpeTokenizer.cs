@@ -124,8 +124,6 @@ public static class HfBpeTokenizer
         using var doc = Parse(configPath);
         var root = doc.RootElement;
         if (root.ValueKind != JsonValueKind.Object) throw Bad(configPath, "not a JSON object");
-        var ids = new Dictionary<string, int>(tokens.Length, StringComparer.Ordinal);
-        for (int i = tokens.Length - 1; i >= 0; i--) ids[tokens[i]] = i; // lowest id wins on duplicates
         foreach (var (field, key) in new[] { ("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"), ("unk_token", "unknown") })
         {
             if (!root.TryGetProperty(field, out var v) || v.ValueKind == JsonValueKind.Null) continue;
@@ -135,7 +133,8 @@ public static class HfBpeTokenizer
                 JsonValueKind.Object when v.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => c.GetString(),
                 _ => throw Bad(configPath, $"{field} is neither a string nor an object with string content"),
             };
-            if (!ids.TryGetValue(content!, out int id))
+            int id = Array.IndexOf(tokens, content); // ordinal; the lowest id wins on duplicates
+            if (id < 0)
                 throw Bad(configPath, $"{field} '{content}' is not a token of {Path.GetFileName(tokenizerPath)}");
             meta.Add(new($"tokenizer.ggml.{key}_token_id", GgufValue.UInt32((uint)id)));
         }
