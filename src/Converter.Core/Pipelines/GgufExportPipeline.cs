@@ -97,21 +97,20 @@ public static class GgufExportPipeline
             if (GgufInt4Passthrough.Applies(src, t, types[i]))
             {
                 GgufInt4Passthrough.Write(src, t, writer, log);
-                writer.EndTensor();
-                bytes += writer.Tensors[i].ByteSize;
-                progress?.Report(new PipelineProgress(i + 1, types.Length, bytes, t.Name));
-                continue;
             }
-            long rowLength = t.Dimensions[0];
-            // whole rows, at most ~32M values per encode call: bounds the encode buffer whatever the tensor
-            int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
-            t.Produce(source, chunk =>
+            else
             {
-                if (chunk.Length % rowLength != 0)
-                    throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {rowLength}");
-                for (int at = 0; at < chunk.Length; at += piece)
-                    writer.WriteTensorValues(chunk.Slice(at, Math.Min(piece, chunk.Length - at)));
-            });
+                long rowLength = t.Dimensions[0];
+                // whole rows, at most ~32M values per encode call: bounds the encode buffer whatever the tensor
+                int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
+                t.Produce(source, chunk =>
+                {
+                    if (chunk.Length % rowLength != 0)
+                        throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {rowLength}");
+                    for (int at = 0; at < chunk.Length; at += piece)
+                        writer.WriteTensorValues(chunk.Slice(at, Math.Min(piece, chunk.Length - at)));
+                });
+            }
             writer.EndTensor();
             bytes += writer.Tensors[i].ByteSize;
             progress?.Report(new PipelineProgress(i + 1, types.Length, bytes, t.Name));
@@ -124,6 +123,9 @@ public static class GgufExportPipeline
     /// <summary>Float32 reads of a checkpoint; row slabs map only their own bytes (and FP8 scale rows).</summary>
     private sealed class CheckpointSource(ModelCheckpoint src, long slabValues) : ICheckpointFloatSource
     {
+        // The packed INT4 tensor dequantized last: its slabs are read one after the other.
+        private (string Name, float[] Values)? _int4;
+
         public long SlabValues => slabValues;
 
         public float[] Read(string name) => src.ReadFloat32(name);
@@ -142,9 +144,12 @@ public static class GgufExportPipeline
         {
             if (src.IsPackedInt4(name))
             {
-                // Packed INT4 is dequantized whole (it is 8x smaller than float32 on disk).
+                // Packed INT4 is dequantized whole (it is 8x smaller than float32 on disk), once for all its slabs.
                 long c = ElementCount(name) / Rows(name);
-                src.ReadFloat32(name).AsSpan(checked((int)(firstRow * c)), dst.Length).CopyTo(dst);
+                if (_int4?.Name != name) _int4 = (name, src.ReadFloat32(name));
+                var all = _int4.Value.Values;
+                all.AsSpan(checked((int)(firstRow * c)), dst.Length).CopyTo(dst);
+                if (firstRow * c + dst.Length == all.Length) _int4 = null; // its last slab: not held past the tensor
                 return;
             }
             var info = src.Tensors.Info(name);
