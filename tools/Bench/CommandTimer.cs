@@ -5,6 +5,9 @@ namespace Converter.Tools.Bench;
 /// <summary>Runs a child process, timing it and polling its peak resident set (VmHWM) until it exits.</summary>
 public static class CommandTimer
 {
+    /// <summary>The converter executable built beside the benchmarks (tools/Bench references the CLI project).</summary>
+    public static string ConverterPath => Path.Combine(AppContext.BaseDirectory, "converter");
+
     public sealed record Measurement(double Seconds, long PeakRssBytes, int ExitCode, string StdErr);
 
     public static Measurement Run(string file, params string[] args)

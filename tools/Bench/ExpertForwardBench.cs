@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Converter.Calibration;
 
 namespace Converter.Tools.Bench;
@@ -31,8 +30,8 @@ public static class ExpertForwardBench
         foreach (int threads in new[] { 1, 2 })
         {
             var fwd = new ExpertForward(gate, up, down, h, i) { MaxThreads = threads };
-            double rowByRow = Best(reps, () => RowByRow(gate, up, down, x, rows, h, i, act, y, threads));
-            double blocked = Best(reps, () => fwd.Run(x, rows, act, y));
+            double rowByRow = BenchTiming.Best(reps, () => RowByRow(gate, up, down, x, rows, h, i, act, y, threads), warm: false).Wall;
+            double blocked = BenchTiming.Best(reps, () => fwd.Run(x, rows, act, y), warm: false).Wall;
             Console.WriteLine($"| one dot per output, row by row | {threads} | {rowByRow:F2} | {gflop / rowByRow:F1} | {rows / rowByRow:F0} |");
             Console.WriteLine($"| blocked, 16 rows per weight pass (ExpertForward.Run) | {threads} | {blocked:F2} | {gflop / blocked:F1} | {rows / blocked:F0} |");
         }
@@ -40,7 +39,7 @@ public static class ExpertForwardBench
         double hflop = (double)h * (h + 1) / 2 * 2 * rows / 1e9;
         foreach (int threads in new[] { 1, 2 })
         {
-            double s = Best(reps, () => new HessianAccumulator(h) { MaxThreads = threads }.Add(x, rows));
+            double s = BenchTiming.Best(reps, () => new HessianAccumulator(h) { MaxThreads = threads }.Add(x, rows), warm: false).Wall;
             Console.WriteLine($"| Hessian X^T X [{h}, {h}] float64 (HessianAccumulator.Add, {hflop:F1} GFLOP) | {threads} | {s:F2} | {hflop / s:F1} | {rows / s:F0} |");
         }
         return 0;
@@ -58,16 +57,4 @@ public static class ExpertForwardBench
             }
             for (int o = 0; o < h; o++) y[r * h + o] = ExpertForward.Dot(ar, down.AsSpan(o * i, i));
         });
-
-    private static double Best(int reps, Action action)
-    {
-        double best = double.MaxValue;
-        for (int k = 0; k < reps; k++)
-        {
-            var sw = Stopwatch.StartNew();
-            action();
-            best = Math.Min(best, sw.Elapsed.TotalSeconds);
-        }
-        return best;
-    }
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Converter.Numerics;
 
 namespace Converter.Tools.Bench;
@@ -41,29 +40,16 @@ public static class Fp8CodecBench
         void Row(string op, int threads, double ms, double inMb, double outMb)
             => lines.Add($"| {op} | {threads} | {ms:F2} | {inMb / ms * 1e3:F0} | {outMb / ms * 1e3:F0} |");
 
-        Row("Span copy (bf16 bytes)", 1, Best(reps, () => w.AsSpan().CopyTo(copyDst16)), bf16Mb, bf16Mb);
-        Row("Span copy (fp8 bytes)", 1, Best(reps, () => fp8.AsSpan().CopyTo(copyDst8)), fp8Mb, fp8Mb);
+        Row("Span copy (bf16 bytes)", 1, BenchTiming.Best(reps, () => w.AsSpan().CopyTo(copyDst16)).Wall * 1e3, bf16Mb, bf16Mb);
+        Row("Span copy (fp8 bytes)", 1, BenchTiming.Best(reps, () => fp8.AsSpan().CopyTo(copyDst8)).Wall * 1e3, fp8Mb, fp8Mb);
         foreach (int threads in new[] { 1, 2 })
         {
             Row("bf16 -> fp8 block quantize", threads,
-                Best(reps, () => Fp8BlockQuantizer.Quantize(w, rows, cols, fp8, scales, threads)), bf16Mb, fp8Mb);
+                BenchTiming.Best(reps, () => Fp8BlockQuantizer.Quantize(w, rows, cols, fp8, scales, threads)).Wall * 1e3, bf16Mb, fp8Mb);
             Row("fp8 -> bf16 dequantize", threads,
-                Best(reps, () => Fp8BlockQuantizer.DequantizeToBf16(fp8, scales, rows, cols, bf16Out, threads)), fp8Mb, bf16Mb);
+                BenchTiming.Best(reps, () => Fp8BlockQuantizer.DequantizeToBf16(fp8, scales, rows, cols, bf16Out, threads)).Wall * 1e3, fp8Mb, bf16Mb);
         }
         foreach (var l in lines) Console.WriteLine(l);
         return 0;
-    }
-
-    private static double Best(int reps, Action action)
-    {
-        action(); // warm-up: JIT tiers, page faults on first touch
-        double best = double.MaxValue;
-        for (int i = 0; i < reps; i++)
-        {
-            long t0 = Stopwatch.GetTimestamp();
-            action();
-            best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
-        }
-        return best;
     }
 }

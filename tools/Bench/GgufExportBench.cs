@@ -31,7 +31,7 @@ public static class GgufExportBench
             Console.Error.WriteLine("error: --model is required (make one with tools/Synth, e.g. synth -o DIR --layers 2 --experts 16)");
             return 2;
         }
-        var converter = Path.Combine(AppContext.BaseDirectory, "converter");
+        var converter = CommandTimer.ConverterPath;
         Directory.CreateDirectory(work);
         double inGb = CommandTimer.Warm(model) / 1e9;
         Console.WriteLine($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}; input {model} ({inGb:F2} GB); runs: best of {runs}");

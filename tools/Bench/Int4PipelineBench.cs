@@ -30,7 +30,7 @@ public static class Int4PipelineBench
             Console.Error.WriteLine("error: --model is required (make one with tools/Synth)");
             return 2;
         }
-        var converter = Path.Combine(AppContext.BaseDirectory, "converter");
+        var converter = CommandTimer.ConverterPath;
         Directory.CreateDirectory(work);
         double inGb = CommandTimer.Warm(model) / 1e9;
         Console.WriteLine($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}; {model} ({inGb:F2} GB); group {group}, symmetric; best of {runs}");

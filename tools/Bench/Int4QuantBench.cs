@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Converter.Numerics;
 using Converter.Numerics.Int4;
 
@@ -59,9 +58,9 @@ public static class Int4QuantBench
         Console.WriteLine("|---|---:|---:|---:|---:|");
         foreach (int threads in new[] { 1, 2 })
         {
-            var (s, c) = Best(reps, () => Int4GroupQuantizer.Quantize(w, rows, cols, scheme, Int4ClipSearch.Default, threads));
+            var (s, c) = BenchTiming.Best(reps, () => Int4GroupQuantizer.Quantize(w, rows, cols, scheme, Int4ClipSearch.Default, threads));
             Console.WriteLine($"| rtn, MSE clip search (30 steps) | {threads} | {s:F3} | {c:F3} | {mw / s:F1} |");
-            (s, c) = Best(reps, () => Int4GroupQuantizer.Quantize(w, rows, cols, scheme, Int4ClipSearch.None, threads));
+            (s, c) = BenchTiming.Best(reps, () => Int4GroupQuantizer.Quantize(w, rows, cols, scheme, Int4ClipSearch.None, threads));
             Console.WriteLine($"| rtn, min-max | {threads} | {s:F3} | {c:F3} | {mw / s:F1} |");
         }
         if (gptq)
@@ -70,32 +69,13 @@ public static class Int4QuantBench
             foreach (int threads in new[] { 1, 2 })
             {
                 GptqFactor? factor = null;
-                var (sf, cf) = Best(1, () => factor = GptqFactor.Create(h, cols, opts, threads), warm: false);
+                var (sf, cf) = BenchTiming.Best(1, () => factor = GptqFactor.Create(h, cols, opts, threads), warm: false);
                 Console.WriteLine($"| gptq Hessian factor [{cols}, {cols}] (once per expert input) | {threads} | {sf:F2} | {cf:F2} | - |");
-                var (sq, cq) = Best(1, () => Gptq.Quantize(w, rows, cols, factor!, scheme, opts, threads), warm: false);
+                var (sq, cq) = BenchTiming.Best(1, () => Gptq.Quantize(w, rows, cols, factor!, scheme, opts, threads), warm: false);
                 Console.WriteLine($"| gptq column sweep (block 128) | {threads} | {sq:F2} | {cq:F2} | {mw / sq:F2} |");
                 Console.WriteLine($"| gptq total, one weight | {threads} | {sf + sq:F2} | {cf + cq:F2} | {mw / (sf + sq):F2} |");
             }
         }
         return 0;
-    }
-
-    /// <summary>Best wall time of <paramref name="reps"/> runs, with that run's process CPU time.</summary>
-    private static (double Wall, double Cpu) Best(int reps, Action action, bool warm = true)
-    {
-        if (warm) action();
-        (double, double) best = (double.MaxValue, 0);
-        var proc = Process.GetCurrentProcess();
-        for (int i = 0; i < reps; i++)
-        {
-            proc.Refresh();
-            var c0 = proc.TotalProcessorTime;
-            long t0 = Stopwatch.GetTimestamp();
-            action();
-            double wall = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-            proc.Refresh();
-            if (wall < best.Item1) best = (wall, (proc.TotalProcessorTime - c0).TotalSeconds);
-        }
-        return best;
     }
 }

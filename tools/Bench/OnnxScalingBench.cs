@@ -35,7 +35,7 @@ public static class OnnxScalingBench
             }
         }
         Directory.CreateDirectory(work);
-        var converter = Path.Combine(AppContext.BaseDirectory, "converter");
+        var converter = CommandTimer.ConverterPath;
         if (models.Count > 0)
         {
             Console.WriteLine("| checkpoint | checkpoint GB | weights | export s | ONNX data GB | peak RSS MiB |");

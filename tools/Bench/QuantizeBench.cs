@@ -28,7 +28,7 @@ public static class QuantizeBench
             Console.Error.WriteLine("error: --bf16 and --fp8 are required (make them with tools/Synth)");
             return 2;
         }
-        var converter = Path.Combine(AppContext.BaseDirectory, "converter");
+        var converter = CommandTimer.ConverterPath;
         Directory.CreateDirectory(work);
         Console.WriteLine($"machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}; runs: best of {runs}");
         Console.WriteLine();

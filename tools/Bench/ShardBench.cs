@@ -38,7 +38,7 @@ public static class ShardBench
             Console.Error.WriteLine("error: --model is required (make one with tools/Synth)");
             return 2;
         }
-        var converter = Path.Combine(AppContext.BaseDirectory, "converter");
+        var converter = CommandTimer.ConverterPath;
         Directory.CreateDirectory(work);
         var calib = Path.Combine(work, "calib");
         SkewedCalibration(ArchitectureRegistry.Load(model), 8192).Save(calib);
