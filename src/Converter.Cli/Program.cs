@@ -3,7 +3,7 @@ using Converter.Cli;
 using Converter.Cli.Commands;
 using Converter.Runtime;
 
-var root = new RootCommand("converter: turn DeepSeek-V3-family MoE checkpoints into verified FP8, INT4, ONNX and GGUF artifacts");
+var root = new RootCommand("converter: turn Mixture-of-Experts checkpoints (DeepSeek-V3/R1, Kimi K2, DeepSeek-V2, Qwen3-MoE) into verified FP8, INT4, ONNX and GGUF artifacts");
 root.Options.Add(GlobalOptions.Verbose);
 root.Options.Add(GlobalOptions.Quiet);
 root.Subcommands.Add(InspectCommand.Create());

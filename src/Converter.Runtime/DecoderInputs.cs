@@ -1,4 +1,4 @@
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 
@@ -14,7 +14,7 @@ internal static class DecoderInputs
     {
         var ids = new long[batch * seq];
         for (int i = 0; i < ids.Length; i++) ids[i] = tokens[i];
-        return NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.InputIds, new DenseTensor<long>(ids, [batch, seq]));
+        return NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.InputIds, new DenseTensor<long>(ids, [batch, seq]));
     }
 
     public static void AddMaskAndPositions(List<NamedOnnxValue> inputs, int batch, int seq, bool mask, bool positions)
@@ -23,13 +23,13 @@ internal static class DecoderInputs
         {
             var ones = new long[batch * seq];
             Array.Fill(ones, 1L);
-            inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.AttentionMask, new DenseTensor<long>(ones, [batch, seq])));
+            inputs.Add(NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.AttentionMask, new DenseTensor<long>(ones, [batch, seq])));
         }
         if (positions)
         {
             var pos = new long[batch * seq];
             for (int i = 0; i < pos.Length; i++) pos[i] = i % seq;
-            inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.PositionIds, new DenseTensor<long>(pos, [batch, seq])));
+            inputs.Add(NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.PositionIds, new DenseTensor<long>(pos, [batch, seq])));
         }
     }
 }

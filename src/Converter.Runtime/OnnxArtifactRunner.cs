@@ -1,5 +1,5 @@
 using Converter.Formats.Onnx.Proto;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Verification;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
@@ -65,7 +65,7 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         _hiddenNames = (Metadata(HiddenStatesKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
         _routingNames = (Metadata(RoutingKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
         // A rank model's peer-sum inputs have zeros initializers as defaults, which ORT warns about in every session.
-        if (!string.IsNullOrEmpty(Metadata(DeepseekV3OnnxNames.RankKey))) _options = _options with { ErrorsOnly = true };
+        if (!string.IsNullOrEmpty(Metadata(OnnxDecoderNames.RankKey))) _options = _options with { ErrorsOnly = true };
         _plain = CreateSession(_modelPath);
         Description = $"ONNX Runtime {OrtEnv.Instance().GetVersionString()} ({_options.ExecutionProvider.ToString().ToLowerInvariant()}, " +
                       $"intra-op threads {(_options.IntraOpThreads == 0 ? "default" : _options.IntraOpThreads)}) on {_modelPath}";
@@ -193,8 +193,8 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     {
         if (tokens.Length != batch * seq) throw new ArgumentException($"{tokens.Length} tokens for batch {batch} x seq {seq}");
         var inputs = new List<NamedOnnxValue> { DecoderInputs.Ids(tokens, batch, seq) };
-        DecoderInputs.AddMaskAndPositions(inputs, batch, seq, session.InputMetadata.ContainsKey(DeepseekV3OnnxNames.AttentionMask),
-            session.InputMetadata.ContainsKey(DeepseekV3OnnxNames.PositionIds));
+        DecoderInputs.AddMaskAndPositions(inputs, batch, seq, session.InputMetadata.ContainsKey(OnnxDecoderNames.AttentionMask),
+            session.InputMetadata.ContainsKey(OnnxDecoderNames.PositionIds));
         if (extraInputs != null)
             foreach (var (name, value) in extraInputs) inputs.Add(NamedOnnxValue.CreateFromTensor(name, value));
         return inputs;

@@ -3,7 +3,7 @@ using Converter.Pipelines;
 using Converter.Sharding;
 using Converter.Verification;
 using Microsoft.ML.OnnxRuntime.Tensors;
-using N = Converter.Models.DeepseekV3.Onnx.DeepseekV3OnnxNames;
+using N = Converter.Decoder.Onnx.OnnxDecoderNames;
 
 namespace Converter.Runtime;
 

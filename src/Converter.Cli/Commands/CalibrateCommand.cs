@@ -13,7 +13,7 @@ public static class CalibrateCommand
 {
     public static Command Create()
     {
-        var dir = new Argument<string>("model-dir") { Description = "deepseek_v3 model folder (BF16 or FP8 safetensors)" };
+        var dir = new Argument<string>("model-dir") { Description = "Model folder (BF16 or FP8 safetensors) of a family ONNX export supports" };
         var tokens = new Option<string>("--tokens") { Description = "safetensors file with 'tokens' int32 [sequences, length]", Required = true };
         var output = new Option<string>("--output", "-o") { Description = "Calibration folder to write", Required = true };
         var batch = new Option<int>("--batch") { Description = "Sequences per ONNX Runtime run", DefaultValueFactory = _ => 8 };

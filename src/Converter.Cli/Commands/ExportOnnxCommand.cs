@@ -1,5 +1,5 @@
 using System.CommandLine;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Numerics.ActivationFormats;
 using Converter.Pipelines;
 using Microsoft.Extensions.Logging;
@@ -45,7 +45,7 @@ public static class ExportOnnxCommand
         };
         var dispatch = new Option<string?>("--dispatch") { Description = "Format of the dispatch traffic only (overrides --simulate-comm for dispatch)" };
         var combine = new Option<string?>("--combine") { Description = "Format of the combine traffic only (overrides --simulate-comm for combine)" };
-        var cmd = new Command("onnx", "Export a deepseek_v3 checkpoint to ONNX (model-local MLA/MoE functions, stock ONNX Runtime)")
+        var cmd = new Command("onnx", "Export a checkpoint to ONNX (model-local attention/MoE functions, stock ONNX Runtime)")
         {
             dir, output, weights, groupSize, asymmetric, targets, overwrite, diagnostics, simulate, dispatch, combine,
         };

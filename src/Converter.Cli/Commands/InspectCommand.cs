@@ -40,6 +40,7 @@ public static class InspectCommand
         w.WriteLine($"model          {r.Directory}");
         w.WriteLine($"architecture   {r.ModelType}, {r.Layers} layers (+{r.MtpLayers} MTP), hidden {r.HiddenSize}, vocab {r.VocabSize}");
         w.WriteLine($"experts        {r.RoutedExperts} routed, top-{r.ExpertsPerToken}, {r.SharedExperts} shared, {r.ExpertGroups} groups (top-{r.TopkGroups}); MoE layers [{string.Join(", ", r.MoeLayers)}]");
+        foreach (var f in r.Facts) w.WriteLine($"{f.Label,-14} {f.Value}");
         w.WriteLine($"parameters     {r.TotalParameters:N0} total, {r.ActiveParametersPerToken:N0} active per token, {r.MtpParameters:N0} in MTP layers");
         w.WriteLine($"weights        {r.Layout}{(r.QuantizationConfig is null ? "" : " " + r.QuantizationConfig.ToJsonString())}");
         w.WriteLine($"dtypes         {string.Join(", ", r.TensorsByDType.Select(kv => $"{kv.Key} x{kv.Value}"))}");
@@ -66,6 +67,7 @@ public static class InspectCommand
         ["shared_experts"] = r.SharedExperts,
         ["expert_groups"] = r.ExpertGroups,
         ["topk_groups"] = r.TopkGroups,
+        ["family"] = new JsonObject(r.Facts.Select(f => KeyValuePair.Create(f.Label.Replace(' ', '_'), (JsonNode?)f.Value))),
         ["moe_layers"] = new JsonArray(r.MoeLayers.Select(l => (JsonNode)l).ToArray()),
         ["total_parameters"] = r.TotalParameters,
         ["active_parameters_per_token"] = r.ActiveParametersPerToken,

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using Converter.Calibration;
 using Converter.Models;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Sharding;
 using Microsoft.Extensions.Logging;

@@ -1,14 +1,26 @@
 using Converter.Models.DeepseekV3;
+using Converter.Models.Qwen3Moe;
 
 namespace Converter.Models;
 
-/// <summary>Reads config.json and picks the architecture class for its model_type.</summary>
+/// <summary>
+/// Reads config.json and picks the family for its model_type. A family is one folder under <c>Models/</c> plus one
+/// line here: its model types and the factory of its <see cref="ModelArchitecture"/>.
+/// </summary>
 public static class ArchitectureRegistry
 {
-    private static readonly Dictionary<string, Func<ConfigJson, ModelArchitecture>> Factories = new()
+    private static readonly Dictionary<string, Func<ConfigJson, ModelArchitecture>> Factories = new(StringComparer.Ordinal);
+
+    static ArchitectureRegistry()
     {
-        ["deepseek_v3"] = c => new DeepseekV3Architecture(DeepseekV3Config.Parse(c)),
-    };
+        Register(DeepseekV3Config.ModelTypes, c => new DeepseekV3Architecture(DeepseekV3Config.Parse(c)));
+        Register([Qwen3MoeConfig.Type], c => new Qwen3MoeArchitecture(Qwen3MoeConfig.Parse(c)));
+    }
+
+    private static void Register(IEnumerable<string> modelTypes, Func<ConfigJson, ModelArchitecture> factory)
+    {
+        foreach (var t in modelTypes) Factories.Add(t, factory);
+    }
 
     public static IReadOnlyCollection<string> Supported => Factories.Keys;
 

@@ -1,11 +1,16 @@
+using Converter.Decoder.Onnx;
+
 namespace Converter.Models;
 
 /// <summary>A tensor the architecture expects in a checkpoint (logical BF16/F32 form, before quantization).</summary>
 public sealed record ExpectedTensor(string Name, long[] Shape, TensorRole Role);
 
 /// <summary>
-/// One class per model family maps its config and tensor names. Pipelines talk to this, never to names.
-/// Unknown tensor names fail loudly (<see cref="Classify"/> throws), as llama.cpp's converter does.
+/// The family contract: one class per model family (in its own folder under <c>Models/</c>, registered in
+/// <see cref="ArchitectureRegistry"/>) maps its config and tensor names, declares its routing, and builds what the
+/// pipelines need from it: the ONNX attention (<see cref="Onnx"/>), the GGUF mapping (<see cref="Gguf"/>), the MoE
+/// and dense blocks calibration taps (<see cref="Moe"/>, <see cref="DenseMlp"/>). Pipelines talk to this, never to
+/// names. Unknown tensor names fail loudly (<see cref="Classify"/> throws), as llama.cpp's converter does.
 /// </summary>
 public abstract class ModelArchitecture
 {
@@ -41,4 +46,34 @@ public abstract class ModelArchitecture
 
     /// <summary>True for the projection weights DeepSeek's official FP8 layout stores as 128x128-block e4m3.</summary>
     public virtual bool IsFp8Quantized(TensorRole role) => role.IsLinearWeight;
+
+    /// <summary>RMSNorm epsilon of every norm of the main graph.</summary>
+    public abstract double RmsNormEps { get; }
+
+    /// <summary>Embedding, final norm, head and the per-layer norms around attention and MLP.</summary>
+    public virtual DecoderTensorNames Names => DecoderTensorNames.HuggingFace;
+
+    /// <summary>MoE layer <paramref name="layer"/>'s router, experts, shared expert and routing rule.</summary>
+    public abstract MoeBlock Moe(int layer);
+
+    /// <summary>Dense (non-MoE) layer <paramref name="layer"/>'s SwiGLU weights.</summary>
+    public abstract FeedForwardWeights DenseMlp(int layer);
+
+    /// <summary>The routed experts' names, for layer <paramref name="layer"/>: what differs between expert-parallel ranks.</summary>
+    public bool IsRoutedExpert(string tensor) => Classify(tensor).Kind == TensorKind.RoutedExpert;
+
+    /// <summary>What the family contributes to the ONNX decoder graph; null where ONNX export is not supported.</summary>
+    public virtual IOnnxDecoderFamily? Onnx => null;
+
+    /// <summary>The GGUF mapping (llama.cpp architecture, keys, tensors); throws <see cref="NotSupportedException"/> with
+    /// the reason where llama.cpp cannot run this checkpoint at all.</summary>
+    /// <param name="directory">The checkpoint folder (for tokenizer files).</param>
+    public virtual GgufModelPlan Gguf(string directory, string modelName) =>
+        throw new NotSupportedException($"{directory}: no GGUF mapping for model_type '{ModelType}'");
+
+    /// <summary>Family-specific lines of <c>inspect</c> (attention kind, routing, ...).</summary>
+    public virtual IReadOnlyList<ArchitectureFact> Facts() => [];
+
+    /// <summary>Shared experts per MoE layer (0 where the family has none).</summary>
+    public int NumSharedExpertsOf(int layer) => IsMoeLayer(layer) && Moe(layer).Shared is { } s ? (int)(s.Intermediate / Moe(layer).ExpertIntermediate) : 0;
 }

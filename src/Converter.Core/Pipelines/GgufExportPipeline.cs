@@ -1,8 +1,6 @@
 using System.Diagnostics;
 using Converter.Formats.Gguf;
 using Converter.Models;
-using Converter.Models.DeepseekV3;
-using Converter.Models.Tokenizers;
 using Converter.Numerics.Ggml;
 using Microsoft.Extensions.Logging;
 
@@ -33,12 +31,8 @@ public sealed record GgufExportResult(string Output, int Tensors, long BytesWrit
 /// </summary>
 public static class GgufExportPipeline
 {
-    public static GgufModelPlan Plan(ModelCheckpoint src, string? modelName = null) => src.Architecture switch
-    {
-        DeepseekV3Architecture d => DeepseekV3GgufMap.Build(d.Cfg, modelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(src.Directory)),
-            HfBpeTokenizer.TryLoad(src.Directory, d.Cfg.VocabSize)),
-        var a => throw new NotSupportedException($"{src.Directory}: no GGUF mapping for model_type '{a.ModelType}'"),
-    };
+    public static GgufModelPlan Plan(ModelCheckpoint src, string? modelName = null) =>
+        src.Architecture.Gguf(src.Directory, modelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(src.Directory)));
 
     /// <summary>The requested type where the tensor's rows are whole blocks of it; otherwise Q8_0, then F16, then F32.</summary>
     public static GgmlType ChooseType(GgufTensorPlan t, GgmlType requested)

@@ -1,6 +1,5 @@
 using System.Text.Json.Nodes;
 using Converter.Models;
-using Converter.Models.DeepseekV3;
 using Converter.Tensors;
 
 namespace Converter.Pipelines;
@@ -28,7 +27,11 @@ public sealed record InspectReport(
     IReadOnlyList<(string File, long Bytes, int Tensors)> Shards,
     long StoredBytes,
     IReadOnlyList<(string Format, long Bytes)> EstimatedSizes,
-    IReadOnlyList<string> Notes);
+    IReadOnlyList<string> Notes)
+{
+    /// <summary>The family's own lines (attention kind, routing rule, KV cache per token).</summary>
+    public IReadOnlyList<ArchitectureFact> Facts { get; init; } = [];
+}
 
 public static class ModelInspector
 {
@@ -54,15 +57,15 @@ public static class ModelInspector
         }
         long active = total - routed + (arch.NumRoutedExperts == 0 ? 0 : routed * arch.NumExpertsPerToken / arch.NumRoutedExperts);
 
-        int shared = 0, groups = 1, topkGroups = 1;
-        if (arch is DeepseekV3Architecture ds)
-        {
-            shared = ds.Cfg.NSharedExperts;
-            groups = ds.Cfg.NGroup;
-            topkGroups = ds.Cfg.TopkGroup;
-        }
         var moeLayers = new List<int>();
         for (int l = 0; l < arch.NumLayers; l++) if (arch.IsMoeLayer(l)) moeLayers.Add(l);
+        int shared = 0, groups = 1, topkGroups = 1;
+        if (moeLayers.Count > 0)
+        {
+            var first = arch.Moe(moeLayers[0]);
+            shared = arch.NumSharedExpertsOf(moeLayers[0]);
+            (groups, topkGroups) = (first.Routing.Groups, first.Routing.TopkGroups);
+        }
 
         var shards = ckpt.Tensors.Shards.Select(s => (Path.GetFileName(s.Path), s.Length, s.Tensors.Count)).ToList();
         var notes = new List<string>();
@@ -78,7 +81,7 @@ public static class ModelInspector
             (arch.Config.Root["quantization_config"] as JsonObject)?.DeepClone() as JsonObject,
             arch.NumLayers, arch.NumMtpLayers, arch.HiddenSize, arch.VocabSize, arch.NumRoutedExperts, arch.NumExpertsPerToken,
             shared, groups, topkGroups, moeLayers, total, mtp, active, counts, shards, ckpt.Tensors.TotalBytes,
-            sizes.OrderBy(kv => kv.Value).Select(kv => (kv.Key, (long)kv.Value)).ToList(), notes);
+            sizes.OrderBy(kv => kv.Value).Select(kv => (kv.Key, (long)kv.Value)).ToList(), notes) { Facts = arch.Facts() };
     }
 
     /// <summary>Bytes per element of one tensor in each output format (main graph only, MTP excluded).</summary>

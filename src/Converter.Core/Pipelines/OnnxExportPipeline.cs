@@ -1,8 +1,7 @@
 using System.Diagnostics;
 using Converter.Formats.Onnx;
 using Converter.Models;
-using Converter.Models.DeepseekV3;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Numerics.Int4;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -65,24 +64,24 @@ public static class OnnxExportPipeline
         logger ??= NullLogger.Instance;
         var clock = Stopwatch.StartNew();
         string modelDir = ckpt.Directory;
-        if (ckpt.Architecture is not DeepseekV3Architecture arch)
-            throw new NotSupportedException($"{modelDir}: ONNX export supports deepseek_v3, not {ckpt.Architecture.ModelType}");
-        var cfg = arch.Cfg;
+        var arch = ckpt.Architecture;
+        if (arch.Onnx == null)
+            throw new NotSupportedException($"{modelDir}: ONNX export does not support model_type '{arch.ModelType}'");
         Int4Scheme? scheme = null;
         IReadOnlySet<string>? denseInt4 = null;
         if (options.Weights == OnnxWeightFormat.Int4) (scheme, denseInt4) = Int4Selection(ckpt, options, logger);
-        logger.LogInformation("Exporting {Dir}: deepseek_v3, {Layers} layers, {Experts} routed experts, source {Layout}, weights {Weights}",
-            modelDir, cfg.NumHiddenLayers, cfg.NRoutedExperts, ckpt.Layout, options.Weights);
+        logger.LogInformation("Exporting {Dir}: {Type}, {Layers} layers, {Experts} routed experts, source {Layout}, weights {Weights}",
+            modelDir, arch.ModelType, arch.NumLayers, arch.NumRoutedExperts, ckpt.Layout, options.Weights);
         if (options.Slice != null) logger.LogInformation("Only {Slice}: no final norm or lm_head", options.Slice);
-        else if (cfg.NumNextnPredictLayers > 0)
+        else if (arch.NumMtpLayers > 0)
             logger.LogInformation("MTP layer(s) {First}..{Last} are not exported: they are not part of the main forward pass",
-                cfg.NumHiddenLayers, cfg.NumHiddenLayers + cfg.NumNextnPredictLayers - 1);
+                arch.NumLayers, arch.NumLayers + arch.NumMtpLayers - 1);
 
-        var export = DeepseekV3OnnxGraph.Build(cfg, new DeepseekV3OnnxOptions(options.Weights, options.AttentionMaskInput,
+        var export = OnnxDecoderGraph.Build(arch, new OnnxDecoderOptions(options.Weights, options.AttentionMaskInput,
             options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank, options.Slice));
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
-        var weights = new DeepseekV3OnnxWeightWriter(ckpt, scheme, options.SlabElements);
+        var weights = new OnnxWeightWriter(ckpt, scheme, options.SlabElements);
         int done = 0, reused = 0;
         using var donor = options.ReuseFrom == null ? null : new OnnxExternalInitializers(options.ReuseFrom);
         foreach (var p in export.Initializers)
@@ -90,7 +89,7 @@ public static class OnnxExportPipeline
             cancellation.ThrowIfCancellationRequested();
             using (var sink = writer.Begin(p.Name, p.Type, p.Dims))
             {
-                if (donor != null && !Array.Exists(p.Tensors, DeepseekV3OnnxWeightWriter.IsRoutedExpert)
+                if (donor != null && !Array.Exists(p.Tensors, arch.IsRoutedExpert)
                     && donor.TryGet(p.Name, (int)p.Type, p.Dims, out var from))
                 {
                     sink.CopyFrom(donor.Data, donor.DataPath, from.Offset, from.Length);
@@ -140,10 +139,9 @@ public static class OnnxExportPipeline
             throw new ArgumentException($"INT4 group size {scheme.GroupSize} is not supported by this export (32, 64 or 128)");
         var dense = new HashSet<string>(StringComparer.Ordinal);
         int packed = 0, quantized = 0;
-        var cfg = ((DeepseekV3Architecture)ckpt.Architecture).Cfg;
         foreach (var t in ckpt.Architecture.ExpectedTensors())
         {
-            if (!t.Role.IsLinearWeight || t.Shape.Length != 2 || t.Role.IsMtp || t.Role.Layer >= cfg.NumHiddenLayers) continue; // MTP is not exported
+            if (!t.Role.IsLinearWeight || t.Shape.Length != 2 || t.Role.IsMtp || t.Role.Layer >= ckpt.Architecture.NumLayers) continue; // MTP is not exported
             bool isPacked = ckpt.IsPackedInt4(t.Name);
             bool expert = t.Role.Kind == TensorKind.RoutedExpert;
             if (!expert && !isPacked && o.Int4Targets != Int4Targets.AllLinear) continue;

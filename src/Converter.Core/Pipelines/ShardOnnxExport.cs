@@ -1,7 +1,6 @@
 using Converter.Formats.Onnx;
 using Converter.Models;
-using Converter.Models.DeepseekV3;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Sharding;
 using Microsoft.Extensions.Logging;
 
@@ -19,8 +18,8 @@ public static class ShardOnnxExport
     /// <summary>Refuses before anything is written: a model the ONNX exporter does not map.</summary>
     public static void Check(ModelCheckpoint src)
     {
-        if (src.Architecture is not DeepseekV3Architecture)
-            throw new NotSupportedException($"{src.Directory}: --onnx supports deepseek_v3, not {src.Architecture.ModelType}");
+        if (src.Architecture.Onnx == null)
+            throw new NotSupportedException($"{src.Directory}: --onnx does not support model_type '{src.Architecture.ModelType}'");
     }
 
     /// <summary>The local experts of <paramref name="rank"/> in every MoE layer of the main forward pass (MTP layers are not exported).</summary>
@@ -42,9 +41,8 @@ public static class ShardOnnxExport
     public static OnnxExportResult Write(ModelCheckpoint src, ExpertPlacement placement, int rank, string rankDir, OnnxWeightFormat weights, ILogger log,
         string? reuseFrom = null)
     {
-        var cfg = ((DeepseekV3Architecture)src.Architecture).Cfg;
         var tmp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(rankDir))!, "." + Path.GetFileName(rankDir) + ".onnx");
-        var result = OnnxExportPipeline.Run(src, tmp, new OnnxExportOptions(weights, Rank: LocalExperts(placement, rank, cfg.NumHiddenLayers)) { ReuseFrom = reuseFrom }, log);
+        var result = OnnxExportPipeline.Run(src, tmp, new OnnxExportOptions(weights, Rank: LocalExperts(placement, rank, src.Architecture.NumLayers)) { ReuseFrom = reuseFrom }, log);
         try
         {
             foreach (var name in new[] { OnnxExternalDataWriter.ModelFileName, OnnxExternalDataWriter.DataFileName })

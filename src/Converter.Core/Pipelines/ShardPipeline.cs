@@ -3,7 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Converter.Formats.Safetensors;
 using Converter.Models;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Sharding;
 using Converter.Tensors;
 using Microsoft.Extensions.Logging;

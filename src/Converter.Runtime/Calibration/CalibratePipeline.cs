@@ -7,8 +7,7 @@ using Converter.Calibration;
 using Converter.Formats.Onnx.Proto;
 using Converter.Formats.Safetensors;
 using Converter.Models;
-using Converter.Models.DeepseekV3;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Tensors;
 using Microsoft.Extensions.Logging;
@@ -45,7 +44,7 @@ public sealed record CalibrateResult(string OutputDirectory, CalibrationData Dat
 /// <see cref="HessianStats"/> (each routed expert's gate/up input = the MoE input of exactly the tokens routed to it,
 /// its down input = silu(x Wg^T) * (x Wu^T) computed here from the checkpoint's weights) and per-channel absmax
 /// (stats/absmax.layer{L}.safetensors); the dispatch/combine traffic report; summary.md.
-/// The MoE inputs come from the graph values <see cref="DeepseekV3OnnxNames.MoeInput"/>, added as outputs to a copy
+/// The MoE inputs come from the graph values <see cref="OnnxDecoderNames.MoeInput"/>, added as outputs to a copy
 /// of the model. Accumulators (the Hessians are hidden² and intermediate² float64 per expert) and float32 expert weights
 /// are held for (layer, expert range) pieces that fit the memory budget (<see cref="CalibrationPassPlan"/>); the tokens are
 /// run once per pass. Per-layer records (routing, pooled Hessian, dispatch traffic) come from the pass holding the layer's
@@ -70,12 +69,13 @@ public static class CalibratePipeline
         var clock = Stopwatch.StartNew();
         if (o.Batch < 1) throw new ArgumentException($"--batch must be at least 1, not {o.Batch}");
         using var ckpt = ModelCheckpoint.Open(modelDir);
-        if (ckpt.Architecture is not DeepseekV3Architecture arch)
-            throw new NotSupportedException($"{modelDir}: calibrate supports deepseek_v3, not {ckpt.Architecture.ModelType}");
-        var c = arch.Cfg;
-        var (tokens, sequences, seqLen) = ReadTokens(tokensPath, c.VocabSize);
-        var moeLayers = Enumerable.Range(0, c.NumHiddenLayers).Where(c.IsMoeLayer).ToArray();
+        var arch = ckpt.Architecture;
+        if (arch.Onnx == null)
+            throw new NotSupportedException($"{modelDir}: calibrate runs the ONNX export, which does not support model_type '{arch.ModelType}'");
+        var (tokens, sequences, seqLen) = ReadTokens(tokensPath, arch.VocabSize);
+        var moeLayers = Enumerable.Range(0, arch.NumLayers).Where(arch.IsMoeLayer).ToArray();
         if (moeLayers.Length == 0) throw new NotSupportedException($"{modelDir}: the model has no MoE layer");
+        var block0 = arch.Moe(moeLayers[0]);
         string dest = Path.GetFullPath(outputDir);
         if (Directory.Exists(dest) && !o.Overwrite) throw new IOException($"{dest} exists (use --overwrite)");
 
@@ -87,7 +87,7 @@ public static class CalibratePipeline
             if (Directory.Exists(staging)) Directory.Delete(staging, true);
             Directory.CreateDirectory(staging);
 
-            int k = c.NumExpertsPerTok, e = c.NRoutedExperts, h = c.HiddenSize, mi = c.MoeIntermediateSize;
+            int k = block0.TopK, e = block0.Experts, h = arch.HiddenSize, mi = checked((int)block0.ExpertIntermediate);
             var plan = o.Hessians || o.CommReport
                 ? CalibrationPassPlan.Create(moeLayers, e, CalibrationPassPlan.ExpertBytesFor(h, mi, o.Hessians, o.CommReport),
                     CalibrationPassPlan.LayerBytesFor(h, mi, e, o.Hessians), o.MemoryBudgetBytes)
@@ -118,12 +118,12 @@ public static class CalibratePipeline
             {
                 foreach (var r in ranges)
                 {
-                    if (r.First == 0) state[r.Layer] = new LayerState(ckpt, r.Layer, c, o.Hessians, o.CommReport, o.Threads, o.RoutingWeighted);
+                    if (r.First == 0) state[r.Layer] = new LayerState(ckpt, arch.Moe(r.Layer), arch.HiddenSize, o.Hessians, o.CommReport, o.Threads, o.RoutingWeighted);
                     state[r.Layer].BeginRange(r.First, r.End);
                 }
             }
             void Feed(ExpertRange r, (float[] X, long[] Route) o1, int b0, int nb) =>
-                state[r.Layer].Add(o1.X, o1.Route, nb * seqLen, $"{DeepseekV3OnnxNames.MoeInput(r.Layer)} (sequences {b0}..{b0 + nb - 1})");
+                state[r.Layer].Add(o1.X, o1.Route, nb * seqLen, $"{OnnxDecoderNames.MoeInput(r.Layer)} (sequences {b0}..{b0 + nb - 1})");
             void KeepRouting(int layer, long[] route, int b0)
             {
                 for (int i = 0; i < route.Length; i++) topk[layer][b0 * seqLen * k + i] = checked((int)route[i]);

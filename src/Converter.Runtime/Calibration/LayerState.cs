@@ -2,7 +2,6 @@ using System.Runtime.InteropServices;
 using Converter.Calibration;
 using Converter.Formats.Safetensors;
 using Converter.Models;
-using Converter.Models.DeepseekV3;
 using Converter.Tensors;
 
 namespace Converter.Runtime.Calibration;
@@ -21,6 +20,7 @@ internal sealed class LayerState : IDisposable
     /// <summary>Every routed expert was in a finished range: the layer's files are written.</summary>
     public bool Done => _end == _e && _experts == null;
     private readonly ModelCheckpoint _ckpt;
+    private readonly MoeBlock _block;
     private readonly int _h, _mi, _k, _e, _threads;
     private readonly bool _hessians, _loadExperts;
     private readonly HessianAccumulator? _pooled;
@@ -35,11 +35,11 @@ internal sealed class LayerState : IDisposable
     private HessianAccumulator?[]? _gateUp, _down;
 
     /// <param name="routingWeighted">Weight each token's row in an expert's Hessians by its squared routing weight.</param>
-    public LayerState(ModelCheckpoint ckpt, int layer, DeepseekV3Config c, bool hessians, bool comm, int threads = 0, bool routingWeighted = false)
+    public LayerState(ModelCheckpoint ckpt, MoeBlock block, int hidden, bool hessians, bool comm, int threads = 0, bool routingWeighted = false)
     {
-        Layer = layer;
-        _ckpt = ckpt;
-        (_h, _mi, _k, _e, _threads) = (c.HiddenSize, c.MoeIntermediateSize, c.NumExpertsPerTok, c.NRoutedExperts, threads);
+        int layer = Layer = block.Layer;
+        (_ckpt, _block) = (ckpt, block);
+        (_h, _mi, _k, _e, _threads) = (hidden, checked((int)block.ExpertIntermediate), block.TopK, block.Experts, threads);
         (_hessians, _loadExperts) = (hessians, hessians || comm);
         if (comm) Comm = new CommTrafficStats(layer, _h, combineSlots: _e);
         if (hessians)
@@ -54,8 +54,7 @@ internal sealed class LayerState : IDisposable
             _pooled = new HessianAccumulator(_h) { MaxThreads = threads };
             _absPooled = new float[_h];
             if (routingWeighted)
-                _routing = new RoutingWeights(ckpt.ReadFloat32($"model.layers.{layer}.mlp.gate.weight"), _e, _h, _k, c.ScoringFunc,
-                    c.NormTopkProb, c.RoutedScalingFactor);
+                _routing = new RoutingWeights(ckpt.ReadFloat32(block.Router), _h, block.Routing);
         }
     }
 
@@ -67,10 +66,9 @@ internal sealed class LayerState : IDisposable
         (_first, _end) = (first, end);
         int n = end - first;
         _experts = new ExpertForward[_loadExperts ? n : 0];
-        string p = $"model.layers.{Layer}.mlp.experts.";
         for (int i = 0; i < _experts.Length; i++)
-            _experts[i] = new ExpertForward(_ckpt.ReadFloat32($"{p}{first + i}.gate_proj.weight"), _ckpt.ReadFloat32($"{p}{first + i}.up_proj.weight"),
-                _ckpt.ReadFloat32($"{p}{first + i}.down_proj.weight"), _h, _mi) { MaxThreads = _threads };
+            _experts[i] = new ExpertForward(_ckpt.ReadFloat32(_block.ExpertWeight(first + i, FfnProjection.Gate)), _ckpt.ReadFloat32(_block.ExpertWeight(first + i, FfnProjection.Up)),
+                _ckpt.ReadFloat32(_block.ExpertWeight(first + i, FfnProjection.Down)), _h, _mi) { MaxThreads = _threads };
         if (_hessians)
         {
             _gateUp = new HessianAccumulator?[n];

@@ -1,13 +1,13 @@
 using Converter.Formats.Onnx.Proto;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 
 namespace Converter.Runtime.Calibration;
 
 /// <summary>
-/// An ONNX Runtime session over an exported model with every MoE layer's input (<see cref="DeepseekV3OnnxNames.MoeInput"/>)
-/// and top-k expert ids (<see cref="DeepseekV3OnnxNames.Routing"/>) exposed: a copy of model.onnx with those values
+/// An ONNX Runtime session over an exported model with every MoE layer's input (<see cref="OnnxDecoderNames.MoeInput"/>)
+/// and top-k expert ids (<see cref="OnnxDecoderNames.Routing"/>) exposed: a copy of model.onnx with those values
 /// added as outputs is written beside the data file (so external data resolves), loaded, and deleted.
 /// The model is a whole export or a layer slice (<see cref="OnnxLayerSlice"/>): a slice after layer 0 takes the
 /// previous slice's hidden state instead of token ids and gives its own last hidden state.
@@ -17,7 +17,7 @@ internal sealed class MoeTap : IDisposable
     private readonly InferenceSession _session;
     private readonly bool _mask, _positions;
 
-    /// <summary>The model takes <see cref="DeepseekV3OnnxNames.SliceInput"/> (a slice after layer 0), not input_ids.</summary>
+    /// <summary>The model takes <see cref="OnnxDecoderNames.SliceInput"/> (a slice after layer 0), not input_ids.</summary>
     public bool TakesHidden { get; }
     /// <summary>A slice's output value (its last layer's hidden state); null for a whole model.</summary>
     public string? SliceOutput { get; }
@@ -29,19 +29,19 @@ internal sealed class MoeTap : IDisposable
         ModelProto proto;
         using (var fs = File.OpenRead(path)) proto = ModelProto.Parser.ParseFrom(fs);
         string Meta(string key) => proto.MetadataProps.FirstOrDefault(p => p.Key == key)?.Value ?? "";
-        if (Meta(DeepseekV3OnnxNames.MoeInputsKey).Length == 0)
-            throw new InvalidDataException($"{path}: the model does not list its MoE inputs (metadata '{DeepseekV3OnnxNames.MoeInputsKey}'); re-export it with this converter");
+        if (Meta(OnnxDecoderNames.MoeInputsKey).Length == 0)
+            throw new InvalidDataException($"{path}: the model does not list its MoE inputs (metadata '{OnnxDecoderNames.MoeInputsKey}'); re-export it with this converter");
         if (Meta("converter.simulate_comm").Length > 0)
             throw new InvalidDataException($"{path}: the model simulates expert traffic ({Meta("converter.simulate_comm")}); calibrate on a plain export");
-        var wanted = Meta(DeepseekV3OnnxNames.MoeInputsKey).Split(',').Concat(Meta(DeepseekV3OnnxNames.RoutingKey).Split(',')).ToList();
+        var wanted = Meta(OnnxDecoderNames.MoeInputsKey).Split(',').Concat(Meta(OnnxDecoderNames.RoutingKey).Split(',')).ToList();
         var existing = proto.Graph.Output.Select(o => o.Name).ToHashSet();
         foreach (var n in wanted)
             if (!existing.Contains(n)) proto.Graph.Output.Add(new ValueInfoProto { Name = n });
-        TakesHidden = proto.Graph.Input.Any(i => i.Name == DeepseekV3OnnxNames.SliceInput);
-        if (Meta(DeepseekV3OnnxNames.SliceKey) is { Length: > 0 } slice)
-            SliceOutput = DeepseekV3OnnxNames.Layer(int.Parse(slice.Split(',')[1], System.Globalization.CultureInfo.InvariantCulture) - 1);
-        _mask = proto.Graph.Input.Any(i => i.Name == DeepseekV3OnnxNames.AttentionMask);
-        _positions = proto.Graph.Input.Any(i => i.Name == DeepseekV3OnnxNames.PositionIds);
+        TakesHidden = proto.Graph.Input.Any(i => i.Name == OnnxDecoderNames.SliceInput);
+        if (Meta(OnnxDecoderNames.SliceKey) is { Length: > 0 } slice)
+            SliceOutput = OnnxDecoderNames.Layer(int.Parse(slice.Split(',')[1], System.Globalization.CultureInfo.InvariantCulture) - 1);
+        _mask = proto.Graph.Input.Any(i => i.Name == OnnxDecoderNames.AttentionMask);
+        _positions = proto.Graph.Input.Any(i => i.Name == OnnxDecoderNames.PositionIds);
         var tmp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, $".calibrate-{Environment.ProcessId}-{Guid.NewGuid():N}.onnx");
         try
         {
@@ -67,7 +67,7 @@ internal sealed class MoeTap : IDisposable
         if (TakesHidden)
         {
             if (hiddenIn == null || hiddenIn.Length % n != 0) throw new ArgumentException("a layer slice needs the previous slice's hidden state");
-            inputs.Add(NamedOnnxValue.CreateFromTensor(DeepseekV3OnnxNames.SliceInput, new DenseTensor<float>(hiddenIn, [batch, seq, hiddenIn.Length / n])));
+            inputs.Add(NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.SliceInput, new DenseTensor<float>(hiddenIn, [batch, seq, hiddenIn.Length / n])));
         }
         else
         {
@@ -75,14 +75,14 @@ internal sealed class MoeTap : IDisposable
         }
         DecoderInputs.AddMaskAndPositions(inputs, batch, seq, _mask, _positions);
         var names = new List<string>();
-        foreach (var l in layers) { names.Add(DeepseekV3OnnxNames.MoeInput(l)); names.Add(DeepseekV3OnnxNames.Routing(l)); }
+        foreach (var l in layers) { names.Add(OnnxDecoderNames.MoeInput(l)); names.Add(OnnxDecoderNames.Routing(l)); }
         if (wantHidden)
             names.Add(SliceOutput ?? throw new InvalidOperationException("a whole model has no slice output"));
         using var results = _session.Run(inputs, names);
         var byName = results.ToDictionary(r => r.Name, r => r);
         var outs = new Dictionary<int, (float[], long[])>();
         foreach (var l in layers)
-            outs[l] = (byName[DeepseekV3OnnxNames.MoeInput(l)].AsTensor<float>().ToArray(), byName[DeepseekV3OnnxNames.Routing(l)].AsTensor<long>().ToArray());
+            outs[l] = (byName[OnnxDecoderNames.MoeInput(l)].AsTensor<float>().ToArray(), byName[OnnxDecoderNames.Routing(l)].AsTensor<long>().ToArray());
         return (outs, wantHidden ? byName[SliceOutput!].AsTensor<float>().ToArray() : null);
     }
 

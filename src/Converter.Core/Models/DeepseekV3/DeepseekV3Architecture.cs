@@ -1,15 +1,18 @@
 using System.Text.RegularExpressions;
+using Converter.Decoder.Onnx;
+using Converter.Models.DeepseekV3.Onnx;
+using Converter.Models.Tokenizers;
 
 namespace Converter.Models.DeepseekV3;
 
-/// <summary>The DeepSeek-V3 family (V3, R1, Kimi K2): a declarative name map over <see cref="DeepseekV3Config"/>.</summary>
+/// <summary>The DeepSeek MLA family (V3, R1, Kimi K2, V2, V2-Lite): a declarative name map over <see cref="DeepseekV3Config"/>.</summary>
 public sealed partial class DeepseekV3Architecture : ModelArchitecture
 {
     public DeepseekV3Config Cfg { get; }
 
     public DeepseekV3Architecture(DeepseekV3Config cfg) => Cfg = cfg;
 
-    public override string ModelType => "deepseek_v3";
+    public override string ModelType => Cfg.ModelType;
     public override ConfigJson Config => Cfg.Json;
     public override int VocabSize => Cfg.VocabSize;
     public override int HiddenSize => Cfg.HiddenSize;
@@ -20,6 +23,47 @@ public sealed partial class DeepseekV3Architecture : ModelArchitecture
     public override bool IsMoeLayer(int layer) => Cfg.IsMoeLayer(layer);
     public override int NumExpertGroups => Cfg.NGroup;
     public override int TopkExpertGroups => Cfg.TopkGroup;
+    public override double RmsNormEps => Cfg.RmsNormEps;
+
+    public override MoeBlock Moe(int layer)
+    {
+        if (!Cfg.IsMoeLayer(layer)) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} is not an MoE layer");
+        string m = $"model.layers.{layer}.mlp.";
+        var shared = Cfg.NSharedExperts > 0
+            ? new FeedForwardWeights(m + "shared_experts.gate_proj.weight", m + "shared_experts.up_proj.weight", m + "shared_experts.down_proj.weight",
+                (long)Cfg.MoeIntermediateSize * Cfg.NSharedExperts)
+            : null;
+        return new MoeBlock(layer, m + "gate.weight", Cfg.TopkMethod == "noaux_tc" ? m + "gate.e_score_correction_bias" : null,
+            (e, p) => $"{m}experts.{e}.{ProjName(p)}.weight", Cfg.MoeIntermediateSize, shared, Cfg.Routing, m + "experts.");
+    }
+
+    public override FeedForwardWeights DenseMlp(int layer)
+    {
+        string m = $"model.layers.{layer}.mlp.";
+        return new FeedForwardWeights(m + "gate_proj.weight", m + "up_proj.weight", m + "down_proj.weight", Cfg.IntermediateSize);
+    }
+
+    private static string ProjName(FfnProjection p) => p switch { FfnProjection.Gate => "gate_proj", FfnProjection.Up => "up_proj", _ => "down_proj" };
+
+    public override IOnnxDecoderFamily Onnx => new DeepseekV3OnnxAttention(Cfg);
+
+    public override GgufModelPlan Gguf(string directory, string modelName) =>
+        DeepseekV3GgufMap.Build(Cfg, modelName, HfBpeTokenizer.TryLoad(directory, Cfg.VocabSize));
+
+    public override IReadOnlyList<ArchitectureFact> Facts()
+    {
+        var c = Cfg;
+        var r = c.Routing;
+        return
+        [
+            new("attention", $"MLA: {c.NumAttentionHeads} heads, q_lora {(c.QLoraRank is { } q ? q.ToString() : "none")}, kv_lora {c.KvLoraRank}, nope {c.QkNopeHeadDim} / rope {c.QkRopeHeadDim} / v {c.VHeadDim}" +
+                (c.RopeScaling is { } y ? $", YaRN factor {y.Factor}" : "")),
+            new("routing", $"{c.TopkMethod}: {r.Scoring.ToString().ToLowerInvariant()} top-{r.TopK} of {r.Experts}" +
+                (r.GroupingActive ? $", {r.TopkGroups} of {r.Groups} groups ({(r.GroupScore == GroupScoring.Max ? "best score" : "top-2 sum")})" : "") +
+                (r.SelectionBias ? ", selection bias" : "") + (r.NormalizeTopK ? ", renormalised" : "") + $", scale {r.Scale}"),
+            new("kv cache", $"{(c.KvLoraRank + c.QkRopeHeadDim)} values per token per layer (MLA latent); {(long)c.NumAttentionHeads * (c.QkHeadDim + c.VHeadDim)} with a per-head K/V cache"),
+        ];
+    }
 
     public override IReadOnlyList<ExpectedTensor> ExpectedTensors()
     {

@@ -2,16 +2,24 @@ using System.Text.Json.Nodes;
 
 namespace Converter.Models.DeepseekV3;
 
-/// <summary>YaRN rope scaling as DeepSeek-V3's config states it.</summary>
-public sealed record YarnScaling(double Factor, int OriginalMaxPositionEmbeddings, double BetaFast, double BetaSlow,
-    double Mscale, double MscaleAllDim);
-
 /// <summary>The official FP8 block layout's quantization_config.</summary>
 public sealed record Fp8QuantizationConfig(string Fmt, int BlockRows, int BlockCols, string ActivationScheme);
 
-/// <summary>Typed config.json of <c>deepseek_v3</c> (also what DeepSeek-R1 and Kimi K2 ship), validated.</summary>
+/// <summary>
+/// Typed config.json of the DeepSeek MLA family, validated: <c>deepseek_v3</c> (also DeepSeek-R1), <c>kimi_k2</c>
+/// (Kimi K2's own config: DeepSeek-V3's fields under another model_type) and <c>deepseek_v2</c> (V2, V2-Lite), whose
+/// defaults and rules follow transformers' DeepseekV2 (softmax routing, greedy by default, weights never
+/// renormalised, no YaRN mscale on the softmax scale, MoE from layer first_k_dense_replace on).
+/// </summary>
 public sealed class DeepseekV3Config
 {
+    /// <summary>The model types this config class reads.</summary>
+    public static readonly string[] ModelTypes = ["deepseek_v3", "kimi_k2", "deepseek_v2"];
+
+    public string ModelType { get; init; } = "deepseek_v3";
+    /// <summary>DeepSeek-V2's rules (transformers' DeepseekV2 modeling) rather than V3's.</summary>
+    public bool IsV2 => ModelType == "deepseek_v2";
+
     public required ConfigJson Json { get; init; }
     public int VocabSize { get; init; }
     public int HiddenSize { get; init; }
@@ -52,11 +60,13 @@ public sealed class DeepseekV3Config
 
     public static DeepseekV3Config Parse(ConfigJson c)
     {
-        if (c.ModelType != "deepseek_v3")
-            throw c.Invalid("model_type", $"is '{c.ModelType}', expected 'deepseek_v3'");
+        if (Array.IndexOf(ModelTypes, c.ModelType) < 0)
+            throw c.Invalid("model_type", $"is '{c.ModelType}', expected one of {string.Join(", ", ModelTypes)}");
+        bool v2 = c.ModelType == "deepseek_v2";
         var cfg = new DeepseekV3Config
         {
             Json = c,
+            ModelType = c.ModelType!,
             VocabSize = c.Int("vocab_size"),
             HiddenSize = c.Int("hidden_size"),
             IntermediateSize = c.Int("intermediate_size"),
@@ -73,19 +83,20 @@ public sealed class DeepseekV3Config
             QkRopeHeadDim = c.Int("qk_rope_head_dim"),
             QkNopeHeadDim = c.Int("qk_nope_head_dim"),
             VHeadDim = c.Int("v_head_dim"),
-            TopkMethod = c.String("topk_method", "noaux_tc"),
+            TopkMethod = c.String("topk_method", v2 ? "greedy" : "noaux_tc"),
             NGroup = c.Int("n_group", 1),
             TopkGroup = c.Int("topk_group", 1),
             NumExpertsPerTok = c.Int("num_experts_per_tok"),
             MoeLayerFreq = c.Int("moe_layer_freq", 1),
             FirstKDenseReplace = c.Int("first_k_dense_replace", 0),
-            NormTopkProb = c.Bool("norm_topk_prob", true),
-            ScoringFunc = c.String("scoring_func", "sigmoid"),
+            NormTopkProb = c.Bool("norm_topk_prob", !v2),
+            // transformers' DeepseekV2 always scores with softmax (the field is not read)
+            ScoringFunc = v2 ? "softmax" : c.String("scoring_func", "sigmoid"),
             HiddenAct = c.String("hidden_act", "silu"),
             MaxPositionEmbeddings = c.Int("max_position_embeddings"),
             RmsNormEps = c.Double("rms_norm_eps", 1e-6),
             RopeTheta = c.Double("rope_theta", 10000.0),
-            RopeScaling = ParseRopeScaling(c),
+            RopeScaling = YarnScaling.Parse(c),
             AttentionBias = c.Bool("attention_bias", false),
             TieWordEmbeddings = c.Bool("tie_word_embeddings", false),
             QuantizationConfig = c.Root["quantization_config"] as JsonObject,
@@ -93,23 +104,6 @@ public sealed class DeepseekV3Config
         };
         cfg.Validate();
         return cfg;
-    }
-
-    private static YarnScaling? ParseRopeScaling(ConfigJson c)
-    {
-        if (!c.Has("rope_scaling")) return null;
-        if (c.Root["rope_scaling"] is not JsonObject o) throw c.Invalid("rope_scaling", "must be an object or null");
-        var sub = new ConfigJson(c.Path, o);
-        string type = sub.Has("rope_type") ? sub.String("rope_type", "") : sub.String("type", "");
-        if (type != "yarn")
-            throw c.Invalid("rope_scaling", $"type '{type}' is not supported (only 'yarn' or null)");
-        return new YarnScaling(
-            sub.Double("factor"),
-            sub.Int("original_max_position_embeddings"),
-            sub.Double("beta_fast", 32),
-            sub.Double("beta_slow", 1),
-            sub.Double("mscale", 1),
-            sub.Double("mscale_all_dim", 0));
     }
 
     private static Fp8QuantizationConfig? ParseFp8(ConfigJson c)
@@ -159,9 +153,10 @@ public sealed class DeepseekV3Config
         if (TopkGroup > NGroup) throw c.Invalid("topk_group", $"({TopkGroup}) exceeds n_group ({NGroup})");
         if (NumExpertsPerTok > NRoutedExperts)
             throw c.Invalid("num_experts_per_tok", $"({NumExpertsPerTok}) exceeds n_routed_experts ({NRoutedExperts})");
-        if (NumExpertsPerTok > TopkGroup * (NRoutedExperts / NGroup))
+        if (TopkMethod != "greedy" && NumExpertsPerTok > TopkGroup * (NRoutedExperts / NGroup))
             throw c.Invalid("num_experts_per_tok", $"({NumExpertsPerTok}) exceeds the experts in topk_group groups ({TopkGroup * (NRoutedExperts / NGroup)})");
-        if (ScoringFunc != "sigmoid") throw c.Invalid("scoring_func", $"'{ScoringFunc}' is not supported (only sigmoid)");
+        if (ScoringFunc is not ("sigmoid" or "softmax")) throw c.Invalid("scoring_func", $"'{ScoringFunc}' is not supported (sigmoid, softmax)");
+        if (IsV2 && TopkMethod == "noaux_tc") throw c.Invalid("topk_method", "'noaux_tc' is DeepSeek-V3's; deepseek_v2 has greedy and group_limited_greedy");
         if (TopkMethod is not ("noaux_tc" or "greedy" or "group_limited_greedy"))
             throw c.Invalid("topk_method", $"'{TopkMethod}' is not supported (noaux_tc, greedy, group_limited_greedy)");
         if (HiddenAct != "silu") throw c.Invalid("hidden_act", $"'{HiddenAct}' is not supported (only silu)");
@@ -172,8 +167,25 @@ public sealed class DeepseekV3Config
             throw c.Invalid("rope_scaling", "factor and original_max_position_embeddings must be positive");
     }
 
-    /// <summary>True where the layer's MLP is a mixture of experts (DeepSeek-V3's rule).</summary>
-    public bool IsMoeLayer(int layer) => layer >= FirstKDenseReplace && layer % MoeLayerFreq == 0;
+    /// <summary>True where the layer's MLP is a mixture of experts (V3: from first_k_dense_replace, every
+    /// moe_layer_freq-th; V2 as transformers: every layer from first_k_dense_replace).</summary>
+    public bool IsMoeLayer(int layer) => layer >= FirstKDenseReplace && (IsV2 || layer % MoeLayerFreq == 0);
+
+    /// <summary>
+    /// The routing as the modeling code runs it. V3: sigmoid, the correction bias for selection (noaux_tc), groups
+    /// by their top-2 sum, weights renormalised (+1e-20) when norm_topk_prob, times routed_scaling_factor. V2
+    /// (transformers): softmax, group_limited_greedy ranks groups by their best score, greedy has no group stage,
+    /// weights never renormalised, always scaled. greedy ignores groups in both.
+    /// </summary>
+    public RoutingRule Routing => new(NRoutedExperts, NumExpertsPerTok,
+        ScoringFunc == "softmax" ? RouterScoring.Softmax : RouterScoring.Sigmoid,
+        SelectionBias: TopkMethod == "noaux_tc",
+        Groups: TopkMethod == "greedy" ? 1 : NGroup,
+        TopkGroups: TopkMethod == "greedy" ? 1 : TopkGroup,
+        GroupScore: TopkMethod == "group_limited_greedy" ? GroupScoring.Max : GroupScoring.TopTwoSum,
+        NormalizeTopK: !IsV2 && NormTopkProb,
+        NormalizeEpsilon: 1e-20,
+        Scale: RoutedScalingFactor);
 
     /// <summary>YaRN's attention-logit scale multiplier: (0.1 * mscale_all_dim * ln(factor) + 1)^2, or 1.</summary>
     public double SoftmaxScale
@@ -181,7 +193,8 @@ public sealed class DeepseekV3Config
         get
         {
             double s = 1.0 / Math.Sqrt(QkHeadDim);
-            if (RopeScaling is { } y && y.MscaleAllDim != 0 && y.Factor > 1)
+            // transformers' DeepseekV2 scales by 1/sqrt(qk_head_dim) only
+            if (!IsV2 && RopeScaling is { } y && y.MscaleAllDim != 0 && y.Factor > 1)
             {
                 double m = 0.1 * y.MscaleAllDim * Math.Log(y.Factor) + 1.0;
                 s *= m * m;

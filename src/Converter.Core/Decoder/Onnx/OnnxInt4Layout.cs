@@ -1,4 +1,4 @@
-namespace Converter.Models.DeepseekV3.Onnx;
+namespace Converter.Decoder.Onnx;
 
 /// <summary>
 /// ONNX Runtime's 4-bit layouts (MatMulNBits B and QMoE fc weights; their zero points). A code is the unsigned

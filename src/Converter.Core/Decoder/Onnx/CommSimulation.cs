@@ -4,7 +4,7 @@ using Converter.Numerics.ActivationFormats;
 using DataType = Converter.Formats.Onnx.Proto.TensorProto.Types.DataType;
 using static Converter.Formats.Onnx.OnnxAttr;
 
-namespace Converter.Models.DeepseekV3.Onnx;
+namespace Converter.Decoder.Onnx;
 
 /// <summary>
 /// Expert-parallel traffic to simulate inside the MoE function: a quantize-dequantize of the dispatch (the MoE

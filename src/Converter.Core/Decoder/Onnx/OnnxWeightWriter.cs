@@ -1,11 +1,12 @@
 using System.Runtime.InteropServices;
 using Converter.Formats.Onnx;
 using Converter.Formats.CompressedTensors;
+using Converter.Models;
 using Converter.Numerics;
 using Converter.Numerics.Int4;
 using Converter.Tensors;
 
-namespace Converter.Models.DeepseekV3.Onnx;
+namespace Converter.Decoder.Onnx;
 
 /// <summary>
 /// Produces the bytes of each planned initializer from a checkpoint, one source tensor at a time (stacked
@@ -17,7 +18,7 @@ namespace Converter.Models.DeepseekV3.Onnx;
 /// quantized with <see cref="Int4GroupQuantizer"/> (RTN with the MSE clipping search, as `quantize --scheme int4`).
 /// Packed weights read as float32 (fp32/fp8 exports of an INT4 checkpoint) are dequantized.
 /// </summary>
-public sealed class DeepseekV3OnnxWeightWriter
+public sealed class OnnxWeightWriter
 {
     private readonly ModelCheckpoint _ckpt;
     private readonly Int4Scheme? _int4;
@@ -27,7 +28,7 @@ public sealed class DeepseekV3OnnxWeightWriter
 
     /// <param name="slabElements">Elements of a plain BF16/F32 tensor mapped at a time, so a 129280-row embedding
     /// does not stay mapped (and resident) whole.</param>
-    public DeepseekV3OnnxWeightWriter(ModelCheckpoint checkpoint, Int4Scheme? int4 = null, long slabElements = 1 << 23)
+    public OnnxWeightWriter(ModelCheckpoint checkpoint, Int4Scheme? int4 = null, long slabElements = 1 << 23)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(slabElements, 1);
         _ckpt = checkpoint;
@@ -35,8 +36,6 @@ public sealed class DeepseekV3OnnxWeightWriter
         _slabElements = slabElements;
     }
 
-    /// <summary>A routed expert's tensor (what differs between expert-parallel ranks' exports).</summary>
-    public static bool IsRoutedExpert(string tensor) => tensor.Contains(".mlp.experts.", StringComparison.Ordinal);
 
     public void Write(OnnxInitializerPlan p, OnnxExternalDataWriter.TensorSink sink)
     {

@@ -1,4 +1,4 @@
-namespace Converter.Models.DeepseekV3.Onnx;
+namespace Converter.Decoder.Onnx;
 
 /// <summary>How projection weights are stored in the ONNX file.</summary>
 public enum OnnxWeightFormat
@@ -9,7 +9,7 @@ public enum OnnxWeightFormat
     Fp8,
     /// <summary>
     /// 4-bit group-quantized weights: routed experts through com.microsoft.QMoE (block-wise), the projections named in
-    /// <see cref="DeepseekV3OnnxOptions.DenseInt4"/> through com.microsoft.MatMulNBits, everything else float32.
+    /// <see cref="OnnxDecoderOptions.DenseInt4"/> through com.microsoft.MatMulNBits, everything else float32.
     /// </summary>
     Int4,
 }
@@ -29,7 +29,7 @@ public enum OnnxWeightFormat
 /// <param name="Comm">Simulated expert-parallel traffic (quantize-dequantize of dispatch and/or combine in the MoE function).</param>
 /// <param name="Rank">Expert-parallel rank graph: each MoE layer computes only this rank's local experts (see <see cref="OnnxRankExperts"/>).</param>
 /// <param name="Slice">Only decoder layers [First, End) (see <see cref="OnnxLayerSlice"/>); null: the whole model.</param>
-public sealed record DeepseekV3OnnxOptions(
+public sealed record OnnxDecoderOptions(
     OnnxWeightFormat Weights = OnnxWeightFormat.Fp32,
     bool AttentionMaskInput = true,
     bool PositionIdsInput = true,
@@ -44,8 +44,8 @@ public sealed record DeepseekV3OnnxOptions(
 /// <summary>
 /// A graph of decoder layers [First, End) only, so that a runtime holds one piece of a model too large for one session
 /// (layer-by-layer calibration). A slice starting at layer 0 takes <c>input_ids</c> and includes the embedding; a later
-/// one takes the previous slice's output as <see cref="DeepseekV3OnnxNames.SliceInput"/> float32 [batch, sequence, hidden].
-/// Its output is <see cref="DeepseekV3OnnxNames.Layer"/>(End - 1); the final norm and lm_head are never included.
+/// one takes the previous slice's output as <see cref="OnnxDecoderNames.SliceInput"/> float32 [batch, sequence, hidden].
+/// Its output is <see cref="OnnxDecoderNames.Layer"/>(End - 1); the final norm and lm_head are never included.
 /// </summary>
 public sealed record OnnxLayerSlice(int First, int End)
 {
@@ -66,7 +66,7 @@ public sealed record OnnxLocalExperts(int[] Experts, float[] Shares);
 public sealed record OnnxRankExperts(int Rank, int Ranks, IReadOnlyDictionary<int, OnnxLocalExperts> Layers, string Placement = "");
 
 /// <summary>Stable value names of the exported graph (diagnostic outputs refer to them).</summary>
-public static class DeepseekV3OnnxNames
+public static class OnnxDecoderNames
 {
     public const string Domain = "converter.ai";
     public const string InputIds = "input_ids";

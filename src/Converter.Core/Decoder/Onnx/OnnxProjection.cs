@@ -2,7 +2,7 @@ using Converter.Formats.Onnx;
 using Converter.Numerics.Int4;
 using static Converter.Formats.Onnx.OnnxAttr;
 
-namespace Converter.Models.DeepseekV3.Onnx;
+namespace Converter.Decoder.Onnx;
 
 /// <summary>
 /// One projection weight [N, K] as a function body receives it: a float32 input (Gemm with transB), or the parts of
