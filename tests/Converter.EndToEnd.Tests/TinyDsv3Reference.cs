@@ -193,24 +193,14 @@ public sealed class TinyDsv3Reference
     private double[] Moe(double[] x, int t, int l, string p)
     {
         int h = _c.HiddenSize, e = _c.NRoutedExperts, k = _c.NumExpertsPerTok, mi = _c.MoeIntermediateSize;
-        int groups = _c.NGroup, per = e / groups;
         var logits = Linear(x, t, h, W(p + "mlp.gate.weight"), e);
         var bias = W(p + "mlp.gate.e_score_correction_bias");
         var y = Mlp(x, t, p + "mlp.shared_experts.", mi * _c.NSharedExperts);
         for (int i = 0; i < t; i++)
         {
-            var score = new double[e];
-            var choice = new double[e];
-            for (int j = 0; j < e; j++) { score[j] = 1 / (1 + Math.Exp(-logits[i * e + j])); choice[j] = score[j] + bias[j]; }
-            var gs = new double[groups];
-            for (int g = 0; g < groups; g++)
-            {
-                var top = choice.Skip(g * per).Take(per).OrderByDescending(s => s).Take(2).Sum();
-                gs[g] = top;
-            }
-            var keep = Enumerable.Range(0, groups).OrderByDescending(g => gs[g]).ThenBy(g => g).Take(_c.TopkGroup).ToHashSet();
-            var sel = Enumerable.Range(0, e).Where(j => keep.Contains(j / per)).OrderByDescending(j => choice[j]).ThenBy(j => j).Take(k).ToArray();
-            double den = _c.NormTopkProb ? sel.Sum(j => score[j]) + 1e-20 : 1;
+            var sel = new int[k];
+            var routed = new double[k];
+            _c.Routing.Select(logits.AsSpan(i * e, e), bias, sel, routed);
             var xi = x.AsSpan(i * h, h).ToArray();
             var downIn = new double[k][];
             var weights = new double[k];
@@ -222,7 +212,7 @@ public sealed class TinyDsv3Reference
                 for (int j = 0; j < mi; j++) g1[j] = Silu(g1[j]) * u1[j];
                 downIn[s] = g1;
                 var d = Linear(g1, 1, mi, W(ep + "down_proj.weight"), h);
-                double wgt = weights[s] = score[sel[s]] / den * _c.RoutedScalingFactor;
+                double wgt = weights[s] = routed[s];
                 for (int j = 0; j < h; j++) y[i * h + j] += wgt * d[j];
             }
             OnMoe?.Invoke(l, xi, sel, weights, downIn);

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Converter.Calibration;
 using Converter.Formats.Safetensors;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Runtime.Calibration;
 using Converter.Tensors;
@@ -59,7 +59,7 @@ public sealed class CalibrationFixture : IDisposable
             NamedOnnxValue.CreateFromTensor("attention_mask", new DenseTensor<long>(ones, [Sequences, Length])),
             NamedOnnxValue.CreateFromTensor("position_ids", new DenseTensor<long>(pos, [Sequences, Length])),
         };
-        var names = layers.Select(DeepseekV3OnnxNames.MoeInput).ToList();
+        var names = layers.Select(OnnxDecoderNames.MoeInput).ToList();
         using var r = s.Run(inputs, names);
         return layers.Zip(r).ToDictionary(p => p.First, p => p.Second.AsTensor<float>().ToArray());
     }

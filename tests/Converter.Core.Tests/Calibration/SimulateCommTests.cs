@@ -1,5 +1,5 @@
 using Converter.Formats.Onnx;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Numerics.ActivationFormats;
 using Converter.Pipelines;
 using Converter.Runtime;

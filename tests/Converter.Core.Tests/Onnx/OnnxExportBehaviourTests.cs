@@ -1,6 +1,6 @@
 using Converter.Formats.Onnx;
 using Converter.Formats.Onnx.Proto;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Runtime;
 using Microsoft.ML.OnnxRuntime;
@@ -69,8 +69,8 @@ public class OnnxExportBehaviourTests(ITestOutputHelper log)
             new OnnxExportOptions(DiagnosticOutputs: true, AttentionMaskInput: false, PositionIdsInput: false));
         var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(export.ModelPath));
         model.Graph.Input.Select(i => i.Name).Should().Equal("input_ids");
-        model.Graph.Output.Select(o => o.Name).Should().Contain([DeepseekV3OnnxNames.Embedding, DeepseekV3OnnxNames.FinalNorm,
-            DeepseekV3OnnxNames.Layer(3), DeepseekV3OnnxNames.Routing(1)]);
+        model.Graph.Output.Select(o => o.Name).Should().Contain([OnnxDecoderNames.Embedding, OnnxDecoderNames.FinalNorm,
+            OnnxDecoderNames.Layer(3), OnnxDecoderNames.Routing(1)]);
         model.IrVersion.Should().Be(11);
         model.OpsetImport.Should().ContainSingle(o => o.Domain == "" && o.Version == 23);
         model.OpsetImport.Should().Contain(o => o.Domain == "com.microsoft");

@@ -1,7 +1,7 @@
 using Converter.Formats.Onnx;
 using Converter.Formats.Onnx.Proto;
 using Converter.Formats.Safetensors;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Runtime;
 using Xunit.Abstractions;

@@ -1,19 +1,21 @@
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Runtime;
 using Xunit.Abstractions;
 
 namespace Converter.Tests.Onnx;
 
-/// <summary>tiny-dsv3 exported to ONNX and run through ONNX Runtime against the transformers goldens.</summary>
+/// <summary>Each family's tiny model exported to ONNX and run through ONNX Runtime against the transformers goldens.</summary>
 public class OnnxExportGoldenTests(ITestOutputHelper log)
 {
-    [Fact]
-    public void Fp32ExportMatchesTransformersGolden()
+    [Theory]
+    [InlineData("tiny-dsv3")]
+    [InlineData("tiny-qwen3moe")]
+    public void Fp32ExportMatchesTransformersGolden(string model)
     {
         using var tmp = new TestData.TempDir();
-        var result = OnnxExportPipeline.Run(TestData.Model("tiny-dsv3"), tmp["onnx"], new OnnxExportOptions());
-        var golden = new GoldenEval(TestData.Golden("tiny-dsv3", "eval.safetensors"));
+        var result = OnnxExportPipeline.Run(TestData.Model(model), tmp["onnx"], new OnnxExportOptions());
+        var golden = new GoldenEval(TestData.Golden(model, "eval.safetensors"));
         using var runner = new OnnxArtifactRunner(result.OutputDirectory, new OnnxRunnerOptions(IntraOpThreads: 2));
         var outs = runner.Run(golden.Tokens, golden.Batch, golden.Seq, hiddenStates: true, routing: true);
 
@@ -60,8 +62,12 @@ public class OnnxExportGoldenTests(ITestOutputHelper log)
             }
         log.WriteLine($"routing: {checkedChoices} stable (layer, position) choices, {mismatched} differ");
 
+        var report = Converter.Verification.GoldenComparer.Compare(Converter.Verification.GoldenSet.Load(TestData.Golden(model, "eval.safetensors")),
+            new Converter.Verification.ArtifactOutputs(outs.Logits, null, null), Converter.Verification.VerificationTolerances.ForPreset("fp32"), null);
+        log.WriteLine($"kl_mean {report.KlMean:E3}");
         stats.MaxAbs.Should().BeLessThanOrEqualTo(1e-3);
         stats.Top1.Should().Be(1.0);
+        report.KlMean.Should().BeLessThanOrEqualTo(1e-5);
         mismatched.Should().Be(0);
         checkedChoices.Should().BeGreaterThan(n);
     }

@@ -2,7 +2,7 @@ using Converter.Formats.CompressedTensors;
 using Converter.Formats.Onnx;
 using Converter.Formats.Onnx.Proto;
 using Converter.Models;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Numerics;
 using Converter.Numerics.Int4;
 using Converter.Pipelines;

@@ -32,7 +32,8 @@ public class OnnxExportVariationTests(ITestOutputHelper log)
         differ.Should().Be(0);
     }
 
-    public static TheoryData<string> Variants => new() { "no_q_lora", "n_group_1", "norm_topk_prob_false", "no_rope_scaling", "all_four", "heads3_v16", "heads1_v24_no_q_lora" };
+    public static TheoryData<string> Variants => new() { "no_q_lora", "n_group_1", "norm_topk_prob_false", "no_rope_scaling", "all_four", "heads3_v16", "heads1_v24_no_q_lora",
+        "greedy_n_group_4", "group_limited_greedy", "deepseek_v2_greedy", "deepseek_v2_group_limited" };
 
     [Theory]
     [MemberData(nameof(Variants))]
@@ -52,12 +53,23 @@ public class OnnxExportVariationTests(ITestOutputHelper log)
                 : heads;
         }
         else if (noQLora) rewrite = VariantCheckpoint.RemoveQLora;
+        // Routing without the correction bias (greedy and group_limited_greedy have none): the tensor goes.
+        string? method = variant switch
+        {
+            "greedy_n_group_4" or "deepseek_v2_greedy" => "greedy",
+            "group_limited_greedy" or "deepseek_v2_group_limited" => "group_limited_greedy",
+            _ => null,
+        };
+        if (method != null)
+            rewrite = (name, shape, read) => name.EndsWith(".e_score_correction_bias", StringComparison.Ordinal) ? [] : null;
         var dir = VariantCheckpoint.Create(tmp["model"], cfg =>
         {
             if (variant is "n_group_1" or "all_four") { cfg["n_group"] = 1; cfg["topk_group"] = 1; }
             if (variant is "norm_topk_prob_false" or "all_four") cfg["norm_topk_prob"] = false;
             if (variant is "no_rope_scaling" or "all_four") cfg.Remove("rope_scaling");
             if (noQLora) cfg["q_lora_rank"] = null;
+            if (method != null) cfg["topk_method"] = method;
+            if (variant.StartsWith("deepseek_v2", StringComparison.Ordinal)) cfg["model_type"] = "deepseek_v2";
             if (slice is { } s) { cfg["num_attention_heads"] = s.Heads; cfg["num_key_value_heads"] = s.Heads; cfg["v_head_dim"] = s.V; }
         }, rewrite);
 

@@ -104,7 +104,8 @@ public sealed class ReferenceForward
         var margin = Enumerable.Repeat(double.PositiveInfinity, batch * seq).ToArray();
         var (inv, mult) = Rope();
         double scale = 1 / Math.Sqrt(qk);
-        if (c.RopeScaling is { } ys && ys.MscaleAllDim != 0 && ys.Factor > 1)
+        // transformers' DeepseekV2 leaves the softmax scale at 1/sqrt(qk_head_dim); V3 multiplies YaRN's mscale².
+        if (!c.IsV2 && c.RopeScaling is { } ys && ys.MscaleAllDim != 0 && ys.Factor > 1)
         {
             double m = 0.1 * ys.MscaleAllDim * Math.Log(ys.Factor) + 1;
             scale *= m * m;
@@ -184,34 +185,18 @@ public sealed class ReferenceForward
     private double[] Moe(double[] x, string p, Span<int> chosen, ref double margin)
     {
         var c = _c;
-        int e = c.NRoutedExperts, g = c.NGroup, per = e / g, kTop = c.NumExpertsPerTok;
+        int e = c.NRoutedExperts, kTop = c.NumExpertsPerTok;
         var logits = MatVec(W(p + "gate.weight"), x, e);
         var bias = c.TopkMethod == "noaux_tc" ? W(p + "gate.e_score_correction_bias") : new double[e];
-        var scores = new double[e];
-        var choice = new double[e];
-        for (int i = 0; i < e; i++)
-        {
-            scores[i] = 1 / (1 + Math.Exp(-logits[i]));
-            choice[i] = scores[i] + bias[i];
-        }
-        var groupScore = new double[g];
-        for (int gi = 0; gi < g; gi++)
-            groupScore[gi] = choice.AsSpan(gi * per, per).ToArray().OrderByDescending(s => s).Take(2).Sum();
-        var groupOrder = Enumerable.Range(0, g).OrderByDescending(i => groupScore[i]).ToArray();
-        if (c.TopkGroup < g) margin = Math.Min(margin, groupScore[groupOrder[c.TopkGroup - 1]] - groupScore[groupOrder[c.TopkGroup]]);
-        var keep = groupOrder.Take(c.TopkGroup).ToHashSet();
-        var masked = new double[e];
-        for (int i = 0; i < e; i++) masked[i] = keep.Contains(i / per) ? choice[i] : 0.0;
-        var order = Enumerable.Range(0, e).OrderByDescending(i => masked[i]).ToArray();
-        if (kTop < e) margin = Math.Min(margin, masked[order[kTop - 1]] - masked[order[kTop]]);
+        // The family's routing rule, in its float64 reference form (the ONNX graph emits the same rule as nodes).
+        var order = new int[kTop];
         var w = new double[kTop];
-        double sum = 0;
-        for (int j = 0; j < kTop; j++) sum += w[j] = scores[order[j]];
+        margin = Math.Min(margin, c.Routing.Select(logits, bias, order, w));
         var y = new double[c.HiddenSize];
         for (int j = 0; j < kTop; j++)
         {
             chosen[j] = order[j];
-            double wj = (c.NormTopkProb ? w[j] / (sum + 1e-20) : w[j]) * c.RoutedScalingFactor;
+            double wj = w[j];
             var ex = SwiGlu(x, $"{p}experts.{order[j]}.", c.MoeIntermediateSize);
             for (int i = 0; i < y.Length; i++) y[i] += wj * ex[i];
         }

@@ -1,6 +1,6 @@
 using Converter.Formats.Onnx;
 using Converter.Models;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Sharding;
 using Microsoft.Extensions.Logging.Abstractions;
