@@ -15,9 +15,9 @@ public static class VariantCheckpoint
     /// </summary>
     public delegate IReadOnlyList<(string Name, long[] Shape, float[] Data)>? Rewrite(string name, long[] shape, Func<string, float[]> read);
 
-    public static string Create(string dir, Action<JsonObject> editConfig, Rewrite? rewrite = null)
+    public static string Create(string dir, Action<JsonObject> editConfig, Rewrite? rewrite = null, string model = "tiny-dsv3")
     {
-        var src = TestData.Model("tiny-dsv3");
+        var src = TestData.Model(model);
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(src, "config.json")))!.AsObject();
         editConfig(config);
         if (rewrite == null)

@@ -115,8 +115,11 @@ public sealed class OnnxDecoderBuilder
         return Graph.Initializer(name);
     }
 
-    /// <summary>A checkpoint tensor as a float32 initializer.</summary>
-    public string Plain(string name, params long[] dims) => Init(name, DataType.Float, dims, InitializerSource.Float32, [name]);
+    private readonly Dictionary<string, string> _plain = new(StringComparer.Ordinal);
+
+    /// <summary>A checkpoint tensor as a float32 initializer, planned once however often it is used (tied embeddings).</summary>
+    public string Plain(string name, params long[] dims) =>
+        _plain.TryGetValue(name, out var value) ? value : _plain[name] = Init(name, DataType.Float, dims, InitializerSource.Float32, [name]);
 
     /// <summary>RMSNorm over the last axis with a checkpoint weight.</summary>
     public string RmsNorm(string x, string weight, long dim) =>
