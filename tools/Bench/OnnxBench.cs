@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Converter.Models.DeepseekV3.Onnx;
+using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Runtime;
 
