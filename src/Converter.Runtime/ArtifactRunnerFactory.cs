@@ -14,6 +14,9 @@ public sealed record RunnerOptions(int Threads = 0, string ExecutionProvider = "
 
     /// <summary>GGUF only: the folder holding the node-llama-cpp helper (default: tests/interop of the repository).</summary>
     public string? InteropDirectory { get; init; }
+
+    /// <summary>ONNX KV-cache decoders only: prefill this many tokens, then decode the rest one at a time (verify --decode).</summary>
+    public int? DecodePrefill { get; init; }
 }
 
 /// <summary>Opens an artifact at a path (file or folder, as given on the command line).</summary>

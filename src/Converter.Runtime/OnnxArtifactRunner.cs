@@ -16,13 +16,16 @@ public sealed record OnnxRunnerOptions(OnnxExecutionProvider ExecutionProvider =
     /// <summary>Log only errors from ONNX Runtime (e.g. rank models, whose peer-sum inputs with initializer defaults draw a warning per session).</summary>
     public bool ErrorsOnly { get; init; }
 
+    /// <summary>KV-cache decoders: logits come from <see cref="OnnxArtifactRunner.RunDecode"/> with this prefill.</summary>
+    public int? DecodePrefill { get; init; }
+
     /// <summary>The factory's generic options (<c>verify --execution-provider cpu|cuda --threads N</c>) for ONNX Runtime.</summary>
     public static OnnxRunnerOptions From(RunnerOptions options) => new(options.ExecutionProvider.ToLowerInvariant() switch
     {
         "cpu" => OnnxExecutionProvider.Cpu,
         "cuda" => OnnxExecutionProvider.Cuda,
         var other => throw new ArgumentException($"execution provider '{other}' is not cpu or cuda"),
-    }, options.Threads);
+    }, options.Threads) { DecodePrefill = options.DecodePrefill };
 }
 
 /// <summary>
@@ -43,6 +46,8 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     private readonly ModelProto _proto;
     private readonly string[] _hiddenNames, _routingNames;
     private InferenceSession? _plain, _diagnostic;
+    // A KV-cache decoder: its layers' cache width; full-sequence runs feed it empty past tensors.
+    private readonly (int Layers, int Heads, int HeadSize)? _cache;
 
     public string Description { get; }
     public IReadOnlyList<string> HiddenStateNames => _hiddenNames;
@@ -66,6 +71,12 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         _routingNames = (Metadata(RoutingKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
         // A rank model's peer-sum inputs have zeros initializers as defaults, which ORT warns about in every session.
         if (!string.IsNullOrEmpty(Metadata(OnnxDecoderNames.RankKey))) _options = _options with { ErrorsOnly = true };
+        if (Metadata(OnnxDecoderNames.KvCacheKey) is { Length: > 0 } kv)
+        {
+            var parts = kv.Split(',');
+            int layers = _proto.Graph.Input.Count(i => i.Name.StartsWith("past_key_values.", StringComparison.Ordinal) && i.Name.EndsWith(".key", StringComparison.Ordinal));
+            _cache = (layers, int.Parse(parts[0], System.Globalization.CultureInfo.InvariantCulture), int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture));
+        }
         _plain = CreateSession(_modelPath);
         Description = $"ONNX Runtime {OrtEnv.Instance().GetVersionString()} ({_options.ExecutionProvider.ToString().ToLowerInvariant()}, " +
                       $"intra-op threads {(_options.IntraOpThreads == 0 ? "default" : _options.IntraOpThreads)}) on {_modelPath}";
@@ -122,8 +133,15 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         }
     }
 
-    public ArtifactOutputs Run(int[] tokens, int batch, int seq, bool hiddenStates, bool routing) =>
-        Run(tokens, batch, seq, hiddenStates, routing, null, null, out _);
+    public ArtifactOutputs Run(int[] tokens, int batch, int seq, bool hiddenStates, bool routing)
+    {
+        if (_options.DecodePrefill is not { } prefill) return Run(tokens, batch, seq, hiddenStates, routing, null, null, out _);
+        if (_cache == null) throw new NotSupportedException($"{_modelPath}: --decode needs a KV-cache decoder (export onnx --kv-cache)");
+        // Logits step by step through the cache; hidden states and routing (if asked) from one full-sequence run.
+        var logits = RunDecode(tokens, batch, seq, Math.Min(prefill, seq));
+        var full = hiddenStates || routing ? Run(tokens, batch, seq, hiddenStates, routing, null, null, out _) : null;
+        return new ArtifactOutputs(logits, full?.HiddenStates, full?.RoutingTopK);
+    }
 
     /// <summary>The model's metadata value for <paramref name="key"/>, or null.</summary>
     public string? Metadata(string key) => _proto.MetadataProps.FirstOrDefault(p => p.Key == key)?.Value;
@@ -188,13 +206,84 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         return results.ToDictionary(r => r.Name, r => r.AsTensor<float>().ToArray(), StringComparer.Ordinal);
     }
 
-    private static List<NamedOnnxValue> Inputs(InferenceSession session, int[] tokens, int batch, int seq,
+    /// <summary>True for a KV-cache decoder (<c>export onnx --kv-cache</c>).</summary>
+    public bool HasKvCache => _cache != null;
+
+    /// <summary>
+    /// Incremental decoding through the cache: the first <paramref name="prefill"/> tokens of every sequence in one run,
+    /// then one token per run, each feeding the previous run's present tensors back as past. Returns the logits of every
+    /// position [batch, seq, vocab], as a full-sequence run would.
+    /// </summary>
+    public float[] RunDecode(int[] tokens, int batch, int seq, int prefill, IProgress<(int Done, int Total)>? progress = null)
+    {
+        var (layers, heads, headSize) = _cache ?? throw new NotSupportedException($"{_modelPath}: the model has no KV cache (export it with --kv-cache)");
+        if (prefill < 1 || prefill > seq) throw new ArgumentException($"prefill {prefill} is not within 1..{seq}");
+        var past = new Dictionary<string, DenseTensor<float>>(StringComparer.Ordinal);
+        for (int l = 0; l < layers; l++)
+        {
+            past[OnnxDecoderNames.PastKey(l)] = new DenseTensor<float>(new float[0], [batch, heads, 0, headSize]);
+            past[OnnxDecoderNames.PastValue(l)] = new DenseTensor<float>(new float[0], [batch, heads, 0, headSize]);
+        }
+        float[]? logits = null;
+        int vocab = 0;
+        var outputs = new List<string> { OnnxDecoderNames.Logits };
+        for (int l = 0; l < layers; l++) { outputs.Add(OnnxDecoderNames.PresentKey(l)); outputs.Add(OnnxDecoderNames.PresentValue(l)); }
+        for (int start = 0; start < seq;)
+        {
+            int n = start == 0 ? prefill : 1;
+            var ids = new long[batch * n];
+            var pos = new long[batch * n];
+            var mask = new long[batch * (start + n)];
+            Array.Fill(mask, 1L);
+            for (int b = 0; b < batch; b++)
+                for (int i = 0; i < n; i++)
+                {
+                    ids[b * n + i] = tokens[b * seq + start + i];
+                    pos[b * n + i] = start + i;
+                }
+            var inputs = new List<NamedOnnxValue>
+            {
+                NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.InputIds, new DenseTensor<long>(ids, [batch, n])),
+                NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.AttentionMask, new DenseTensor<long>(mask, [batch, start + n])),
+                NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.PositionIds, new DenseTensor<long>(pos, [batch, n])),
+            };
+            foreach (var (name, value) in past) inputs.Add(NamedOnnxValue.CreateFromTensor(name, value));
+            using var results = _plain!.Run(inputs, outputs);
+            var byName = results.ToDictionary(r => r.Name, r => r.AsTensor<float>(), StringComparer.Ordinal);
+            var step = byName[OnnxDecoderNames.Logits];
+            if (logits == null)
+            {
+                vocab = step.Dimensions[2];
+                logits = new float[batch * seq * vocab];
+            }
+            var stepValues = step.ToArray();
+            for (int b = 0; b < batch; b++)
+                stepValues.AsSpan(b * n * vocab, n * vocab).CopyTo(logits.AsSpan((b * seq + start) * vocab));
+            for (int l = 0; l < layers; l++)
+                foreach (var name in new[] { OnnxDecoderNames.PresentKey(l), OnnxDecoderNames.PresentValue(l) })
+                {
+                    var t = byName[name];
+                    past[name.Replace("present.", "past_key_values.", StringComparison.Ordinal)] = new DenseTensor<float>(t.ToArray(), t.Dimensions);
+                }
+            start += n;
+            progress?.Report((start, seq));
+        }
+        return logits!;
+    }
+
+    private List<NamedOnnxValue> Inputs(InferenceSession session, int[] tokens, int batch, int seq,
         IReadOnlyDictionary<string, DenseTensor<float>>? extraInputs)
     {
         if (tokens.Length != batch * seq) throw new ArgumentException($"{tokens.Length} tokens for batch {batch} x seq {seq}");
         var inputs = new List<NamedOnnxValue> { DecoderInputs.Ids(tokens, batch, seq) };
         DecoderInputs.AddMaskAndPositions(inputs, batch, seq, session.InputMetadata.ContainsKey(OnnxDecoderNames.AttentionMask),
             session.InputMetadata.ContainsKey(OnnxDecoderNames.PositionIds));
+        if (_cache is var (layers, heads, headSize))
+            for (int l = 0; l < layers; l++)
+            {
+                inputs.Add(NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.PastKey(l), new DenseTensor<float>(new float[0], [batch, heads, 0, headSize])));
+                inputs.Add(NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.PastValue(l), new DenseTensor<float>(new float[0], [batch, heads, 0, headSize])));
+            }
         if (extraInputs != null)
             foreach (var (name, value) in extraInputs) inputs.Add(NamedOnnxValue.CreateFromTensor(name, value));
         return inputs;

@@ -34,6 +34,11 @@ public static class ExportOnnxCommand
             DefaultValueFactory = _ => "routed-experts",
         };
         targets.AcceptOnlyFromAmong("routed-experts", "all-linear");
+        var kvCache = new Option<bool>("--kv-cache")
+        {
+            Description = "A decoder with a KV cache (past_key_values.N.key/.value in, present.N.key/.value out, onnxruntime-genai's names) " +
+                          "that runs prefill and one-token decode in one graph: MLA keeps its latent cache, GQA its key/value heads",
+        };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output folder" };
         var diagnostics = new Option<bool>("--diagnostic-outputs")
         {
@@ -47,7 +52,7 @@ public static class ExportOnnxCommand
         var combine = new Option<string?>("--combine") { Description = "Format of the combine traffic only (overrides --simulate-comm for combine)" };
         var cmd = new Command("onnx", "Export a checkpoint to ONNX (model-local attention/MoE functions, stock ONNX Runtime)")
         {
-            dir, output, weights, groupSize, asymmetric, targets, overwrite, diagnostics, simulate, dispatch, combine,
+            dir, output, weights, groupSize, asymmetric, targets, kvCache, overwrite, diagnostics, simulate, dispatch, combine,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
@@ -59,7 +64,7 @@ public static class ExportOnnxCommand
                 new OnnxExportOptions(format, parse.GetValue(overwrite), parse.GetValue(diagnostics),
                     Int4GroupSize: parse.GetValue(groupSize), Int4Symmetric: parse.GetValue(asymmetric) ? false : null,
                     Int4Targets: parse.GetValue(targets) == "all-linear" ? Int4Targets.AllLinear : Int4Targets.RoutedExperts,
-                    Comm: comm.Any ? comm : null),
+                    Comm: comm.Any ? comm : null) { KvCache = parse.GetValue(kvCache) },
                 loggers.CreateLogger("export-onnx"), GlobalOptions.CreateProgress(parse));
             Console.WriteLine(result.ModelPath);
             return CommandRunner.Ok;

@@ -55,6 +55,10 @@ public static class VerifyCommand
         };
         kvCache.AcceptOnlyFromAmong("f32", "f16");
         var interopDir = new Option<string?>("--interop-dir") { Description = "GGUF: folder with the node-llama-cpp helper (default: tests/interop of the repository)" };
+        var decode = new Option<int?>("--decode")
+        {
+            Description = "ONNX KV-cache decoder: prefill this many tokens of each sequence, then feed the rest one at a time through the cache (e.g. 16)",
+        };
         var model = new Option<string?>("--model") { Description = "model folder (config.json) to check the golden against" };
         var stableMargin = new Option<string?>("--stable-margin") { Description = "routing margin below which a position is unstable (default 1e-4)" };
         var layerThreshold = new Option<string?>("--layer-threshold") { Description = "relative error that marks a layer as diverging (default 1e-3)" };
@@ -62,7 +66,7 @@ public static class VerifyCommand
 
         var cmd = new Command("verify", "Run an artifact on golden tokens and compare its logits, routing and hidden states with the golden");
         cmd.Arguments.Add(artifact);
-        foreach (var o in new Option[] { golden, json, layers, threads, ep, preset, kvCache, interopDir, model, stableMargin, layerThreshold }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { golden, json, layers, threads, ep, preset, kvCache, interopDir, decode, model, stableMargin, layerThreshold }) cmd.Options.Add(o);
         foreach (var o in limitOptions) cmd.Options.Add(o);
 
         cmd.Action = new VerifyAction(pr =>
@@ -92,7 +96,7 @@ public static class VerifyCommand
                 string provider = pr.GetValue(ep)!.ToLowerInvariant();
                 if (provider is not ("cpu" or "cuda"))
                     throw new ArgumentException($"--execution-provider: '{provider}' is not cpu or cuda");
-                options = new RunnerOptions(nThreads, provider) { KvCache = pr.GetValue(kvCache)!, InteropDirectory = pr.GetValue(interopDir) };
+                options = new RunnerOptions(nThreads, provider) { KvCache = pr.GetValue(kvCache)!, InteropDirectory = pr.GetValue(interopDir), DecodePrefill = pr.GetValue(decode) };
                 goldenSet = GoldenSet.Load(pr.GetValue(golden)!);
                 // A sharded output's config.json sits in each rank folder.
                 var configDir = kind == ArtifactKind.ShardedOnnx ? Path.Combine(path, ShardPipeline.RankFolderName(0)) : path;

@@ -35,6 +35,10 @@ public sealed record OnnxExportOptions(
     /// <summary>Elements of a plain BF16/F32 source tensor mapped at a time (16-32 MB); smaller only to test slab edges.</summary>
     public long SlabElements { get; init; } = 1 << 23;
 
+    /// <summary>A decoder with a KV cache (past_key_values.N.key/.value in, present.N.key/.value out, onnxruntime-genai's
+    /// names) that runs prefill and single-token decode in one graph.</summary>
+    public bool KvCache { get; init; }
+
     /// <summary>An export of the same checkpoint with the same weight options (another expert-parallel rank's): its
     /// initializers that no routed expert feeds are copied from it file to file instead of being converted again.</summary>
     public string? ReuseFrom { get; init; }
@@ -78,7 +82,8 @@ public static class OnnxExportPipeline
                 arch.NumLayers, arch.NumLayers + arch.NumMtpLayers - 1);
 
         var export = OnnxDecoderGraph.Build(arch, new OnnxDecoderOptions(options.Weights, options.AttentionMaskInput,
-            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank, options.Slice));
+            options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank, options.Slice)
+        { KvCache = options.KvCache });
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new OnnxWeightWriter(ckpt, scheme, options.SlabElements);

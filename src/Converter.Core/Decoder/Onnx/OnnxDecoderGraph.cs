@@ -81,7 +81,8 @@ public sealed class OnnxDecoderBuilder
     public Converter.Numerics.Int4.Int4Scheme? Int4 => Options.Int4;
     public bool Fp8 => Options.Weights == OnnxWeightFormat.Fp8;
     public bool IsInt4 => Options.Weights == OnnxWeightFormat.Int4;
-    /// <summary>Additive attention bias [b|1, 1, s, s]: 0 where a key is visible (causal and not padded), -1e9 elsewhere.</summary>
+    /// <summary>Additive attention bias [b|1, 1, s, s] ([b, 1, s, past + s] with a KV cache): 0 where a key is visible
+    /// (causal and not padded), -1e9 elsewhere.</summary>
     public string Mask { get; private set; } = "";
     /// <summary>int64 position ids [batch, sequence].</summary>
     public string Positions { get; private set; } = "";
@@ -132,6 +133,14 @@ public sealed class OnnxDecoderBuilder
         bool q = IsInt4 && _denseInt4.Contains(name);
         mask.Add(q);
         return q ? Int4Parts(name, [name], null, rows, cols, InitializerSource.Int4Codes, matMulNBits: true) : [Linear(name, rows, cols)];
+    }
+
+    /// <summary>A projection that stays float32 (dequantized in the graph for fp8) even in an INT4 export: weights
+    /// the attention reshapes or absorbs rather than multiplies with (MLA's kv_b in a KV-cache decoder).</summary>
+    public string[] FloatProj(string name, long rows, long cols, List<bool> mask)
+    {
+        mask.Add(false);
+        return [Linear(name, rows, cols)];
     }
 
     private string[] Int4Parts(string name, string[] tensors, long? experts, long rows, long cols, InitializerSource codes, bool matMulNBits)
@@ -196,6 +205,11 @@ public sealed class OnnxDecoderBuilder
         if (slice.First < 0 || slice.End > layers || slice.First >= slice.End)
             throw new ArgumentException($"layer slice [{slice.First}, {slice.End}) is not within the model's {layers} layers");
         if (!whole && rank != null) throw new NotSupportedException("an expert-parallel rank graph is exported whole, not as a layer slice");
+        bool cached = options.KvCache;
+        if (cached && (!whole || rank != null || options.Comm is { Any: true }))
+            throw new NotSupportedException("a KV-cache decoder is exported whole, without expert-parallel ranks or simulated traffic");
+        if (cached && (!options.AttentionMaskInput || !options.PositionIdsInput))
+            throw new ArgumentException("a KV-cache decoder takes attention_mask and position_ids (they locate the new tokens after the past ones)");
 
         // Inputs, embedding (or the previous slice's hidden state), mask, positions.
         string hidden, batchSeq; // batchSeq: the int64 shape [batch, sequence]
@@ -219,7 +233,27 @@ public sealed class OnnxDecoderBuilder
 
         string seq = g.Reshape(g.Shape(hidden, 1, 2), g.ConstInt64());
         string range = g.Op("Range", [g.ScalarInt64(0), seq, g.ScalarInt64(1)]);
-        string causal = g.Op("LessOrEqual", [g.Unsqueeze(range, 0), g.Unsqueeze(range, 1)]);   // [s, s]: key <= query
+        string causal;
+        var caches = new List<OnnxLayerCache>();
+        if (cached)
+        {
+            var shape = _family.KvCache;
+            for (int l = 0; l < layers; l++)
+            {
+                string pk = g.Input(N.PastKey(l), DataType.Float, "batch", shape.Heads, "past_sequence_length", shape.HeadSize);
+                string pv = g.Input(N.PastValue(l), DataType.Float, "batch", shape.Heads, "past_sequence_length", shape.HeadSize);
+                caches.Add(new OnnxLayerCache(pk, pv, g.Reserve(N.PresentKey(l)), g.Reserve(N.PresentValue(l))));
+            }
+            // Query i sits at past + i and sees keys 0..past + i of the past-plus-new sequence.
+            string past = g.Reshape(g.Shape(caches[0].PastKey, 2, 3), g.ConstInt64());
+            string keys = g.Op("Range", [g.ScalarInt64(0), g.Add(past, seq), g.ScalarInt64(1)]);
+            causal = g.Op("LessOrEqual", [g.Unsqueeze(keys, 0), g.Unsqueeze(g.Add(range, past), 1)]);   // [s, past + s]
+            Model.Metadata[N.KvCacheKey] = $"{shape.Heads},{shape.HeadSize}";
+        }
+        else
+        {
+            causal = g.Op("LessOrEqual", [g.Unsqueeze(range, 0), g.Unsqueeze(range, 1)]);   // [s, s]: key <= query
+        }
         string allowed = attentionMask == null
             ? g.Unsqueeze(causal, 0, 1)
             : g.Op("And", [causal, g.Unsqueeze(g.Cast(attentionMask, DataType.Bool), 1, 2)]);  // [b, 1, s, s]
@@ -240,7 +274,7 @@ public sealed class OnnxDecoderBuilder
         for (int layer = slice.First; layer < slice.End; layer++)
         {
             string xn = RmsNorm(hidden, names.InputNorm(layer), h);
-            string attn = _family.Attention(this, layer, xn);
+            string attn = _family.Attention(this, layer, xn, cached ? caches[layer] : null);
             hidden = g.Add(hidden, attn);
 
             string xn2 = RmsNorm(hidden, names.PostAttentionNorm(layer), h);
@@ -361,6 +395,11 @@ public sealed class OnnxDecoderBuilder
             Model.DocString += $", {slice} only";
         }
         foreach (var name in partialOutputs) g.Output(name, DataType.Float, "batch", "sequence", h);
+        foreach (var c in caches)
+        {
+            g.Output(c.PresentKey, DataType.Float, "batch", _family.KvCache.Heads, "total_sequence_length", _family.KvCache.HeadSize);
+            g.Output(c.PresentValue, DataType.Float, "batch", _family.KvCache.Heads, "total_sequence_length", _family.KvCache.HeadSize);
+        }
 
         if (options.DiagnosticOutputs)
         {

@@ -39,7 +39,12 @@ public sealed record OnnxDecoderOptions(
     IReadOnlySet<string>? DenseInt4 = null,
     CommSimulation? Comm = null,
     OnnxRankExperts? Rank = null,
-    OnnxLayerSlice? Slice = null);
+    OnnxLayerSlice? Slice = null)
+{
+    /// <summary>A decoder with a cache (<see cref="OnnxDecoderNames.PastKey"/> in, <see cref="OnnxDecoderNames.PresentKey"/>
+    /// out per layer) that runs prefill and single-token decode in one graph; attention_mask then spans past and new tokens.</summary>
+    public bool KvCache { get; init; }
+}
 
 /// <summary>
 /// A graph of decoder layers [First, End) only, so that a runtime holds one piece of a model too large for one session
@@ -73,6 +78,13 @@ public static class OnnxDecoderNames
     public const string AttentionMask = "attention_mask";
     public const string PositionIds = "position_ids";
     public const string Logits = "logits";
+    /// <summary>KV-cache decoder inputs and outputs, onnxruntime-genai's names: [batch, heads, sequence, head size] per layer.</summary>
+    public static string PastKey(int layer) => $"past_key_values.{layer}.key";
+    public static string PastValue(int layer) => $"past_key_values.{layer}.value";
+    public static string PresentKey(int layer) => $"present.{layer}.key";
+    public static string PresentValue(int layer) => $"present.{layer}.value";
+    /// <summary>Model metadata key of a KV-cache decoder: "heads,head_size" of every layer's key and value.</summary>
+    public const string KvCacheKey = "converter.kv_cache";
     /// <summary>A layer slice's input when it does not start at layer 0: the hidden state after layer First - 1.</summary>
     public const string SliceInput = "hidden.in";
     /// <summary>Model metadata key of a layer slice: "First,End".</summary>

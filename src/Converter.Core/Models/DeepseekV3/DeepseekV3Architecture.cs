@@ -61,7 +61,9 @@ public sealed partial class DeepseekV3Architecture : ModelArchitecture
             new("routing", $"{c.TopkMethod}: {r.Scoring.ToString().ToLowerInvariant()} top-{r.TopK} of {r.Experts}" +
                 (r.GroupingActive ? $", {r.TopkGroups} of {r.Groups} groups ({(r.GroupScore == GroupScoring.Max ? "best score" : "top-2 sum")})" : "") +
                 (r.SelectionBias ? ", selection bias" : "") + (r.NormalizeTopK ? ", renormalised" : "") + $", scale {r.Scale}"),
-            new("kv cache", $"{(c.KvLoraRank + c.QkRopeHeadDim)} values per token per layer (MLA latent); {(long)c.NumAttentionHeads * (c.QkHeadDim + c.VHeadDim)} with a per-head K/V cache"),
+            new("kv cache", $"{Onnx.KvCache.ValuesPerToken} values per token per layer (MLA latent: kv_lora_rank + rope), " +
+                $"{(long)c.NumAttentionHeads * (c.QkHeadDim + c.VHeadDim)} with a per-head K/V cache; " +
+                $"fp32: {Onnx.KvCache.ValuesPerToken * 4L * c.NumHiddenLayers:N0} bytes per token over {c.NumHiddenLayers} layers"),
         ];
     }
 

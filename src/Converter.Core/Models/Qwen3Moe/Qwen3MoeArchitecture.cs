@@ -114,7 +114,8 @@ public sealed partial class Qwen3MoeArchitecture(Qwen3MoeConfig cfg) : ModelArch
                 (c.RopeScaling is { } y ? $", YaRN factor {y.Factor}" : "")),
             new("routing", $"softmax top-{c.NumExpertsPerTok} of {c.NumExperts}{(c.NormTopkProb ? ", renormalised" : ", not renormalised")}" +
                 (dense.Length > 0 ? $"; dense layers [{string.Join(", ", dense)}]" : "")),
-            new("kv cache", $"{2L * c.NumKeyValueHeads * c.HeadDim} values per token per layer (GQA K and V)"),
+            new("kv cache", $"{Onnx.KvCache.ValuesPerToken} values per token per layer (GQA K and V); " +
+                $"fp32: {Onnx.KvCache.ValuesPerToken * 4L * c.NumHiddenLayers:N0} bytes per token over {c.NumHiddenLayers} layers"),
         ];
     }
 }

@@ -13,7 +13,7 @@ namespace Converter.Models.DeepseekV3.Onnx;
 /// </summary>
 internal static class DeepseekV3OnnxFunctions
 {
-    public const string MlaName = "MLA";
+    public const string MlaName = "MLA", MlaCachedName = "MLA_cached";
 
     /// <summary>
     /// MLA, expanded form. Inputs: x, additive mask [b|1, 1, s, s], position_ids, cos, sin, then the projections
@@ -71,5 +71,74 @@ internal static class DeepseekV3OnnxFunctions
         string merged = f.Reshape(f.Transpose(attn, 0, 2, 1, 3), -1, nh * vd);
         string y = f.Reshape(o.Apply(f, merged), f.Shape(x));
         f.Output(y);
+    }
+
+    /// <summary>
+    /// MLA over the latent cache (absorbed form). Inputs as <see cref="Mla"/>, then past_key and past_value [b, 1, P, half]:
+    /// the two halves of the latent (normalised c_kv, then the roped k_pe, zero-padded to 2 x half). Outputs: y,
+    /// present_key, present_value (past and this call's tokens). Scores are q_nope W_UK . c_kv + q_pe . k_pe, with
+    /// W_UK (kv_b's key rows) absorbed into the query per head; the values c_kv are mixed first and W_UV (kv_b's value
+    /// rows) applied after: the same products as the expanded form, in another order.
+    /// </summary>
+    public static void MlaCached(OnnxModelBuilder model, DeepseekV3Config c, string name, long half, Int4Scheme? int4Scheme = null, bool[]? int4 = null)
+    {
+        var f = model.Function(OnnxDecoderNames.Domain, name);
+        int slot = 0;
+        bool Q(int i) => int4 != null && int4[i];
+        f.DocString = "DeepSeek multi-head latent attention over the latent KV cache (absorbed), causal, interleaved rope";
+        int nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, rope = c.QkRopeHeadDim, vd = c.VHeadDim, kvr = c.KvLoraRank, h = c.HiddenSize;
+        float eps = (float)c.RmsNormEps;
+        string x = f.Input("x"), mask = f.Input("mask"), pos = f.Input("position_ids"), cos = f.Input("cos"), sin = f.Input("sin");
+        long qk = nh * (nope + rope);
+        Proj? qa = null, qb = null, qw = null;
+        string? qaNorm = null;
+        if (c.QLoraRank is { } ql)
+        {
+            qa = Proj.In(f, "q_a_proj", Q(slot++), int4Scheme, ql, h); qaNorm = f.Input("q_a_layernorm"); qb = Proj.In(f, "q_b_proj", Q(slot++), int4Scheme, qk, ql);
+        }
+        else
+        {
+            qw = Proj.In(f, "q_proj", Q(slot++), int4Scheme, qk, h);
+        }
+        var kva = Proj.In(f, "kv_a_proj_with_mqa", Q(slot++), int4Scheme, kvr + rope, h);
+        string kvaNorm = f.Input("kv_a_layernorm");
+        slot++; // kv_b is always float here
+        string kvb = f.Input("kv_b_proj");
+        var o = Proj.In(f, "o_proj", Q(slot++), int4Scheme, h, nh * vd);
+        string pastKey = f.Input("past_key"), pastValue = f.Input("past_value");
+
+        string bs = f.Shape(x, 0, 2);
+        string x2 = f.Reshape(x, -1, h);
+        string q = qw != null
+            ? qw.Apply(f, x2)
+            : qb!.Apply(f, f.Op("RMSNormalization", [qa!.Apply(f, x2), qaNorm!], Float("epsilon", eps), Int("axis", -1)));
+        string q4 = f.Transpose(f.Reshape(q, f.Concat(0, bs, f.ConstInt64(nh, nope + rope))), 0, 2, 1, 3); // [b, nh, s, qk]
+        var qParts = f.Split(q4, 3, nope, rope);
+        string qPe = f.Op("RotaryEmbedding", [qParts[1], cos, sin, pos], Int("interleaved", 1));
+
+        string ckv = kva.Apply(f, x2);
+        var kvParts = f.Split(ckv, 1, kvr, rope);
+        string cNorm = f.Op("RMSNormalization", [kvParts[0], kvaNorm], Float("epsilon", eps), Int("axis", -1));
+        string c4 = f.Transpose(f.Reshape(cNorm, f.Concat(0, bs, f.ConstInt64(1, kvr))), 0, 2, 1, 3);           // [b, 1, s, kvr]
+        string kPe = f.Transpose(f.Reshape(kvParts[1], f.Concat(0, bs, f.ConstInt64(1, rope))), 0, 2, 1, 3);   // [b, 1, s, rope]
+        kPe = f.Op("RotaryEmbedding", [kPe, cos, sin, pos], Int("interleaved", 1));
+        string latent = f.Concat(3, c4, kPe);
+        if (2 * half > kvr + rope)
+            latent = f.Concat(3, latent, f.Mul(f.Op("Slice", [kPe, f.ConstInt64(0), f.ConstInt64(1), f.ConstInt64(3)]), f.ScalarFloat(0f)));
+        string all = f.Concat(2, f.Concat(3, pastKey, pastValue), latent);                                      // [b, 1, T, 2 half]
+        string Cols(string t, long from, long to) => f.Op("Slice", [t, f.ConstInt64(from), f.ConstInt64(to), f.ConstInt64(3)]);
+        string presentKey = Cols(all, 0, half), presentValue = Cols(all, half, 2 * half);
+
+        var w = f.Split(f.Reshape(kvb, nh, nope + vd, kvr), 1, nope, vd);                                    // [nh, nope|v, kvr]
+        string qLat = f.Op("MatMul", [qParts[0], w[0]]);                                                       // [b, nh, s, kvr]
+        string heads = f.ConstInt64(1, nh, 1, 1);
+        string keys = f.Op("Expand", [Cols(all, 0, kvr + rope), heads]);                                      // [b, nh, T, kvr + rope]
+        string values = f.Op("Expand", [Cols(all, 0, kvr), heads]);                                           // [b, nh, T, kvr]
+        string attn = f.Op("Attention", [f.Concat(3, qLat, qPe), keys, values, mask], Float("scale", (float)c.SoftmaxScale));
+        string perHead = f.Op("MatMul", [attn, f.Transpose(w[1], 0, 2, 1)]);                                   // [b, nh, s, v]
+        string merged = f.Reshape(f.Transpose(perHead, 0, 2, 1, 3), -1, nh * vd);
+        f.Output(f.Reshape(o.Apply(f, merged), f.Shape(x)));
+        f.Output(presentKey);
+        f.Output(presentValue);
     }
 }

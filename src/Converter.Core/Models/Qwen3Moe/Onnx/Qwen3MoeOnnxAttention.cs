@@ -9,7 +9,10 @@ namespace Converter.Models.Qwen3Moe.Onnx;
 /// <summary>The Qwen3-MoE family's part of the ONNX decoder: GQA attention with q/k norms per layer, rotate-half rope.</summary>
 internal sealed class Qwen3MoeOnnxAttention(Qwen3MoeConfig c) : IOnnxDecoderFamily
 {
-    public const string GqaName = "GQA";
+    public const string GqaName = "GQA", GqaCachedName = "GQA_cached";
+
+    /// <summary>The GQA cache: each key-value head's normed, roped keys and its values.</summary>
+    public OnnxKvCacheShape KvCache => new(c.NumKeyValueHeads, c.HeadDim);
 
     public int MaxPositions => c.MaxPositionEmbeddings;
 
@@ -19,7 +22,7 @@ internal sealed class Qwen3MoeOnnxAttention(Qwen3MoeConfig c) : IOnnxDecoderFami
         return new OnnxRopeTables(cos, sin, c.HeadDim / 2);
     }
 
-    public string Attention(OnnxDecoderBuilder b, int layer, string normed)
+    public string Attention(OnnxDecoderBuilder b, int layer, string normed, OnnxLayerCache? cache)
     {
         long h = c.HiddenSize, hd = c.HeadDim, q = c.NumAttentionHeads * hd, kv = c.NumKeyValueHeads * hd;
         string a = $"model.layers.{layer}.self_attn.";
@@ -32,6 +35,14 @@ internal sealed class Qwen3MoeOnnxAttention(Qwen3MoeConfig c) : IOnnxDecoderFami
         inputs.Add(b.Plain(a + "q_norm.weight", hd));
         inputs.Add(b.Plain(a + "k_norm.weight", hd));
         string attn = b.Graph.Fresh($"layer{layer}.attn");
+        if (cache != null)
+        {
+            inputs.Add(cache.PastKey);
+            inputs.Add(cache.PastValue);
+            string cachedFn = b.Function(GqaCachedName, mask.ToArray(), (n, m) => Gqa(b.Model, n, b.Int4, m, b.Epsilon, cached: true));
+            b.Graph.OpNamed(cachedFn, inputs, [attn, cache.PresentKey, cache.PresentValue], OnnxDecoderNames.Domain);
+            return attn;
+        }
         string fn = b.Function(GqaName, mask.ToArray(), (n, m) => Gqa(b.Model, n, b.Int4, m, b.Epsilon));
         b.Graph.OpNamed(fn, inputs, [attn], OnnxDecoderNames.Domain);
         return attn;
@@ -40,9 +51,11 @@ internal sealed class Qwen3MoeOnnxAttention(Qwen3MoeConfig c) : IOnnxDecoderFami
     /// <summary>
     /// Inputs: x, additive mask [b|1, 1, s, s], position_ids, cos, sin, q/k/v/o projections, q_norm, k_norm. Each head's
     /// q and k are RMS-normalised over head_dim before rotate-half rope; the key/value heads are repeated to the query
-    /// heads (transformers' repeat_kv) and attended with scale 1/sqrt(head_dim).
+    /// heads (transformers' repeat_kv) and attended with scale 1/sqrt(head_dim). <paramref name="cached"/>: two more inputs,
+    /// past_key and past_value [b, kv heads, P, head_dim], that precede this call's keys and values, and two more
+    /// outputs, present_key and present_value (past then new).
     /// </summary>
-    private void Gqa(OnnxModelBuilder model, string name, Int4Scheme? scheme, bool[]? int4, float eps)
+    private void Gqa(OnnxModelBuilder model, string name, Int4Scheme? scheme, bool[]? int4, float eps, bool cached = false)
     {
         var f = model.Function(OnnxDecoderNames.Domain, name);
         f.DocString = "Qwen3 grouped-query attention with q/k RMSNorm, causal, rotate-half rope";
@@ -67,6 +80,13 @@ internal sealed class Qwen3MoeOnnxAttention(Qwen3MoeConfig c) : IOnnxDecoderFami
         string qh = f.Op("RotaryEmbedding", [Heads(qp.Apply(f, x2), nh, qNorm), cos, sin, pos], Int("interleaved", 0));
         string kh = f.Op("RotaryEmbedding", [Heads(kp.Apply(f, x2), nkv, kNorm), cos, sin, pos], Int("interleaved", 0));
         string vh = Heads(vp.Apply(f, x2), nkv, null);
+        string? presentKey = null, presentValue = null;
+        if (cached)
+        {
+            string pastKey = f.Input("past_key"), pastValue = f.Input("past_value");
+            kh = presentKey = f.Concat(2, pastKey, kh);
+            vh = presentValue = f.Concat(2, pastValue, vh);
+        }
         if (nkv != nh)
         {
             // repeat_kv: [b, nkv, s, hd] -> [b, nkv, rep, s, hd] -> [b, nh, s, hd]
@@ -78,5 +98,10 @@ internal sealed class Qwen3MoeOnnxAttention(Qwen3MoeConfig c) : IOnnxDecoderFami
         string attn = f.Op("Attention", [qh, kh, vh, mask], Float("scale", (float)c.SoftmaxScale));
         string merged = f.Reshape(f.Transpose(attn, 0, 2, 1, 3), -1, nh * hd);
         f.Output(f.Reshape(op.Apply(f, merged), f.Shape(x)));
+        if (cached)
+        {
+            f.Output(presentKey!);
+            f.Output(presentValue!);
+        }
     }
 }
