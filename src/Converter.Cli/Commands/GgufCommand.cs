@@ -31,7 +31,7 @@ public static class GgufCommand
         var name = new Option<string?>("--name") { Description = "general.name (default: the folder name)" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output file if it exists" };
         var force = new Option<bool>("--force") { Description = "Export even where llama.cpp cannot represent the checkpoint exactly" };
-        var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (deepseek2; ggml-exact quantizers; streaming, atomic)")
+        var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (the family's llama.cpp architecture: deepseek2, qwen3moe; ggml-exact quantizers; streaming, atomic)")
         {
             dir, output, type, outputType, name, overwrite, force,
         };

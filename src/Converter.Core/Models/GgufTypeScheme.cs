@@ -12,21 +12,24 @@ public enum GgufFileType : uint
 /// <summary>
 /// What ggml type each GGUF weight gets. <see cref="Uniform"/>: one type for every weight (norms, router and
 /// biases stay F32; rows that are not whole blocks fall back). <see cref="Q4_K_M"/>: llama.cpp's Q4_K_M mix as
-/// <c>llama_tensor_get_type</c> (src/llama-quant.cpp) picks it without an importance matrix, so the result matches
-/// what <c>llama-quantize F32.gguf Q4_K_M</c> would choose for the same tensors:
+/// <c>llama_tensor_get_type_impl</c> (src/llama-quant.cpp) picks it without an importance matrix, by llama.cpp's
+/// tensor-name categories, so the result matches what <c>llama-quantize F32.gguf Q4_K_M</c> would choose:
 /// <list type="bullet">
-/// <item><c>output.weight</c>: Q6_K (Q8_0 where its rows are not whole 256-blocks).</item>
+/// <item><c>output.weight</c>: Q6_K (Q8_0 where its rows are not whole 256-blocks); with tied embeddings (no
+/// output.weight in the file) <c>token_embd</c> gets the output's treatment.</item>
 /// <item>every tensor whose name contains <c>ffn_down</c> (dense, <c>ffn_down_exps</c>, <c>ffn_down_shexp</c>) in a
 /// layer i of n where <c>i &lt; n/8 || i &gt;= 7n/8 || (i - n/8) % 3 == 2</c> ("use_more_bits"): Q6_K.</item>
-/// <item>attention-V-like tensors (<c>attn_v</c>, <c>attn_qkv</c>, <c>attn_kv_b</c>) get Q6_K on the same rule counted
-/// over those tensors, but deepseek2 files have none of them (MLA's kv_b is split into <c>attn_k_b</c>/<c>attn_v_b</c>,
-/// which llama.cpp's name match does not catch), so none is raised here either.</item>
+/// <item>attention-V-like tensors (<c>attn_v</c>, <c>attn_qkv</c>, <c>attn_kv_b</c>): Q6_K on the same rule, counted
+/// over those tensors (one per block in the maps here, so i is the block); Q8_0 instead when the model has exactly
+/// 8 routed experts, and so is <c>attn_k</c>. deepseek2 files have none of these names (MLA's kv_b is split into
+/// <c>attn_k_b</c>/<c>attn_v_b</c>, which llama.cpp's name match does not catch); qwen3moe files have attn_k/attn_v.</item>
 /// <item><c>attn_output</c> Q5_K when the model has exactly 8 routed experts (llama.cpp's Mixtral rule, which it
 /// applies to any architecture).</item>
 /// <item>everything else, token_embd included: Q4_K.</item>
 /// </list>
-/// Fallbacks for rows that are not whole blocks: llama.cpp takes Q4_K to Q5_0 and Q6_K to Q8_0; this exporter has no
-/// Q5_0 quantizer and takes both to Q8_0 (then F16, then F32), a deliberate difference that costs bits, not accuracy.
+/// Fallbacks for rows that are not whole blocks: llama.cpp takes Q4_K to Q5_0, Q5_K to Q5_1 and Q6_K to Q8_0; this
+/// exporter has no Q5_0/Q5_1 quantizer and takes all to Q8_0 (then F16, then F32), a deliberate difference that
+/// costs bits, not accuracy.
 /// </summary>
 public enum GgufTypeScheme { Uniform, Q4_K_M }
 
@@ -38,11 +41,26 @@ public static class GgufTypePolicy
 
     /// <summary>The type the scheme asks for (before the whole-block fallback) of a quantizable weight.</summary>
     /// <param name="expertCount">Routed experts per MoE layer (0 for a dense model).</param>
-    public static GgmlType Requested(GgufTypeScheme scheme, GgmlType uniform, string name, int blockCount, int expertCount = 0)
+    /// <param name="tiedEmbeddings">The file has no output.weight (llama.cpp then treats token_embd as the output).</param>
+    public static GgmlType Requested(GgufTypeScheme scheme, GgmlType uniform, string name, int blockCount, int expertCount = 0,
+        bool tiedEmbeddings = false)
     {
         if (scheme == GgufTypeScheme.Uniform) return uniform;
-        if (name == "output.weight") return GgmlType.Q6_K;
-        if (expertCount == 8 && name.Contains("attn_output.weight", StringComparison.Ordinal)) return GgmlType.Q5_K;
+        if (name == "output.weight" || (tiedEmbeddings && name == "token_embd.weight")) return GgmlType.Q6_K;
+        // llama.cpp's categories, first match wins: attn_qkv, attn_kv_b, attn_v, attn_k, attn_q, attn_output, ffn_up, ffn_gate, ffn_down
+        bool attnV = name.Contains("attn_qkv.weight", StringComparison.Ordinal) || name.Contains("attn_kv_b.weight", StringComparison.Ordinal)
+                     || name.Contains("attn_v.weight", StringComparison.Ordinal);
+        if (attnV)
+        {
+            if (expertCount == 8) return GgmlType.Q8_0;
+            return LayerOf(name) is { } l && UseMoreBits(l, blockCount) ? GgmlType.Q6_K : GgmlType.Q4_K;
+        }
+        if (name.Contains("attn_k.weight", StringComparison.Ordinal))
+            return expertCount == 8 ? GgmlType.Q8_0 : GgmlType.Q4_K;
+        if (name.Contains("attn_q.weight", StringComparison.Ordinal)) return GgmlType.Q4_K;
+        if (name.Contains("attn_output.weight", StringComparison.Ordinal))
+            return expertCount == 8 ? GgmlType.Q5_K : GgmlType.Q4_K;
+        if (name.Contains("ffn_up", StringComparison.Ordinal) || name.Contains("ffn_gate", StringComparison.Ordinal)) return GgmlType.Q4_K;
         if (name.Contains("ffn_down", StringComparison.Ordinal) && LayerOf(name) is { } layer && UseMoreBits(layer, blockCount))
             return GgmlType.Q6_K;
         return GgmlType.Q4_K;

@@ -64,11 +64,13 @@ public static class GgufExportPipeline
         foreach (var part in plan.LeftOut) log.LogInformation("left out: {Part}", part);
         var types = new GgmlType[plan.Tensors.Count];
         var counts = new Dictionary<GgmlType, int>();
+        bool tied = !plan.Tensors.Any(t => t.Name == "output.weight");
         for (int i = 0; i < types.Length; i++)
         {
             var t = plan.Tensors[i];
-            var requested = t.Name == "output.weight" && options.OutputType is { } o
-                ? o : GgufTypePolicy.Requested(options.Scheme, options.WeightType, t.Name, plan.BlockCount, plan.ExpertCount);
+            // with tied embeddings llama.cpp gives token_embd the output's type
+            var requested = (t.Name == "output.weight" || (tied && t.Name == "token_embd.weight")) && options.OutputType is { } o
+                ? o : GgufTypePolicy.Requested(options.Scheme, options.WeightType, t.Name, plan.BlockCount, plan.ExpertCount, tied);
             types[i] = ChooseType(t, requested);
             counts[types[i]] = counts.GetValueOrDefault(types[i]) + 1;
         }

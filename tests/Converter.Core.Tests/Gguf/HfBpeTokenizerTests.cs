@@ -148,6 +148,23 @@ public sealed class HfBpeTokenizerTests : IDisposable
         AsMap(HfBpeTokenizer.TryLoad(_dir, 256)!)["tokenizer.ggml.pre"].AsString().Should().Be("default");
     }
 
+    // Qwen3's pre_tokenizer as its tokenizer.json has it (llama.cpp names it "qwen2")
+    private const string QwenPre = """
+        {"type":"Sequence","pretokenizers":[
+          {"type":"Split","pattern":{"Regex":"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},"behavior":"Isolated","invert":false},
+          {"type":"ByteLevel","add_prefix_space":false,"trim_offsets":false,"use_regex":false}]}
+        """;
+
+    [Fact]
+    public void Qwen3PreTokenizerIsQwen2()
+    {
+        WriteTokenizer(_dir, ByteVocab(), [], preTokenizer: QwenPre);
+        AsMap(HfBpeTokenizer.TryLoad(_dir, 256)!)["tokenizer.ggml.pre"].AsString().Should().Be("qwen2");
+        // one digit more per run is another pre-tokenizer (llama3's), not qwen2
+        WriteTokenizer(_dir, ByteVocab(), [], preTokenizer: QwenPre.Replace("\\\\p{N}|", "\\\\p{N}{1,3}|"));
+        AsMap(HfBpeTokenizer.TryLoad(_dir, 256)!)["tokenizer.ggml.pre"].AsString().Should().Be("default");
+    }
+
     [Fact]
     public void BadTokenizersAreRefusedNamingTheFile()
     {

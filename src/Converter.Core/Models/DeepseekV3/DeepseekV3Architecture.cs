@@ -48,7 +48,7 @@ public sealed partial class DeepseekV3Architecture : ModelArchitecture
     public override IOnnxDecoderFamily Onnx => new DeepseekV3OnnxAttention(Cfg);
 
     public override GgufModelPlan Gguf(string directory, string modelName) =>
-        DeepseekV3GgufMap.Build(Cfg, modelName, HfBpeTokenizer.TryLoad(directory, Cfg.VocabSize));
+        DeepseekV3GgufMap.Build(Cfg, modelName, GgufTokenizer.Load(directory, Cfg.VocabSize));
 
     public override IReadOnlyList<ArchitectureFact> Facts()
     {

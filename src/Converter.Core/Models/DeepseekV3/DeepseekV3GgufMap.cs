@@ -12,7 +12,7 @@ public static class DeepseekV3GgufMap
 {
     public const string Arch = "deepseek2";
 
-    /// <param name="tokenizer">Tokenizer keys (from tokenizer.json); null to derive the byte-level one for a 256-token vocabulary.</param>
+    /// <param name="tokenizer">Tokenizer keys (<see cref="Tokenizers.GgufTokenizer"/>); null for the byte-level one of a 256-token vocabulary.</param>
     public static GgufModelPlan Build(DeepseekV3Config c, string modelName, IReadOnlyList<KeyValuePair<string, GgufValue>>? tokenizer = null)
     {
         var meta = new List<KeyValuePair<string, GgufValue>>();
@@ -60,7 +60,7 @@ public static class DeepseekV3GgufMap
             U32("rope.scaling.original_context_length", y.OriginalMaxPositionEmbeddings);
             F32("rope.scaling.yarn_log_multiplier", 0.1 * y.MscaleAllDim);
         }
-        meta.AddRange(tokenizer ?? ByteLevelTokenizer(c.VocabSize));
+        meta.AddRange(tokenizer ?? Tokenizers.ByteLevelTokenizer.Keys(c.VocabSize));
 
         var leftOut = new List<string>();
         if (c.NumNextnPredictLayers > 0)
@@ -98,27 +98,6 @@ public static class DeepseekV3GgufMap
         if (c.NGroup > 1 && c.TopkGroup < c.NGroup && c.NGroup >= c.NRoutedExperts)
             why.Add($"n_group {c.NGroup} with one expert per group: llama.cpp aborts on expert_group_count >= expert_count");
         return why;
-    }
-
-    /// <summary>The GPT-2 byte-to-unicode vocabulary llama.cpp needs for a byte-level (256-token) checkpoint.</summary>
-    public static IReadOnlyList<KeyValuePair<string, GgufValue>> ByteLevelTokenizer(int vocabSize)
-    {
-        if (vocabSize != 256)
-            throw new NotSupportedException($"vocab_size {vocabSize}: the checkpoint has no tokenizer.json, and without one only byte-level (256-token) vocabularies are mapped");
-        var tokens = new string[256];
-        int extra = 0;
-        for (int b = 0; b < 256; b++)
-        {
-            bool printable = b is >= 33 and <= 126 or >= 161 and <= 172 or >= 174 and <= 255;
-            tokens[b] = char.ConvertFromUtf32(printable ? b : 256 + extra++);
-        }
-        return
-        [
-            new("tokenizer.ggml.model", GgufValue.String("gpt2")),
-            new("tokenizer.ggml.tokens", GgufValue.Array(tokens)),
-            new("tokenizer.ggml.token_type", GgufValue.Array(Enumerable.Repeat(1, 256).ToArray())),
-            new("tokenizer.ggml.merges", GgufValue.Array(Array.Empty<string>())),
-        ];
     }
 
     private static List<GgufTensorPlan> Tensors(DeepseekV3Config c)
@@ -184,33 +163,12 @@ public static class DeepseekV3GgufMap
         return list;
     }
 
-    /// <summary>A 2-D weight as it is, in slabs of whole 128-row blocks, so a huge embedding never sits in memory whole.</summary>
-    private static GgufTensorProducer Copy(string src) => (source, write) =>
-    {
-        long rows = source.Rows(src), cols = source.ElementCount(src) / Math.Max(1, rows);
-        long slabRows = Math.Max(128, source.SlabValues / Math.Max(1, cols) / 128 * 128);
-        if (rows <= slabRows)
-        {
-            write(source.Read(src));
-            return;
-        }
-        var buffer = new float[checked((int)(slabRows * cols))];
-        for (long r0 = 0; r0 < rows; r0 += slabRows)
-        {
-            var slab = buffer.AsSpan(0, (int)(Math.Min(slabRows, rows - r0) * cols));
-            source.ReadRows(src, r0, slab);
-            write(slab);
-        }
-    };
+    private static GgufTensorProducer Copy(string src) => GgufProducers.Copy(src);
 
-    /// <summary>Expert e is the e-th [rows, cols] slab of the 3-D tensor, written one expert at a time.</summary>
     private static void Experts(List<GgufTensorPlan> list, string name, string prefix, string part, long[] dims, int experts)
     {
         var sources = Enumerable.Range(0, experts).Select(e => $"{prefix}mlp.experts.{e}.{part}.weight").ToArray();
-        list.Add(new GgufTensorPlan(name, dims, false, sources, (source, write) =>
-        {
-            foreach (var s in sources) write(source.Read(s));
-        }));
+        list.Add(new GgufTensorPlan(name, dims, false, sources, GgufProducers.Stack(sources)));
     }
 
     /// <summary>attn_k_b [nope, kv_lora, nh]: for each head, the nope rows of kv_b_proj transposed to [kv_lora, nope].</summary>

@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using Converter.Decoder.Onnx;
 using Converter.Models.Qwen3Moe.Onnx;
+using Converter.Models.Tokenizers;
 
 namespace Converter.Models.Qwen3Moe;
 
@@ -103,6 +104,13 @@ public sealed partial class Qwen3MoeArchitecture(Qwen3MoeConfig cfg) : ModelArch
     private static string ProjName(FfnProjection p) => p switch { FfnProjection.Gate => "gate_proj", FfnProjection.Up => "up_proj", _ => "down_proj" };
 
     public override IOnnxDecoderFamily Onnx => new Qwen3MoeOnnxAttention(Cfg);
+
+    public override GgufModelPlan Gguf(string directory, string modelName)
+    {
+        // refusals that do not depend on the tokenizer first, so a dense layer is named even without tokenizer files
+        Qwen3MoeGgufMap.RefuseUnloadable(Cfg);
+        return Qwen3MoeGgufMap.Build(Cfg, modelName, GgufTokenizer.Load(directory, Cfg.VocabSize));
+    }
 
     public override IReadOnlyList<ArchitectureFact> Facts()
     {

@@ -88,7 +88,8 @@ public static class HfBpeTokenizer
 
     /// <summary>
     /// llama.cpp names the pre-tokenizer by hashing its output on a test text; without running it we recognise
-    /// DeepSeek-V3's split sequence (digits in runs of 1-3, a CJK run, then the GPT-2 style pattern).
+    /// DeepSeek-V3's split sequence (digits in runs of 1-3, a CJK run, then the GPT-2 style pattern) and Qwen2's
+    /// single split (what Qwen2, Qwen2.5 and Qwen3 ship, llama.cpp's "qwen2").
     /// </summary>
     internal static string PreTokenizer(JsonElement root)
     {
@@ -97,7 +98,27 @@ public static class HfBpeTokenizer
         // JSON escapes the backslash: \\p{N}{1,3}; the CJK range may be written raw or \u-escaped
         bool digits13 = text.Contains(@"\\p{N}{1,3}", StringComparison.Ordinal);
         bool cjk = text.Contains("一-龥", StringComparison.Ordinal) || text.Contains(@"\u4e00-\u9fa5", StringComparison.OrdinalIgnoreCase);
-        return digits13 && cjk ? "deepseek-v3" : "default";
+        if (digits13 && cjk) return "deepseek-v3";
+        return SplitPatterns(pre).Any(p => p == Qwen2Pattern) ? "qwen2" : "default";
+    }
+
+    /// <summary>Qwen2's pre-tokenizer regex (tokenizer.json Split pattern; llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2).</summary>
+    internal const string Qwen2Pattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    /// <summary>The Regex patterns of a pre-tokenizer's Split steps (itself or inside a Sequence).</summary>
+    private static IEnumerable<string> SplitPatterns(JsonElement pre)
+    {
+        if (pre.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "Sequence"
+            && pre.TryGetProperty("pretokenizers", out var seq) && seq.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var p in seq.EnumerateArray())
+                if (p.ValueKind == JsonValueKind.Object)
+                    foreach (var s in SplitPatterns(p)) yield return s;
+            yield break;
+        }
+        if (pre.TryGetProperty("pattern", out var pat) && pat.ValueKind == JsonValueKind.Object
+            && pat.TryGetProperty("Regex", out var r) && r.ValueKind == JsonValueKind.String)
+            yield return r.GetString()!;
     }
 
     private static string[] Merges(JsonElement model, string path)
