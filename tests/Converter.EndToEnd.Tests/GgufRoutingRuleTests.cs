@@ -19,8 +19,68 @@ public class GgufRoutingRuleTests(Xunit.Abstractions.ITestOutputHelper log) : ID
     private readonly TestData.TempDir _tmp = new();
     public void Dispose() => _tmp.Dispose();
 
-    private string Variant(string name, string topkMethod) => VariantCheckpoint.Create(_tmp[name], cfg => cfg["topk_method"] = topkMethod,
-        (tensor, shape, read) => tensor.EndsWith(".e_score_correction_bias", StringComparison.Ordinal) ? [] : null);
+    private string Variant(string name, string topkMethod, string model = "tiny-dsv3") => VariantCheckpoint.Create(_tmp[name], cfg => cfg["topk_method"] = topkMethod,
+        (tensor, shape, read) => tensor.EndsWith(".e_score_correction_bias", StringComparison.Ordinal) ? [] : null, model);
+
+    /// <summary>llama.cpp's logits against the float64 reference on its stable positions: (stable, max |diff|, top-1 agreeing).</summary>
+    private static (int Stable, double MaxDiff, int Top1) Compare(float[] reference, double[] margin, float[] got, int vocab)
+    {
+        double maxDiff = 0;
+        int stable = 0, top1 = 0;
+        for (int p = 0; p < margin.Length; p++)
+        {
+            if (margin[p] < 1e-4) continue;
+            stable++;
+            var a = reference.AsSpan(p * vocab, vocab);
+            var b = got.AsSpan(p * vocab, vocab);
+            int ia = 0, ib = 0;
+            for (int i = 0; i < vocab; i++)
+            {
+                maxDiff = Math.Max(maxDiff, Math.Abs(a[i] - b[i]));
+                if (a[i] > a[ia]) ia = i;
+                if (b[i] > b[ib]) ib = i;
+            }
+            if (ia == ib) top1++;
+        }
+        return (stable, maxDiff, top1);
+    }
+
+    /// <summary>
+    /// DeepSeek-V2-Lite (softmax scores, weights unnormalised, two shared experts, no q_lora) in llama.cpp's deepseek2:
+    /// with V2-Lite's own greedy routing the tiny reference's weights compute the float64 reference (itself checked
+    /// against transformers' golden of the same weights in OnnxExportVariationTests). The tiny reference's own config
+    /// routes group_limited_greedy, which llama.cpp cannot (it ranks groups by a top-2 sum): refused with the reason
+    /// and no file.
+    /// </summary>
+    [Fact]
+    public void DeepseekV2LiteRunsInLlamaCppAsTheReferenceRoutes()
+    {
+        var golden = Converter.Verification.GoldenSet.Load(TestData.Golden("tiny-dsv2-lite", "eval.safetensors"));
+        var tokens = golden.Tokens.AsSpan(0, Batch * Seq).ToArray();
+        var greedy = Variant("v2-greedy", "greedy", "tiny-dsv2-lite");
+        float[] refLogits;
+        double[] margin;
+        using (var ckpt = ModelCheckpoint.Open(greedy))
+            (refLogits, _, margin) = new ReferenceForward(ckpt).Run(tokens, Batch, Seq);
+        string gguf = Path.Combine(_tmp.Path, "v2-greedy.gguf");
+        using (var ckpt = ModelCheckpoint.Open(greedy))
+            GgufExportPipeline.Run(ckpt, new GgufExportOptions(gguf, GgmlType.F32), NullLogger.Instance);
+        float[] got;
+        using (var runner = new GgufArtifactRunner(gguf))
+            got = runner.Run(tokens, Batch, Seq, hiddenStates: false, routing: false).Logits;
+        var (stable, maxDiff, top1) = Compare(refLogits, margin, got, golden.Vocab);
+        log.WriteLine($"llama.cpp vs float64 reference, tiny-dsv2-lite greedy: {stable} stable positions, max |logit diff| {maxDiff:E3}, top-1 {top1}/{stable}");
+        stable.Should().BeGreaterThan(Batch * Seq / 2);
+        maxDiff.Should().BeLessThanOrEqualTo(1e-3);
+        top1.Should().Be(stable);
+
+        string refused = Path.Combine(_tmp.Path, "v2-grouped.gguf");
+        var r = Cli.Run("export", "gguf", TestData.Model("tiny-dsv2-lite"), "-o", refused, "--type", "f32");
+        r.ExitCode.Should().Be(2, r.ToString());
+        r.StdErr.Should().Contain("group_limited_greedy").And.Contain("best score");
+        File.Exists(refused).Should().BeFalse();
+        Directory.GetFiles(_tmp.Path, "v2-grouped*").Should().BeEmpty();
+    }
 
     [Fact]
     public void GreedyWithGroupsRunsInLlamaCppAsTheReferenceRoutes()

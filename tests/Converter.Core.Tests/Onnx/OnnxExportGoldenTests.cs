@@ -11,6 +11,8 @@ public class OnnxExportGoldenTests(ITestOutputHelper log)
     [Theory]
     [InlineData("tiny-dsv3")]
     [InlineData("tiny-qwen3moe")]
+    [InlineData("tiny-qwen3moe-norm")]
+    [InlineData("tiny-dsv2-lite")]
     public void Fp32ExportMatchesTransformersGolden(string model)
     {
         using var tmp = new TestData.TempDir();

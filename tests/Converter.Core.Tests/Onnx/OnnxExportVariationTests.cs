@@ -14,11 +14,13 @@ public class OnnxExportVariationTests(ITestOutputHelper log)
 {
     private const int Batch = 4, Seq = 128;
 
-    [Fact]
-    public void ReferenceForwardMatchesTransformersGolden()
+    [Theory]
+    [InlineData("tiny-dsv3")]
+    [InlineData("tiny-dsv2-lite")]
+    public void ReferenceForwardMatchesTransformersGolden(string model)
     {
-        var golden = new GoldenEval(TestData.Golden("tiny-dsv3", "eval.safetensors"));
-        using var ckpt = ModelCheckpoint.Open(TestData.Model("tiny-dsv3"));
+        var golden = new GoldenEval(TestData.Golden(model, "eval.safetensors"));
+        using var ckpt = ModelCheckpoint.Open(TestData.Model(model));
         var (logits, routing, _) = new ReferenceForward(ckpt).Run(golden.Tokens, golden.Batch, golden.Seq);
         var stats = LogitStats.Compare(logits, golden.Logits, golden.Vocab);
         log.WriteLine($"float64 reference vs transformers golden: {stats}");

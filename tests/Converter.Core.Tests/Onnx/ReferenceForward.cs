@@ -104,8 +104,7 @@ public sealed class ReferenceForward
         var margin = Enumerable.Repeat(double.PositiveInfinity, batch * seq).ToArray();
         var (inv, mult) = Rope();
         double scale = 1 / Math.Sqrt(qk);
-        // transformers' DeepseekV2 leaves the softmax scale at 1/sqrt(qk_head_dim); V3 multiplies YaRN's mscale².
-        if (!c.IsV2 && c.RopeScaling is { } ys && ys.MscaleAllDim != 0 && ys.Factor > 1)
+        if (c.RopeScaling is { } ys && ys.MscaleAllDim != 0 && ys.Factor > 1)
         {
             double m = 0.1 * ys.MscaleAllDim * Math.Log(ys.Factor) + 1;
             scale *= m * m;

@@ -9,7 +9,7 @@ public sealed record Fp8QuantizationConfig(string Fmt, int BlockRows, int BlockC
 /// Typed config.json of the DeepSeek MLA family, validated: <c>deepseek_v3</c> (also DeepSeek-R1), <c>kimi_k2</c>
 /// (Kimi K2's own config: DeepSeek-V3's fields under another model_type) and <c>deepseek_v2</c> (V2, V2-Lite), whose
 /// defaults and rules follow transformers' DeepseekV2 (softmax routing, greedy by default, weights never
-/// renormalised, no YaRN mscale on the softmax scale, MoE from layer first_k_dense_replace on).
+/// renormalised, MoE from layer first_k_dense_replace on).
 /// </summary>
 public sealed class DeepseekV3Config
 {
@@ -193,8 +193,7 @@ public sealed class DeepseekV3Config
         get
         {
             double s = 1.0 / Math.Sqrt(QkHeadDim);
-            // transformers' DeepseekV2 scales by 1/sqrt(qk_head_dim) only
-            if (!IsV2 && RopeScaling is { } y && y.MscaleAllDim != 0 && y.Factor > 1)
+            if (RopeScaling is { } y && y.MscaleAllDim != 0 && y.Factor > 1)
             {
                 double m = 0.1 * y.MscaleAllDim * Math.Log(y.Factor) + 1.0;
                 s *= m * m;

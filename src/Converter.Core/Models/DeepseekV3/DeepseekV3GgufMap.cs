@@ -42,12 +42,14 @@ public static class DeepseekV3GgufMap
         U32("expert_feed_forward_length", c.MoeIntermediateSize);
         U32("expert_count", c.NRoutedExperts);
         U32("expert_shared_count", c.NSharedExperts);
-        F32("expert_weights_scale", c.RoutedScalingFactor);
-        if (c.NormTopkProb) Add($"{Arch}.expert_weights_norm", GgufValue.Bool(true));
-        U32("expert_gating_func", 2); // sigmoid
+        // The routing keys from the family's one routing rule (the ONNX graph and calibration read the same).
+        var rule = c.Routing;
+        F32("expert_weights_scale", rule.Scale);
+        if (rule.NormalizeTopK) Add($"{Arch}.expert_weights_norm", GgufValue.Bool(true));
+        U32("expert_gating_func", rule.Scoring == RouterScoring.Sigmoid ? 2 : 1); // llama.cpp: 1 softmax, 2 sigmoid
         // llama.cpp aborts on n_group >= n_expert or topk_group >= n_group; there grouping selects nothing anyway.
-        // greedy ignores groups in the checkpoint's own code, so llama.cpp must not group either.
-        if (GroupingActive(c) && c.TopkMethod != "greedy")
+        // greedy has no group stage in the rule (the checkpoint's own code ignores groups), so llama.cpp must not group either.
+        if (GroupingActive(c))
         {
             U32("expert_group_count", c.NGroup);
             U32("expert_group_used_count", c.TopkGroup);
@@ -71,7 +73,7 @@ public static class DeepseekV3GgufMap
     }
 
     /// <summary>True where group-limited routing selects something (llama.cpp aborts on the no-op combinations).</summary>
-    public static bool GroupingActive(DeepseekV3Config c) => c.NGroup > 1 && c.NGroup < c.NRoutedExperts && c.TopkGroup < c.NGroup;
+    public static bool GroupingActive(DeepseekV3Config c) => c.Routing.GroupingActive && c.NGroup < c.NRoutedExperts;
 
     /// <summary>
     /// What llama.cpp's deepseek2 cannot represent exactly for this config. llama.cpp: sigmoid (or softmax) scores,
@@ -92,10 +94,10 @@ public static class DeepseekV3GgufMap
             if (y.BetaFast != 32 || y.BetaSlow != 1)
                 why.Add($"rope_scaling beta_fast {y.BetaFast} / beta_slow {y.BetaSlow}: llama.cpp's YaRN uses 32 / 1");
         }
-        if (c.TopkMethod == "group_limited_greedy" && GroupingActive(c))
-            why.Add($"topk_method group_limited_greedy ranks the {c.NGroup} expert groups by their best score; llama.cpp ranks groups by the sum " +
+        if (c.Routing.GroupScore == GroupScoring.Max && GroupingActive(c))
+            why.Add($"topk_method {c.TopkMethod} ranks the {c.NGroup} expert groups by their best score; llama.cpp ranks groups by the sum " +
                     "of their two best scores (noaux_tc's rule), so different experts can be chosen");
-        if (c.NGroup > 1 && c.TopkGroup < c.NGroup && c.NGroup >= c.NRoutedExperts)
+        if (c.Routing.GroupingActive && c.NGroup >= c.NRoutedExperts)
             why.Add($"n_group {c.NGroup} with one expert per group: llama.cpp aborts on expert_group_count >= expert_count");
         return why;
     }
@@ -137,7 +139,7 @@ public static class DeepseekV3GgufMap
                 long mi = c.MoeIntermediateSize, e = c.NRoutedExperts;
                 string gate = p + "mlp.gate.weight";
                 list.Add(new GgufTensorPlan(b + "ffn_gate_inp.weight", [h, e], true, [gate], Copy(gate)));
-                if (c.TopkMethod == "noaux_tc")
+                if (c.Routing.SelectionBias)
                     Vector(b + "exp_probs_b.bias", p + "mlp.gate.e_score_correction_bias", e);
                 Experts(list, b + "ffn_gate_exps.weight", p, "gate_proj", [h, mi, e], c.NRoutedExperts);
                 Experts(list, b + "ffn_up_exps.weight", p, "up_proj", [h, mi, e], c.NRoutedExperts);
