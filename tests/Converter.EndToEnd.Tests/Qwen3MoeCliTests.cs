@@ -67,6 +67,43 @@ public class Qwen3MoeCliTests(Xunit.Abstractions.ITestOutputHelper log) : IDispo
         report["kl_mean"]!.GetValue<double>().Should().BeLessThan(0.02, "the quantized model still tracks the BF16 golden");
     }
 
+    /// <summary>
+    /// The fp8 preset (the one DeepSeek-V3's fp8 export meets against transformers on its FP8 weights) against the float64
+    /// Qwen3 reference forward run on the FP8 checkpoint's dequantized weights: the reference matches transformers' BF16
+    /// golden to 6.7e-5 (Qwen3MoeVariationTests), and no transformers golden of Qwen3 FP8 weights exists here.
+    /// </summary>
+    [Fact]
+    public void Fp8ExportMeetsTheFp8PresetAgainstTheReferenceOfItsWeights()
+    {
+        var quantized = Run("q", "quantize", TestData.Model(Model), "-o", _tmp["q"], "--scheme", "fp8-block");
+        var fp8 = Export(quantized, "fp8", "fp8");
+        var golden = GoldenSet.Load(Eval);
+        const int batch = 2;
+        var tokens = golden.Tokens.AsSpan(0, batch * golden.Seq).ToArray();
+        float[] reference;
+        using (var ckpt = Converter.Models.ModelCheckpoint.Open(quantized))
+            (reference, _, _) = new Converter.Tests.Onnx.Qwen3MoeReferenceForward(ckpt).Run(tokens, batch, golden.Seq);
+        // The reference's own next-token NLL, so a preset's perplexity limit compares like with like.
+        int seq = golden.Seq, vocab = golden.Vocab;
+        var nll = new float[batch * (seq - 1)];
+        for (int b = 0; b < batch; b++)
+            for (int t = 0; t < seq - 1; t++)
+            {
+                var row = reference.AsSpan((b * seq + t) * vocab, vocab);
+                double max = double.NegativeInfinity, z = 0;
+                foreach (var x in row) max = Math.Max(max, x);
+                foreach (var x in row) z += Math.Exp(x - max);
+                nll[b * (seq - 1) + t] = (float)(max + Math.Log(z) - row[tokens[b * seq + t + 1]]);
+            }
+        var refGolden = GoldenSet.FromArrays("float64 reference of the FP8 weights", batch, golden.Seq, golden.Vocab, tokens, reference, nll);
+        float[] logits;
+        using (var runner = new OnnxArtifactRunner(fp8, new OnnxRunnerOptions(IntraOpThreads: 2)))
+            logits = runner.Run(tokens, batch, golden.Seq, hiddenStates: false, routing: false).Logits;
+        var report = GoldenComparer.Compare(refGolden, new ArtifactOutputs(logits, null, null), VerificationTolerances.ForPreset("fp8"), null);
+        log.WriteLine($"fp8 export vs float64 reference of its weights: max |diff| {report.MaxAbsLogitDiff:E3}, mean {report.MeanAbsLogitDiff:E3}, top-1 {report.Top1Agreement}, kl {report.KlMean:E3}");
+        report.Failures.Should().BeEmpty();
+    }
+
     [Fact]
     public void GptqFromCalibrateBeatsRtnOnHeldOutEval()
     {
