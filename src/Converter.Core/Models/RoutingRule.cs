@@ -7,6 +7,8 @@ public enum RouterScoring
     Sigmoid,
     /// <summary>softmax over all experts (DeepSeek-V2, Qwen3-MoE).</summary>
     Softmax,
+    /// <summary>sqrt(softplus(logit)) per expert (DeepSeek-V4's <c>sqrtsoftplus</c>).</summary>
+    SqrtSoftplus,
 }
 
 /// <summary>How an expert group is scored for group-limited selection.</summary>
@@ -50,6 +52,12 @@ public sealed record RoutingRule(
         if (Scoring == RouterScoring.Sigmoid)
         {
             for (int e = 0; e < logits.Length; e++) scores[e] = 1 / (1 + Math.Exp(-logits[e]));
+            return;
+        }
+        if (Scoring == RouterScoring.SqrtSoftplus)
+        {
+            // softplus(x) = max(x, 0) + log1p(exp(-|x|)), stable for large |x|
+            for (int e = 0; e < logits.Length; e++) scores[e] = Math.Sqrt(Math.Max(logits[e], 0) + Math.Log(1 + Math.Exp(-Math.Abs(logits[e]))));
             return;
         }
         double max = double.NegativeInfinity, z = 0;
