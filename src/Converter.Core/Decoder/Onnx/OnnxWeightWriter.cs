@@ -44,6 +44,12 @@ public sealed class OnnxWeightWriter
             case InitializerSource.Computed:
                 sink.Write<float>(p.Values!);
                 break;
+            case InitializerSource.Int64:
+            {
+                using var t = _ckpt.Tensors.Read(p.Tensors[0]);
+                sink.Write<long>(TensorConvert.ToInt64(t));
+                break;
+            }
             case InitializerSource.Float32:
             case InitializerSource.StackedFloat32:
                 foreach (var name in p.Tensors) WriteFloat32(name, sink);
