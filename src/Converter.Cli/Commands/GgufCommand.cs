@@ -13,6 +13,7 @@ public static class GgufCommand
         ["f32"] = GgmlType.F32, ["f16"] = GgmlType.F16, ["bf16"] = GgmlType.BF16, ["q8_0"] = GgmlType.Q8_0,
         ["q4_0"] = GgmlType.Q4_0, ["q4_k"] = GgmlType.Q4_K, ["q5_k"] = GgmlType.Q5_K, ["q6_k"] = GgmlType.Q6_K,
         ["q4_k_m"] = GgmlType.Q4_K, // the mix: see GgufTypeScheme.Q4_K_M
+        ["mxfp4_moe"] = GgmlType.MXFP4, // types as stored: see GgufTypeScheme.Mxfp4Moe
     };
 
     public static Command Create()
@@ -22,7 +23,8 @@ public static class GgufCommand
         var type = new Option<string>("--type")
         {
             Description = "ggml type of the weights (rows that are not whole blocks fall back to q8_0, then f16); norms, router and biases stay f32; " +
-                          "q4_k_m: llama.cpp's Q4_K_M mix (output and ffn_down of some layers q6_k, the rest q4_k)",
+                          "q4_k_m: llama.cpp's Q4_K_M mix (output and ffn_down of some layers q6_k, the rest q4_k); " +
+                          "mxfp4_moe: what llama.cpp's converter writes from block-scaled checkpoints (routed experts mxfp4, FP8 weights q8_0, the rest as stored)",
             DefaultValueFactory = _ => "f16",
         };
         type.AcceptOnlyFromAmong([.. Types.Keys]);
@@ -31,7 +33,7 @@ public static class GgufCommand
         var name = new Option<string?>("--name") { Description = "general.name (default: the folder name)" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output file if it exists" };
         var force = new Option<bool>("--force") { Description = "Export even where llama.cpp cannot represent the checkpoint exactly" };
-        var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (deepseek2; ggml-exact quantizers; streaming, atomic)")
+        var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (deepseek2, deepseek4; ggml-exact quantizers; streaming, atomic)")
         {
             dir, output, type, outputType, name, overwrite, force,
         };
@@ -46,7 +48,7 @@ public static class GgufCommand
                 parse.GetValue(name),
                 parse.GetValue(overwrite))
             {
-                Scheme = typeName.Equals("q4_k_m", StringComparison.OrdinalIgnoreCase) ? GgufTypeScheme.Q4_K_M : GgufTypeScheme.Uniform,
+                Scheme = typeName.ToLowerInvariant() switch { "q4_k_m" => GgufTypeScheme.Q4_K_M, "mxfp4_moe" => GgufTypeScheme.Mxfp4Moe, _ => GgufTypeScheme.Uniform },
                 Force = parse.GetValue(force),
             };
             using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);

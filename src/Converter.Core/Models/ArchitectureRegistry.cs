@@ -1,4 +1,5 @@
 using Converter.Models.DeepseekV3;
+using Converter.Models.DeepseekV4;
 using Converter.Models.Qwen3Moe;
 
 namespace Converter.Models;
@@ -15,6 +16,7 @@ public static class ArchitectureRegistry
     {
         Register(DeepseekV3Config.ModelTypes, c => new DeepseekV3Architecture(DeepseekV3Config.Parse(c)));
         Register([Qwen3MoeConfig.Type], c => new Qwen3MoeArchitecture(Qwen3MoeConfig.Parse(c)));
+        Register([DeepseekV4Config.Type], c => new DeepseekV4Architecture(DeepseekV4Config.Parse(c)));
     }
 
     private static void Register(IEnumerable<string> modelTypes, Func<ConfigJson, ModelArchitecture> factory)

@@ -30,7 +30,12 @@ public delegate void GgufTensorProducer(ICheckpointFloatSource source, Action<Re
 /// One GGUF tensor made from checkpoint tensors. <paramref name="Dimensions"/> are ggml ne[] (innermost first);
 /// <paramref name="KeepF32"/> marks tensors llama.cpp needs in F32 (norms, router, biases) whatever the scheme.
 /// </summary>
-public sealed record GgufTensorPlan(string Name, long[] Dimensions, bool KeepF32, IReadOnlyList<string> Sources, GgufTensorProducer Produce);
+public sealed record GgufTensorPlan(string Name, long[] Dimensions, bool KeepF32, IReadOnlyList<string> Sources, GgufTensorProducer Produce)
+{
+    /// <summary>Written in this ggml type whatever the scheme, from its one source's stored integers (lookup tables
+    /// such as I32 token-to-expert maps); <see cref="Produce"/> is not called then.</summary>
+    public Numerics.Ggml.GgmlType? FixedType { get; init; }
+}
 
 /// <summary>Everything an architecture's GGUF mapping decides: metadata keys (exact types) and tensors.</summary>
 public sealed record GgufModelPlan(string Architecture, IReadOnlyList<KeyValuePair<string, GgufValue>> Metadata, IReadOnlyList<GgufTensorPlan> Tensors)

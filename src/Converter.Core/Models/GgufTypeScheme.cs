@@ -6,7 +6,7 @@ namespace Converter.Models;
 public enum GgufFileType : uint
 {
     AllF32 = 0, MostlyF16 = 1, MostlyQ4_0 = 2, MostlyQ8_0 = 7, MostlyQ4_K_S = 14, MostlyQ4_K_M = 15,
-    MostlyQ5_K_S = 16, MostlyQ6_K = 18, MostlyBF16 = 32,
+    MostlyQ5_K_S = 16, MostlyQ6_K = 18, MostlyBF16 = 32, MostlyMXFP4_MOE = 38,
 }
 
 /// <summary>
@@ -28,7 +28,12 @@ public enum GgufFileType : uint
 /// Fallbacks for rows that are not whole blocks: llama.cpp takes Q4_K to Q5_0 and Q6_K to Q8_0; this exporter has no
 /// Q5_0 quantizer and takes both to Q8_0 (then F16, then F32), a deliberate difference that costs bits, not accuracy.
 /// </summary>
-public enum GgufTypeScheme { Uniform, Q4_K_M }
+/// <remarks><see cref="Mxfp4Moe"/>: what llama.cpp's own converter writes from a checkpoint with block-scaled weights
+/// (its <c>MOSTLY_MXFP4_MOE</c> file type), decided by how each source is stored: routed experts MXFP4 (FP4 e2m1 + E8M0
+/// experts repacked bit for bit, other experts quantized with ggml's quantize_row_mxfp4_ref), FP8-stored weights Q8_0
+/// (F16 where a row is not whole 32-value blocks), 1-D tensors and norms F32, other BF16 / F16 / F32 tensors as stored,
+/// integer tables in their fixed type.</remarks>
+public enum GgufTypeScheme { Uniform, Q4_K_M, Mxfp4Moe }
 
 public static class GgufTypePolicy
 {
@@ -51,6 +56,7 @@ public static class GgufTypePolicy
     /// <summary>The file_type key for a scheme: q4_k uniform is written as Q4_K_S (what <c>llama-quantize --pure</c> names it).</summary>
     public static GgufFileType FileType(GgufTypeScheme scheme, GgmlType uniform) => scheme == GgufTypeScheme.Q4_K_M
         ? GgufFileType.MostlyQ4_K_M
+        : scheme == GgufTypeScheme.Mxfp4Moe ? GgufFileType.MostlyMXFP4_MOE
         : uniform switch
         {
             GgmlType.F32 => GgufFileType.AllF32,

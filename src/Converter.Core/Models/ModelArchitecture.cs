@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using Converter.Decoder.Onnx;
 
 namespace Converter.Models;
@@ -46,6 +47,36 @@ public abstract class ModelArchitecture
 
     /// <summary>True for the projection weights DeepSeek's official FP8 layout stores as 128x128-block e4m3.</summary>
     public virtual bool IsFp8Quantized(TensorRole role) => role.IsLinearWeight;
+
+    /// <summary>The block-scale tensor of a quantized weight (DeepSeek-V3's <c>&lt;weight&gt;_scale_inv</c> by default).</summary>
+    public virtual string ScaleTensorName(string weightName) => weightName + "_scale_inv";
+
+    /// <summary>The weight a block-scale tensor belongs to (the inverse of <see cref="ScaleTensorName"/>), or null
+    /// where <paramref name="scaleName"/> is not a scale name of this family.</summary>
+    public virtual string? ScaledWeightName(string scaleName) =>
+        scaleName.EndsWith(".weight_scale_inv", StringComparison.Ordinal) ? scaleName[..^"_scale_inv".Length] : null;
+
+    /// <summary>What <c>quantize --scheme fp8-block</c> stores a 2-D tensor of this role as: the family's official
+    /// layout. Default: <see cref="WeightEncoding.Fp8Block"/> (float32 scales) where <see cref="IsFp8Quantized"/>,
+    /// otherwise <see cref="WeightEncoding.Dense"/> (unchanged).</summary>
+    public virtual WeightEncoding OfficialEncoding(TensorRole role) => IsFp8Quantized(role) ? WeightEncoding.Fp8Block : WeightEncoding.Dense;
+
+    /// <summary>config.json's <c>quantization_config</c> of the official layout (DeepSeek-V3's by default).</summary>
+    public virtual JsonObject OfficialQuantizationConfig() => new()
+    {
+        ["activation_scheme"] = "dynamic",
+        ["fmt"] = "e4m3",
+        ["quant_method"] = "fp8",
+        ["weight_block_size"] = new JsonArray(128, 128),
+    };
+
+    /// <summary>True where the family's official files lay tensors out as huggingface safetensors' <c>save_file</c>
+    /// does (dtype by safetensors' enum, descending, then the name); false: source order, each scale after its weight.</summary>
+    public virtual bool UsesSafetensorsSaveOrder => false;
+
+    /// <summary>True where <c>quantize --scheme bf16</c> narrows a stored F32 / F16 tensor of this role to BF16
+    /// (default: everything but the router's selection bias).</summary>
+    public virtual bool NarrowsToBf16(TensorRole role) => role.Kind != TensorKind.RouterBias;
 
     /// <summary>RMSNorm epsilon of every norm of the main graph.</summary>
     public abstract double RmsNormEps { get; }

@@ -7,7 +7,7 @@ public enum RouterScoring
     Sigmoid,
     /// <summary>softmax over all experts (DeepSeek-V2, Qwen3-MoE).</summary>
     Softmax,
-    /// <summary>sqrt(softplus(logit)) per expert (DeepSeek-V4); softplus as torch's, linear above 20.</summary>
+    /// <summary>sqrt(softplus(logit)) per expert (DeepSeek-V4's <c>sqrtsoftplus</c>).</summary>
     SqrtSoftplus,
 }
 
@@ -58,7 +58,8 @@ public sealed record RoutingRule(
         }
         if (Scoring == RouterScoring.SqrtSoftplus)
         {
-            for (int e = 0; e < logits.Length; e++) scores[e] = Math.Sqrt(logits[e] > 20 ? logits[e] : double.LogP1(Math.Exp(logits[e])));
+            // softplus(x) = max(x, 0) + log1p(exp(-|x|)), stable for large |x|
+            for (int e = 0; e < logits.Length; e++) scores[e] = Math.Sqrt(Math.Max(logits[e], 0) + Math.Log(1 + Math.Exp(-Math.Abs(logits[e]))));
             return;
         }
         double max = double.NegativeInfinity, z = 0;

@@ -13,6 +13,9 @@ public enum TensorKind
     SharedExpert,
     RoutedExpert,
     MtpProjection,
+    /// <summary>A parameter of none of the roles above that the family keeps as stored (hyper-connection mixing,
+    /// attention sinks, compressor position biases, hash-routing tables).</summary>
+    Auxiliary,
     /// <summary>A block-quantization scale (FP8 <c>weight_scale_inv</c>) belonging to another tensor.</summary>
     QuantScale,
     /// <summary>A packed-INT4 component (compressed-tensors weight_packed/scale/shape/zero_point).</summary>

@@ -67,9 +67,14 @@ public static class GgufExportPipeline
         for (int i = 0; i < types.Length; i++)
         {
             var t = plan.Tensors[i];
-            var requested = t.Name == "output.weight" && options.OutputType is { } o
-                ? o : GgufTypePolicy.Requested(options.Scheme, options.WeightType, t.Name, plan.BlockCount, plan.ExpertCount);
-            types[i] = ChooseType(t, requested);
+            if (t.FixedType is { } fixedType) types[i] = fixedType;
+            else if (options.Scheme == GgufTypeScheme.Mxfp4Moe && !(t.Name == "output.weight" && options.OutputType != null)) types[i] = AsStored(src, t);
+            else
+            {
+                var requested = t.Name == "output.weight" && options.OutputType is { } o
+                    ? o : GgufTypePolicy.Requested(options.Scheme, options.WeightType, t.Name, plan.BlockCount, plan.ExpertCount);
+                types[i] = ChooseType(t, requested);
+            }
             counts[types[i]] = counts.GetValueOrDefault(types[i]) + 1;
         }
         log.LogInformation("GGUF {Arch}: {Count} tensors from {Dir} to {Out} ({Types})", plan.Architecture, types.Length,
@@ -88,9 +93,17 @@ public static class GgufExportPipeline
         {
             var t = plan.Tensors[i];
             writer.BeginTensor(t.Name);
-            if (GgufInt4Passthrough.Applies(src, t, types[i]))
+            if (t.FixedType != null)
+            {
+                WriteStoredIntegers(src, t, types[i], writer);
+            }
+            else if (GgufInt4Passthrough.Applies(src, t, types[i]))
             {
                 GgufInt4Passthrough.Write(src, t, writer, log);
+            }
+            else if (types[i] == GgmlType.MXFP4 && IsStackOfFp4Rows(src, t))
+            {
+                WriteFp4AsMxfp4(src, t, writer, options.SlabValues);
             }
             else
             {
@@ -114,6 +127,84 @@ public static class GgufExportPipeline
         return new GgufExportResult(options.Output, types.Length, bytes, clock.Elapsed, counts);
     }
 
+    /// <summary>The <see cref="GgufTypeScheme.Mxfp4Moe"/> type of a tensor, from how its sources are stored (see the scheme).</summary>
+    public static GgmlType AsStored(ModelCheckpoint src, GgufTensorPlan t)
+    {
+        long ne0 = t.Dimensions[0];
+        bool experts = t.Sources.Count > 0 && t.Sources.All(s => src.Architecture.Classify(s).Kind == TensorKind.RoutedExpert);
+        if (experts && ne0 % Numerics.Ggml.Mxfp4.BlockValues == 0) return GgmlType.MXFP4;
+        if (t.Dimensions.Length <= 1 || t.Name.EndsWith("_norm.weight", StringComparison.Ordinal) || t.Sources.Count == 0) return GgmlType.F32;
+        var first = t.Sources[0];
+        var encoding = src.Encoding(first);
+        if (encoding is WeightEncoding.Fp8Block or WeightEncoding.Fp8BlockPow2 || experts)
+            return ne0 % 32 == 0 ? GgmlType.Q8_0 : GgmlType.F16;
+        if (encoding != WeightEncoding.Dense) return ne0 % 32 == 0 ? GgmlType.Q8_0 : GgmlType.F16;
+        return src.Tensors.Info(first).DType switch
+        {
+            Tensors.DType.BF16 => GgmlType.BF16,
+            Tensors.DType.F16 => GgmlType.F16,
+            _ => GgmlType.F32,
+        };
+    }
+
+    /// <summary>True where the tensor is its sources' FP4 rows as they are: 2-D [K, N] or stacked [K, N, E].</summary>
+    private static bool IsStackOfFp4Rows(ModelCheckpoint src, GgufTensorPlan t)
+    {
+        if (t.Sources.Count == 0 || t.Dimensions.Length < 2) return false;
+        long count = 1;
+        foreach (var d in t.Dimensions) count *= d;
+        foreach (var s in t.Sources)
+        {
+            if (src.Encoding(s) != WeightEncoding.Fp4Group32) return false;
+            var (rows, cols) = src.LogicalShape(s);
+            if (t.Dimensions[0] != cols || t.Dimensions[1] != rows) return false;
+            count -= rows * cols;
+        }
+        return count == 0;
+    }
+
+    /// <summary>FP4 e2m1 + E8M0 rows repacked into MXFP4 blocks, bit for bit, a slab of rows at a time.</summary>
+    private static void WriteFp4AsMxfp4(ModelCheckpoint src, GgufTensorPlan t, GgufWriter writer, long slabValues)
+    {
+        byte[]? blocks = null;
+        foreach (var s in t.Sources)
+        {
+            var (rows, cols) = src.LogicalShape(s);
+            long groupsPerRow = cols / Numerics.Ggml.Mxfp4.BlockValues;
+            long slab = Math.Max(1, slabValues / cols);
+            var scaleName = src.ScaleOf(s);
+            for (long r0 = 0; r0 < rows; r0 += slab)
+            {
+                long n = Math.Min(slab, rows - r0);
+                using var packed = src.Tensors.ReadRange(s, r0 * cols / 2, n * cols / 2);
+                using var scales = src.Tensors.ReadRange(scaleName, r0 * groupsPerRow, n * groupsPerRow);
+                int bytes = checked((int)(n * groupsPerRow * Numerics.Ggml.Mxfp4.BlockBytes));
+                if (blocks == null || blocks.Length < bytes) blocks = new byte[bytes];
+                Numerics.Ggml.Mxfp4.Repack(packed.Bytes, scales.Bytes, (int)cols, blocks.AsSpan(0, bytes));
+                writer.WriteTensorData(blocks.AsSpan(0, bytes));
+            }
+        }
+    }
+
+    /// <summary>An integer table in its fixed ggml type (I32 from any stored integer dtype in range).</summary>
+    private static void WriteStoredIntegers(ModelCheckpoint src, GgufTensorPlan t, GgmlType type, GgufWriter writer)
+    {
+        if (type != GgmlType.I32 || t.Sources.Count != 1)
+            throw new NotSupportedException($"tensor '{t.Name}': fixed type {type} from {t.Sources.Count} source(s) is not supported (one source to I32)");
+        using var data = src.Tensors.Read(t.Sources[0]);
+        if (data.Info.DType == Tensors.DType.I32)
+        {
+            writer.WriteTensorData(data.Bytes);
+            return;
+        }
+        var values = Tensors.TensorConvert.ToInt64(data);
+        var i32 = new int[values.Length];
+        for (int i = 0; i < values.Length; i++)
+            i32[i] = values[i] is >= int.MinValue and <= int.MaxValue ? (int)values[i]
+                : throw new InvalidDataException($"{data.Info.File}: '{data.Info.Name}' element {i} = {values[i]} does not fit I32");
+        writer.WriteTensorData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(i32.AsSpan()));
+    }
+
     /// <summary>Float32 reads of a checkpoint; row slabs map only their own bytes (and FP8 scale rows).</summary>
     private sealed class CheckpointSource(ModelCheckpoint src, long slabValues) : ICheckpointFloatSource
     {
@@ -124,13 +215,11 @@ public static class GgufExportPipeline
 
         public float[] Read(string name) => src.ReadFloat32(name);
 
-        public long Rows(string name) => src.IsPackedInt4(name) ? GgufInt4Passthrough.Shape(src, name).Rows
-            : src.Tensors.Info(name).Shape is { Length: > 0 } s ? s[0] : 1;
+        public long Rows(string name) => src.IsPackedInt4(name) ? GgufInt4Passthrough.Shape(src, name).Rows : src.LogicalShape(name).Rows;
 
         public long ElementCount(string name)
         {
-            if (!src.IsPackedInt4(name)) return src.Tensors.Info(name).ElementCount;
-            var (rows, cols) = GgufInt4Passthrough.Shape(src, name);
+            var (rows, cols) = src.IsPackedInt4(name) ? GgufInt4Passthrough.Shape(src, name) : src.LogicalShape(name);
             return rows * cols;
         }
 
@@ -146,24 +235,7 @@ public static class GgufExportPipeline
                 if (firstRow * c + dst.Length == all.Length) _int4 = null; // its last slab: not held past the tensor
                 return;
             }
-            var info = src.Tensors.Info(name);
-            long cols = info.ElementCount / Math.Max(1, Rows(name));
-            if (firstRow % 128 != 0 || dst.Length % cols != 0)
-                throw new ArgumentException($"tensor '{name}': rows must start at a multiple of 128 and be whole rows of {cols}");
-            int n = (int)(dst.Length / cols);
-            if (src.IsFp8(name))
-            {
-                var scaleInfo = src.Tensors.Info(ModelCheckpoint.ScaleName(name));
-                long scaleCols = scaleInfo.Shape[1];
-                long sr0 = firstRow / 128, srn = (n + 127) / 128;
-                using var w = src.Tensors.ReadRange(name, firstRow * cols, n * cols);
-                using var s = src.Tensors.ReadRange(scaleInfo.Name, sr0 * scaleCols * 4, srn * scaleCols * 4);
-                Numerics.Fp8BlockQuantizer.Dequantize(w.Bytes, s.As<float>(), n, (int)cols, dst);
-                return;
-            }
-            int es = Tensors.DTypeInfo.SizeOf(info.DType);
-            using var v = src.Tensors.ReadRange(name, firstRow * cols * es, n * cols * es);
-            Tensors.TensorConvert.ToFloat32(info, v.Bytes, dst);
+            src.ReadRows(name, firstRow, dst);
         }
     }
 }

@@ -53,7 +53,7 @@ public static class ModelInspector
             if (t.Role.IsMtp) { mtp += n; continue; }
             total += n;
             if (t.Role.Kind == TensorKind.RoutedExpert) routed += n;
-            foreach (var (format, bytesPerElement) in EstimateFormats(t)) sizes[format] = sizes.GetValueOrDefault(format) + n * bytesPerElement;
+            foreach (var (format, bytesPerElement) in EstimateFormats(arch, t)) sizes[format] = sizes.GetValueOrDefault(format) + n * bytesPerElement;
         }
         long active = total - routed + (arch.NumRoutedExperts == 0 ? 0 : routed * arch.NumExpertsPerToken / arch.NumRoutedExperts);
 
@@ -75,6 +75,9 @@ public static class ModelInspector
             notes.Add($"INT4 compressed-tensors pack-quantized: group size {ct.GroupSize}, {(ct.Symmetric ? "symmetric" : "asymmetric")}, " +
                 $"targets [{string.Join(", ", ct.Targets)}], {packed} packed linear(s), {ct.Ignore.Count} ignore entr{(ct.Ignore.Count == 1 ? "y" : "ies")}");
         }
+        var stored = arch.ExpectedTensors().GroupBy(t => ckpt.Encoding(t.Name)).Where(g => g.Key.IsBlockScaled())
+            .Select(g => $"{g.Count()} {Describe(g.Key)} ({string.Join(", ", g.Select(t => t.Role.Kind).Distinct())})").ToList();
+        if (stored.Count > 0) notes.Add("block-scaled weights: " + string.Join("; ", stored));
         if (arch.NumMtpLayers > 0)
             notes.Add($"{arch.NumMtpLayers} multi-token-prediction layer(s) (layer {arch.NumLayers}..): kept in safetensors outputs, not part of the ONNX or GGUF main graph");
         return new InspectReport(ckpt.Directory, arch.ModelType, ckpt.Layout,
@@ -84,17 +87,34 @@ public static class ModelInspector
             sizes.OrderBy(kv => kv.Value).Select(kv => (kv.Key, (long)kv.Value)).ToList(), notes) { Facts = arch.Facts() };
     }
 
+    private static string Describe(WeightEncoding e) => e switch
+    {
+        WeightEncoding.Fp8Block => "FP8 e4m3 (float32 128x128 scales)",
+        WeightEncoding.Fp8BlockPow2 => "FP8 e4m3 (E8M0 128x128 scales)",
+        WeightEncoding.Fp4Group32 => "FP4 e2m1 (E8M0 1x32 scales)",
+        _ => e.ToString(),
+    };
+
     /// <summary>Bytes per element of one tensor in each output format (main graph only, MTP excluded).</summary>
-    private static IEnumerable<(string, double)> EstimateFormats(ExpectedTensor t)
+    private static IEnumerable<(string, double)> EstimateFormats(ModelArchitecture arch, ExpectedTensor t)
     {
         bool linear = t.Role.IsLinearWeight, matrix = t.Shape.Length == 2;
         bool keepF32 = t.Role.Kind is TensorKind.RouterBias or TensorKind.Norm;
         double hi = keepF32 ? 4 : 2;
         yield return ("safetensors bf16", hi);
-        yield return ("safetensors fp8-block", linear ? 1 + 4.0 / (128 * 128) : hi);
+        yield return ("safetensors fp8-block", !matrix ? hi : arch.OfficialEncoding(t.Role) switch
+        {
+            WeightEncoding.Fp8Block => 1 + 4.0 / (128 * 128),
+            WeightEncoding.Fp8BlockPow2 => 1 + 1.0 / (128 * 128),
+            WeightEncoding.Fp4Group32 => 0.5 + 1.0 / 32,
+            _ => hi,
+        });
         yield return ("safetensors int4 g32 (routed experts)", t.Role.Kind == TensorKind.RoutedExpert ? 0.5 + 2.0 / 32 : hi);
-        yield return ("onnx fp32", 4);
-        yield return ("onnx fp8", linear ? 1 + 4.0 / (128 * 128) : 4);
+        if (arch.Onnx != null)
+        {
+            yield return ("onnx fp32", 4);
+            yield return ("onnx fp8", linear ? 1 + 4.0 / (128 * 128) : 4);
+        }
         // GGUF quantizes 2-D weights except the router; norms, router and biases stay F32.
         bool gq = matrix && t.Role.Kind != TensorKind.Router;
         yield return ("gguf f16", gq ? 2 : 4);

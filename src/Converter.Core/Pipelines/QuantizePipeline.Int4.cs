@@ -147,12 +147,15 @@ public static partial class QuantizePipeline
             if (role.Kind == TensorKind.QuantScale) continue; // FP8 scales are folded into their weights
             if (ctx.Selected.Contains(name))
             {
-                var (rows, cols) = info.Matrix;
+                var (rows, cols) = ((int)src.LogicalShape(name).Rows, (int)src.LogicalShape(name).Cols);
                 var parts = PackQuantized.Plan(name, rows, cols, ctx.Scheme);
                 jobs.Add(new Job(name, parts[0], null, (s, j, _, w) => Int4Job(s, j, w, ctx)) { Parts = parts.Skip(1).ToList(), WritesAll = true });
             }
-            else if (info.DType == DType.F8_E4M3)
-                jobs.Add(new Job(name, Spec(info, DType.BF16), null, Fp8ToBf16Job));
+            else if (src.Encoding(name).IsBlockScaled())
+            {
+                var (r, c) = src.LogicalShape(name);
+                jobs.Add(new Job(name, new Formats.Safetensors.TensorSpec(name, DType.BF16, [r, c]), null, BlockToBf16Job));
+            }
             else
                 jobs.Add(new Job(name, Spec(info, info.DType), null, CopyJob));
         }
@@ -161,7 +164,7 @@ public static partial class QuantizePipeline
 
     private static void Int4Job(ModelCheckpoint src, Job job, Formats.Safetensors.SafetensorsWriter writer, Int4Context ctx)
     {
-        var (rows, cols) = src.Tensors.Info(job.Source).Matrix;
+        var (rows, cols) = ((int)src.LogicalShape(job.Source).Rows, (int)src.LogicalShape(job.Source).Cols);
         var w = src.ReadFloat32(job.Source);
         var o = ctx.Options;
         var factor = o.Method == Int4Method.Gptq ? ctx.Factor(src, job.Source, src.Architecture.Classify(job.Source), cols) : null;

@@ -81,37 +81,83 @@ public static partial class QuantizePipeline
     {
         if (src.Layout == WeightLayout.PackedInt4)
             throw new NotSupportedException($"{src.Directory}: packed INT4 checkpoints cannot be re-encoded to {scheme}");
+        var arch = src.Architecture;
         var jobs = new List<Job>();
         foreach (var name in src.Tensors.Names)
         {
             var info = src.Tensors.Info(name);
-            var role = src.Architecture.Classify(name);
+            var role = arch.Classify(name);
             if (role.Kind == TensorKind.QuantScale)
             {
                 if (scheme == QuantizeScheme.Fp8Block) jobs.Add(new Job(name, Spec(info, info.DType), null, CopyJob));
                 continue; // bf16: scales are folded into their weights
             }
+            var stored = src.Encoding(name);
             if (scheme == QuantizeScheme.Fp8Block)
             {
-                if (info.DType == DType.F8_E4M3 || !src.Architecture.IsFp8Quantized(role) || info.Shape.Length != 2)
-                    jobs.Add(new Job(name, Spec(info, info.DType), null, CopyJob));
-                else
+                var target = info.Shape.Length == 2 && stored == WeightEncoding.Dense ? arch.OfficialEncoding(role) : WeightEncoding.Dense;
+                var (rows, cols) = ((int)info.Shape[0], info.Shape.Length == 2 ? (int)info.Shape[1] : 1);
+                switch (target)
                 {
-                    var (r, c) = Fp8BlockQuantizer.ScaleShape((int)info.Shape[0], (int)info.Shape[1]);
-                    jobs.Add(new Job(name, Spec(info, DType.F8_E4M3), new TensorSpec(ModelCheckpoint.ScaleName(name), DType.F32, [r, c]), Fp8QuantizeJob));
+                    case WeightEncoding.Fp8Block:
+                    {
+                        var (r, c) = Fp8BlockQuantizer.ScaleShape(rows, cols);
+                        jobs.Add(new Job(name, Spec(info, DType.F8_E4M3), new TensorSpec(arch.ScaleTensorName(name), DType.F32, [r, c]), Fp8QuantizeJob));
+                        break;
+                    }
+                    case WeightEncoding.Fp8BlockPow2:
+                    {
+                        var (r, c) = Fp8Pow2BlockQuantizer.ScaleShape(rows, cols);
+                        jobs.Add(new Job(name, Spec(info, DType.F8_E4M3), new TensorSpec(arch.ScaleTensorName(name), DType.F8_E8M0, [r, c]), Fp8Pow2QuantizeJob));
+                        break;
+                    }
+                    case WeightEncoding.Fp4Group32:
+                    {
+                        if (cols % Fp4BlockQuantizer.GroupSize != 0)
+                            throw new InvalidDataException($"{info.File}: '{name}' {info.ShapeText} cannot be stored as FP4: {cols} values a row is not whole 1x{Fp4BlockQuantizer.GroupSize} groups");
+                        var (pr, pc) = Fp4BlockQuantizer.PackedShape(rows, cols);
+                        var (r, c) = Fp4BlockQuantizer.ScaleShape(rows, cols);
+                        jobs.Add(new Job(name, new TensorSpec(name, DType.I8, [pr, pc]), new TensorSpec(arch.ScaleTensorName(name), DType.F8_E8M0, [r, c]), Fp4QuantizeJob));
+                        break;
+                    }
+                    default:
+                        jobs.Add(new Job(name, Spec(info, info.DType), null, CopyJob));
+                        break;
                 }
             }
             else
             {
-                if (info.DType == DType.F8_E4M3)
-                    jobs.Add(new Job(name, Spec(info, DType.BF16), null, Fp8ToBf16Job));
-                else if (info.DType is DType.F32 or DType.F16 or DType.F64 && role.Kind != TensorKind.RouterBias)
+                if (stored.IsBlockScaled())
+                {
+                    var (rows, cols) = src.LogicalShape(name);
+                    jobs.Add(new Job(name, new TensorSpec(name, DType.BF16, [rows, cols]), null, BlockToBf16Job));
+                }
+                else if (info.DType is DType.F32 or DType.F16 or DType.F64 && arch.NarrowsToBf16(role))
                     jobs.Add(new Job(name, Spec(info, DType.BF16), null, FloatToBf16Job));
                 else
                     jobs.Add(new Job(name, Spec(info, info.DType), null, CopyJob));
             }
         }
+        if (arch.UsesSafetensorsSaveOrder) SortAsSafetensorsSaves(jobs);
         return jobs;
+    }
+
+    /// <summary>Orders the output as huggingface safetensors' save_file lays it out: dtype (its enum, descending),
+    /// then the name. There a scale (E8M0) comes before its weight (e4m3, I8), so each scale becomes a job of its own
+    /// that computes the scales from the source slab by slab (the weight's job computes them again for its codes:
+    /// the same arithmetic, so the same bytes).</summary>
+    private static void SortAsSafetensorsSaves(List<Job> jobs)
+    {
+        var split = new List<Job>();
+        foreach (var j in jobs)
+        {
+            if (j.Scale == null) { split.Add(j); continue; }
+            split.Add(j with { Scale = null });
+            split.Add(new Job(j.Source, j.Scale, null, j.Run == Fp4QuantizeJob ? Fp4ScaleJob : Fp8Pow2ScaleJob));
+        }
+        var sorted = split.OrderByDescending(j => DTypeInfo.SafetensorsRank(j.Output.DType)).ThenBy(j => j.Output.Name, StringComparer.Ordinal).ToList();
+        jobs.Clear();
+        jobs.AddRange(sorted);
     }
 
     private static TensorSpec Spec(TensorInfo info, DType dtype) => new(info.Name, dtype, info.Shape);
@@ -168,19 +214,125 @@ public static partial class QuantizePipeline
         output.Post(_ => writer.Write(job.Scale!.Name, MemoryMarshal.AsBytes(scales.AsSpan())));
     }
 
-    private static void Fp8ToBf16Job(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter _)
+    /// <summary>BF16/F16/F32 to e4m3 with power-of-two E8M0 128x128 scales (the scale after the codes unless the
+    /// job has none: then a scale job of its own writes it).</summary>
+    private static void Fp8Pow2QuantizeJob(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter writer)
     {
-        var (rows, cols) = src.Tensors.Info(job.Source).Matrix;
+        var info = src.Tensors.Info(job.Source);
+        var (rows, cols) = info.Matrix;
         int scaleCols = (cols + 127) / 128;
-        using var scaleData = src.Tensors.Read(ModelCheckpoint.ScaleName(job.Source));
+        var scales = new byte[((rows + 127) / 128) * scaleCols];
+        float[]? widened = null;
         ForEachSlab(src, job.Source, (view, r0, n) =>
         {
             int count = n * cols;
-            var buffer = output.Rent(count * 2);
-            Fp8BlockQuantizer.DequantizeToBf16(view.Bytes, scaleData.As<float>().Slice(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols),
-                n, cols, MemoryMarshal.Cast<byte, ushort>(buffer.AsSpan(0, count * 2)));
-            output.Write(buffer, count * 2);
+            var buffer = output.Rent(count);
+            var scaleSlice = scales.AsSpan(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols);
+            Pow2Slab(info, view, n, cols, ref widened, buffer.AsSpan(0, count), scaleSlice, job.Source, r0);
+            output.Write(buffer, count);
         });
+        if (job.Scale != null) output.Post(_ => writer.Write(job.Scale.Name, scales));
+    }
+
+    private static void Fp8Pow2ScaleJob(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter writer)
+    {
+        var info = src.Tensors.Info(job.Source);
+        var (rows, cols) = info.Matrix;
+        int scaleCols = (cols + 127) / 128;
+        var scales = new byte[((rows + 127) / 128) * scaleCols];
+        float[]? widened = null;
+        byte[]? codes = null;
+        ForEachSlab(src, job.Source, (view, r0, n) =>
+        {
+            int count = n * cols;
+            if (codes == null || codes.Length < count) codes = new byte[count];
+            Pow2Slab(info, view, n, cols, ref widened, codes.AsSpan(0, count), scales.AsSpan(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols), job.Source, r0);
+        });
+        output.Post(stream => stream.Write(scales));
+    }
+
+    private static void Pow2Slab(TensorInfo info, TensorData view, int n, int cols, ref float[]? widened, Span<byte> codes, Span<byte> scales, string name, int r0)
+    {
+        try
+        {
+            if (info.DType == DType.BF16)
+                Fp8Pow2BlockQuantizer.Quantize(view.As<ushort>(), n, cols, codes, scales);
+            else
+            {
+                int count = n * cols;
+                if (widened == null || widened.Length < count) widened = new float[count];
+                TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
+                Fp8Pow2BlockQuantizer.Quantize(widened.AsSpan(0, count), n, cols, codes, scales);
+            }
+        }
+        catch (ArgumentException e) { throw new InvalidDataException($"{info.File}: '{name}' rows from {r0}: {e.Message}"); }
+    }
+
+    /// <summary>BF16/F16/F32 to FP4 e2m1 (I8, two a byte) with E8M0 1x32 scales.</summary>
+    private static void Fp4QuantizeJob(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter writer)
+    {
+        var info = src.Tensors.Info(job.Source);
+        var (rows, cols) = info.Matrix;
+        int groups = cols / Fp4BlockQuantizer.GroupSize;
+        var scales = new byte[rows * groups];
+        float[]? widened = null;
+        ForEachSlab(src, job.Source, (view, r0, n) =>
+        {
+            int bytes = n * cols / 2;
+            var buffer = output.Rent(bytes);
+            Fp4Slab(info, view, n, cols, ref widened, buffer.AsSpan(0, bytes), scales.AsSpan(r0 * groups, n * groups), job.Source, r0);
+            output.Write(buffer, bytes);
+        });
+        if (job.Scale != null) output.Post(_ => writer.Write(job.Scale.Name, scales));
+    }
+
+    private static void Fp4ScaleJob(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter writer)
+    {
+        var info = src.Tensors.Info(job.Source);
+        var (rows, cols) = info.Matrix;
+        int groups = cols / Fp4BlockQuantizer.GroupSize;
+        var scales = new byte[rows * groups];
+        float[]? widened = null;
+        byte[]? packed = null;
+        ForEachSlab(src, job.Source, (view, r0, n) =>
+        {
+            int bytes = n * cols / 2;
+            if (packed == null || packed.Length < bytes) packed = new byte[bytes];
+            Fp4Slab(info, view, n, cols, ref widened, packed.AsSpan(0, bytes), scales.AsSpan(r0 * groups, n * groups), job.Source, r0);
+        });
+        output.Post(stream => stream.Write(scales));
+    }
+
+    private static void Fp4Slab(TensorInfo info, TensorData view, int n, int cols, ref float[]? widened, Span<byte> packed, Span<byte> scales, string name, int r0)
+    {
+        try
+        {
+            if (info.DType == DType.BF16)
+                Fp4BlockQuantizer.Quantize(view.As<ushort>(), n, cols, packed, scales);
+            else
+            {
+                int count = n * cols;
+                if (widened == null || widened.Length < count) widened = new float[count];
+                TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
+                Fp4BlockQuantizer.Quantize(widened.AsSpan(0, count), n, cols, packed, scales);
+            }
+        }
+        catch (ArgumentException e) { throw new InvalidDataException($"{info.File}: '{name}' rows from {r0}: {e.Message}"); }
+    }
+
+    /// <summary>Any block-scaled weight (FP8 with float32 or E8M0 scales, FP4) to BF16, slab by slab of whole scale rows.</summary>
+    private static void BlockToBf16Job(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter _)
+    {
+        var (rows, cols) = src.LogicalShape(job.Source);
+        int slab = SlabRows((int)cols, 2);
+        for (long r0 = 0; r0 < rows; r0 += slab)
+        {
+            int n = (int)Math.Min(slab, rows - r0);
+            int count = checked(n * (int)cols);
+            var buffer = output.Rent(count * 2);
+            src.ReadRowsBf16(job.Source, r0, MemoryMarshal.Cast<byte, ushort>(buffer.AsSpan(0, count * 2)));
+            output.Write(buffer, count * 2);
+        }
     }
 
     private static void FloatToBf16Job(ModelCheckpoint src, Job job, WriteBehindQueue output, SafetensorsWriter _)
@@ -208,13 +360,7 @@ public static partial class QuantizePipeline
             config["torch_dtype"] = "bfloat16";
         }
         else if (scheme == QuantizeScheme.Fp8Block)
-            config["quantization_config"] = new JsonObject
-            {
-                ["activation_scheme"] = "dynamic",
-                ["fmt"] = "e4m3",
-                ["quant_method"] = "fp8",
-                ["weight_block_size"] = new JsonArray(128, 128),
-            };
+            config["quantization_config"] = src.Architecture.OfficialQuantizationConfig();
         else
         {
             config.Remove("quantization_config");

@@ -144,6 +144,9 @@ public static unsafe class GgmlQuantizer
             case GgmlType.Q6_K:
                 for (int b = 0; b < count; b++) Q6KKernel.QuantizeBlock(x + 256 * b, y + 210 * b, allow512);
                 break;
+            case GgmlType.MXFP4:
+                for (int b = 0; b < count; b++) Mxfp4.QuantizeBlock(x + 32 * b, y + 17 * b);
+                break;
             default:
                 throw new NotSupportedException($"cannot quantize to ggml type {type}");
         }
@@ -176,6 +179,9 @@ public static unsafe class GgmlQuantizer
                 break;
             case GgmlType.Q6_K:
                 for (int b = 0; b < count; b++) GgmlDequantizer.Q6K(x + 210 * b, y + 256 * b);
+                break;
+            case GgmlType.MXFP4:
+                for (int b = 0; b < count; b++) Mxfp4.DequantizeBlock(x + 17 * b, y + 32 * b);
                 break;
             default:
                 throw new NotSupportedException($"cannot decode ggml type {type}");

@@ -30,6 +30,14 @@ public static class GgmlReferenceQuantizer
                 case GgmlType.Q4_K: Q4K(xb, yb); break;
                 case GgmlType.Q5_K: Q5K(xb, yb); break;
                 case GgmlType.Q6_K: Q6K(xb, yb); break;
+                case GgmlType.MXFP4:
+                    unsafe
+                    {
+                        fixed (float* px = xb)
+                        fixed (byte* py = yb)
+                            Mxfp4.QuantizeBlock(px, py);
+                    }
+                    break;
                 default: throw new NotSupportedException($"no reference quantizer for {type}");
             }
         }

@@ -2,7 +2,7 @@ namespace Converter.Numerics.Ggml;
 
 /// <summary>ggml tensor types (the numeric values are the on-disk GGUF type ids).</summary>
 /// <remarks>
-/// <see cref="GgmlQuantizer"/> converts to and from F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K and Q6_K; the other
+/// <see cref="GgmlQuantizer"/> converts to and from F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K and MXFP4; the other
 /// members exist so that a GGUF reader can size and skip tensors of those types.
 /// </remarks>
 public enum GgmlType : uint
@@ -43,7 +43,7 @@ public static class GgmlTypeInfo
 
     /// <summary>True when <see cref="GgmlQuantizer"/> can produce and decode the type.</summary>
     public static bool CanQuantize(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
-        or GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
+        or GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.MXFP4;
 
     /// <summary>Number of values in one block (1 for plain types).</summary>
     public static int BlockSize(GgmlType type) =>
