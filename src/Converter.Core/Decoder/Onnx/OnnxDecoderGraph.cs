@@ -116,6 +116,18 @@ public sealed class OnnxDecoderBuilder
         return name;
     }
 
+    private readonly List<string> _selections = [];
+
+    /// <summary>The stable name of layer <paramref name="layer"/>'s sparse-attention selection (the key entries a top-k
+    /// picked per query, int64 [batch, sequence, k], -1 where a pick is not attendable), which the attention must produce:
+    /// a diagnostic output like the routing, listed in the model metadata (<see cref="OnnxDecoderNames.SelectionsKey"/>).</summary>
+    public string ReserveSelection(int layer)
+    {
+        string name = Graph.Reserve(OnnxDecoderNames.Selection(layer));
+        _selections.Add(name);
+        return name;
+    }
+
     public string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null, bool interleaved = false)
     {
         _plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values, interleaved));
@@ -446,10 +458,12 @@ public sealed class OnnxDecoderBuilder
             if (whole && !hiddenOutputs.Contains(N.Layer(layers - 1))) g.Output(N.Layer(layers - 1), DataType.Float, stateDims);
             foreach (var name in routingOutputs) g.Output(name, DataType.Int64, null, topK);
             foreach (var name in moeInputValues) g.Output(name, DataType.Float, "batch", "sequence", h);
+            foreach (var name in _selections) g.Output(name, DataType.Int64, "batch", "sequence", null);
         }
 
         Model.Metadata[N.HiddenStatesKey] = string.Join(",", hiddenOutputs);
         if (streams) Model.Metadata[N.ResidualStatesKey] = string.Join(",", residualStates);
+        if (_selections.Count > 0) Model.Metadata[N.SelectionsKey] = string.Join(",", _selections);
         Model.Metadata[N.RoutingKey] = string.Join(",", routingOutputs);
         Model.Metadata[N.MoeInputsKey] = string.Join(",", moeInputValues);
         if (options.Comm is { Any: true } comm) Model.Metadata["converter.simulate_comm"] = comm.ToString();
