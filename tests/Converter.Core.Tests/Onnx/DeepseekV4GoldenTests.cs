@@ -38,11 +38,15 @@ public class DeepseekV4GoldenTests(ITestOutputHelper log)
     }
 
     [Theory]
-    [InlineData("tiny-dsv4", "tiny-dsv4")]
-    public void Fp32ExportMatchesGolden(string model, string goldenName)
+    [InlineData("tiny-dsv4", "tiny-dsv4", OnnxWeightFormat.Fp32)]
+    [InlineData("tiny-dsv4-fp8", "tiny-dsv4-fp8", OnnxWeightFormat.Fp8)]
+    [InlineData("tiny-dsv4", "tiny-dsv4-fp8", OnnxWeightFormat.Fp8)]
+    [InlineData("tiny-dsv4-fp8", "tiny-dsv4-fp8", OnnxWeightFormat.Fp32)]
+    public void ExportMatchesGolden(string model, string goldenName, OnnxWeightFormat weights)
     {
         using var tmp = new TestData.TempDir();
-        var result = OnnxExportPipeline.Run(TestData.Model(model), tmp["onnx"], new OnnxExportOptions(DiagnosticOutputs: true));
+        var result = OnnxExportPipeline.Run(TestData.Model(model), tmp["onnx"], new OnnxExportOptions(weights, DiagnosticOutputs: true));
+        log.WriteLine($"{model} -> {weights}: {result.DataBytes:N0} bytes of weights");
         var g = new V4Golden(TestData.Golden(goldenName, "eval.safetensors"));
         var outs = RunDiagnostic(result.OutputDirectory, g.Tokens, g.Batch, g.Seq);
         var stable = g.Stable();
@@ -51,7 +55,80 @@ public class DeepseekV4GoldenTests(ITestOutputHelper log)
         var all = LogitStats.Compare(outs.Logits, g.Logits, g.Vocab);
         log.WriteLine($"stable positions: {st}");
         log.WriteLine($"all positions:    {all}");
-        st.MaxAbs.Should().BeLessThan(1e-3);
+        var report = Converter.Verification.GoldenComparer.Compare(Converter.Verification.GoldenSet.Load(TestData.Golden(goldenName, "eval.safetensors")),
+            new Converter.Verification.ArtifactOutputs(outs.Logits, null, null), Converter.Verification.VerificationTolerances.ForPreset("fp32"), null);
+        log.WriteLine($"kl_mean {report.KlMean:E3}, kl_max {report.KlMax:E3}");
+        var check = Check(g, outs, stable, log);
+        st.MaxAbs.Should().BeLessThanOrEqualTo(1e-3);
+        st.Top1.Should().Be(1.0);
+        report.KlMean.Should().BeLessThanOrEqualTo(1e-5);
+        check.RoutingMismatches.Should().Be(0);
+        check.IndexerMismatches.Should().Be(0);
+        if (g.HcStates != null) check.WorstStreamRelative.Should().BeLessThanOrEqualTo(1e-4);
+    }
+
+    public sealed record V4Check(int RoutingChecked, int RoutingMismatches, int IndexerChecked, int IndexerMismatches, double WorstStreamRelative);
+
+    /// <summary>Routing and indexer selections on stable positions, and sequence 0's streams layer by layer.</summary>
+    public static V4Check Check(V4Golden g, V4Outputs outs, bool[] stable, ITestOutputHelper log)
+    {
+        int n = g.Batch * g.Seq;
+        int rc = 0, rm = 0;
+        for (int i = 0; i < g.RouteLayers.Length; i++)
+        {
+            int layer = g.RouteLayers[i];
+            var got = outs.Ints[OnnxDecoderNames.Routing(layer)];
+            for (int p = 0; p < n; p++)
+            {
+                if (!stable[p]) continue;
+                rc++;
+                var want = g.RouteTopk.AsSpan((i * n + p) * g.K, g.K).ToArray().OrderBy(x => x);
+                var have = got.AsSpan(p * g.K, g.K).ToArray().Select(x => (int)x).OrderBy(x => x);
+                if (!want.SequenceEqual(have)) rm++;
+            }
+        }
+        int ic = 0, im = 0;
+        for (int i = 0; i < g.IndexerLayers.Length; i++)
+        {
+            int layer = g.IndexerLayers[i];
+            var got = outs.Ints[OnnxDecoderNames.Selection(layer)];
+            int k = got.Length / n;
+            for (int p = 0; p < n; p++)
+            {
+                if (!stable[p]) continue;
+                ic++;
+                var want = g.IndexerTopk.AsSpan((i * n + p) * g.IndexK, g.IndexK).ToArray().Where(x => x >= 0).OrderBy(x => x);
+                var have = got.AsSpan(p * k, k).ToArray().Where(x => x >= 0).Select(x => (int)x).OrderBy(x => x);
+                if (!want.SequenceEqual(have)) im++;
+            }
+        }
+        log.WriteLine($"routing: {rc} stable (layer, position) choices, {rm} differ; indexer: {ic} stable choices, {im} differ");
+        double worst = 0;
+        if (g.HcStates is { } hs)
+        {
+            long entries = g.HcShape![0], positions = g.HcShape[1], per = g.HcShape[2] * g.HcShape[3];
+            for (int l = 0; l < entries; l++)
+            {
+                var a = outs.Floats[l == 0 ? OnnxDecoderNames.Embedding : OnnxDecoderNames.Layer(l - 1)];
+                double e2 = 0, r2 = 0, max = 0;
+                for (long j = 0; j < positions * per; j++)
+                {
+                    double d = a[j] - hs[l * positions * per + j];
+                    e2 += d * d; r2 += (double)hs[l * positions * per + j] * hs[l * positions * per + j]; max = Math.Max(max, Math.Abs(d));
+                }
+                double rel = Math.Sqrt(e2 / r2);
+                worst = Math.Max(worst, rel);
+                log.WriteLine($"streams {(l == 0 ? "embedding" : $"layer {l - 1}")}: relative {rel:E3}, max|d| {max:E3}");
+            }
+        }
+        if (g.FinalHidden is { } fh)
+        {
+            var a = outs.Floats[OnnxDecoderNames.FinalNorm];
+            double e2 = 0, r2 = 0;
+            for (int j = 0; j < fh.Length; j++) { double d = a[j] - fh[j]; e2 += d * d; r2 += (double)fh[j] * fh[j]; }
+            log.WriteLine($"hyper-head + final norm (sequence 0, {fh.Length / (a.Length / g.Batch / g.Seq)} positions): relative {Math.Sqrt(e2 / r2):E3}");
+        }
+        return new V4Check(rc, rm, ic, im, worst);
     }
 }
 

@@ -40,6 +40,10 @@ public enum InitializerSource
 public sealed record OnnxInitializerPlan(string Name, DataType Type, long[] Dims, InitializerSource Source,
     string[] Tensors, float[]? Values = null, bool Interleaved = false)
 {
+    /// <summary>Float32 values as the family's official layout holds the tensors (an fp8 export of weights the layout keeps
+    /// in another block format, DeepSeek-V4's FP4 experts): a higher-precision source is rounded to that format first.</summary>
+    public bool Official { get; init; }
+
     public long ByteLength => OnnxTensors.ByteLength(Type, Dims);
 }
 
@@ -128,9 +132,10 @@ public sealed class OnnxDecoderBuilder
         return name;
     }
 
-    public string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null, bool interleaved = false)
+    public string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null, bool interleaved = false,
+        bool official = false)
     {
-        _plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values, interleaved));
+        _plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values, interleaved) { Official = official });
         return Graph.Initializer(name);
     }
 
@@ -183,11 +188,17 @@ public sealed class OnnxDecoderBuilder
         return parts.ToArray();
     }
 
+    /// <summary>fp8 export: true for the weights the family's official layout stores as FP8 blocks (every projection of
+    /// DeepSeek-V3 and Qwen3-MoE); the others stay float32.</summary>
+    public bool IsFp8Weight(string name) => Fp8 && OfficialEncoding(name) is WeightEncoding.Fp8Block or WeightEncoding.Fp8BlockPow2;
+
+    private WeightEncoding OfficialEncoding(string name) => _arch.OfficialEncoding(_arch.Classify(name));
+
     private string DequantFor(long cols) => Options.Fp8CastDequantize && cols % 128 == 0 ? OnnxFeedForwardFunctions.DequantCastName : OnnxFeedForwardFunctions.DequantName;
 
     private string Linear(string name, long rows, long cols)
     {
-        if (!Fp8) return Plain(name, rows, cols);
+        if (!IsFp8Weight(name)) return Plain(name, rows, cols);
         string w = Init(name, DataType.Float8E4M3Fn, [rows, cols], InitializerSource.Fp8Codes, [name]);
         string s = Init(name + "_scale_inv", DataType.Float, [(rows + 127) / 128, (cols + 127) / 128], InitializerSource.Fp8Scales, [name]);
         return Graph.Op(DequantFor(cols), [w, s], 1, N.Domain)[0];
@@ -349,7 +360,7 @@ public sealed class OnnxDecoderBuilder
                         InitializerSource.Int4CodesFc1, matMulNBits: false));
                     moeInputs.AddRange(Int4Parts(stackName + "fc2.weight", Experts(FfnProjection.Down), se, h, mi, InitializerSource.Int4Codes, matMulNBits: false));
                 }
-                else if (fp8)
+                else if (fp8 && IsFp8Weight(block.ExpertWeight(stacked[0], FfnProjection.Gate)))
                 {
                     string gate = DequantStacked(stackName + "gate_proj.weight", Experts(FfnProjection.Gate), se, mi, h);
                     string up = DequantStacked(stackName + "up_proj.weight", Experts(FfnProjection.Up), se, mi, h);
@@ -359,9 +370,11 @@ public sealed class OnnxDecoderBuilder
                 }
                 else
                 {
+                    // fp8 export of experts the official layout keeps in another block format (DeepSeek-V4's FP4): their
+                    // exact values as float32.
                     moeInputs.Add(Init(stackName + "fc1.weight", DataType.Float, [se, 2 * mi, h], InitializerSource.StackedFc1Float32,
-                        [.. Experts(FfnProjection.Gate), .. Experts(FfnProjection.Up)]));
-                    moeInputs.Add(Init(stackName + "fc2.weight", DataType.Float, [se, h, mi], InitializerSource.StackedFloat32, Experts(FfnProjection.Down)));
+                        [.. Experts(FfnProjection.Gate), .. Experts(FfnProjection.Up)], official: fp8));
+                    moeInputs.Add(Init(stackName + "fc2.weight", DataType.Float, [se, h, mi], InitializerSource.StackedFloat32, Experts(FfnProjection.Down), official: fp8));
                 }
                 if (local != null)
                 {
