@@ -80,11 +80,11 @@ internal sealed class DeepseekV4OnnxFamily : IOnnxDecoderFamily, IOnnxResidualSt
         var c = C;
         long h = c.HiddenSize, nh = c.NumAttentionHeads, hd = c.HeadDim;
         var att = c.AttentionOf(layer);
-        var kind = _shape.FullAttention ? F.Kind.Full : att.Kind switch
+        var kind = _shape.FullAttention ? F.V4OnnxAttention.Full : att.Kind switch
         {
-            V4AttentionKind.Sliding => F.Kind.Sliding,
-            V4AttentionKind.Hca => F.Kind.Hca,
-            _ => F.Kind.Csa,
+            V4AttentionKind.Sliding => F.V4OnnxAttention.Sliding,
+            V4AttentionKind.Hca => F.V4OnnxAttention.Hca,
+            _ => F.V4OnnxAttention.Csa,
         };
         string a = _arch.Prefix(layer) + "attn.";
         bool masked = b.AttentionMaskInput != null;
@@ -99,15 +99,15 @@ internal sealed class DeepseekV4OnnxFamily : IOnnxDecoderFamily, IOnnxResidualSt
         inputs.AddRange(b.FloatProj(a + "wo_a.weight", (long)c.OGroups * c.OLoraRank, nh * hd / c.OGroups, mask));
         inputs.AddRange(b.Proj(a + "wo_b.weight", h, (long)c.OGroups * c.OLoraRank, mask));
         inputs.Add(b.Plain(a + "attn_sink", nh));
-        if (kind is F.Kind.Hca or F.Kind.Csa)
+        if (kind is F.V4OnnxAttention.Hca or F.V4OnnxAttention.Csa)
         {
-            long width = kind == F.Kind.Csa ? 2 * hd : hd;
+            long width = kind == F.V4OnnxAttention.Csa ? 2 * hd : hd;
             inputs.AddRange(b.Proj(a + "compressor.wkv.weight", width, h, mask));
             inputs.AddRange(b.Proj(a + "compressor.wgate.weight", width, h, mask));
             inputs.Add(b.Plain(a + "compressor.ape", att.Ratio, width));
             inputs.Add(b.Plain(a + "compressor.norm.weight", hd));
         }
-        if (kind == F.Kind.Csa)
+        if (kind == F.V4OnnxAttention.Csa)
         {
             long ih = c.IndexHeadDim;
             inputs.AddRange(b.Proj(a + "indexer.wq_b.weight", (long)c.IndexNHeads * ih, c.QLoraRank, mask));
@@ -117,12 +117,12 @@ internal sealed class DeepseekV4OnnxFamily : IOnnxDecoderFamily, IOnnxResidualSt
             inputs.Add(b.Plain(a + "indexer.compressor.ape", att.Ratio, 2 * ih));
             inputs.Add(b.Plain(a + "indexer.compressor.norm.weight", ih));
         }
-        string baseName = kind switch { F.Kind.Sliding => F.SlidingName, F.Kind.Hca => F.HcaName, F.Kind.Csa => F.CsaName, _ => F.FullName };
-        int ratio = kind is F.Kind.Hca or F.Kind.Csa ? att.Ratio : 0;
+        string baseName = kind switch { F.V4OnnxAttention.Sliding => F.SlidingName, F.V4OnnxAttention.Hca => F.HcaName, F.V4OnnxAttention.Csa => F.CsaName, _ => F.FullName };
+        int ratio = kind is F.V4OnnxAttention.Hca or F.V4OnnxAttention.Csa ? att.Ratio : 0;
         string fn = b.Function(baseName, mask.ToArray(), (n, m) => F.Attention(b.Model, _shape, kind, ratio, masked, n, b.Int4, m),
             $"{_shape.Signature}/{kind}/{ratio}/{masked}");
         string y = b.Graph.Fresh($"layer{layer}.attn");
-        if (kind == F.Kind.Csa)
+        if (kind == F.V4OnnxAttention.Csa)
             b.Graph.OpNamed(fn, inputs, [y, b.ReserveSelection(layer)], OnnxDecoderNames.Domain);
         else
             b.Graph.OpNamed(fn, inputs, [y], OnnxDecoderNames.Domain);

@@ -147,7 +147,7 @@ internal static class DeepseekV4OnnxFunctions
     }
 
     /// <summary>The kind of attention a function computes.</summary>
-    public enum Kind { Sliding, Hca, Csa, Full }
+    public enum V4OnnxAttention { Sliding, Hca, Csa, Full }
 
     /// <summary>
     /// One layer's attention. Inputs: x [b, s, D] (the normed collapsed streams), position_ids [b, s], attention_mask
@@ -156,14 +156,14 @@ internal static class DeepseekV4OnnxFunctions
     /// compressor's wkv, wgate, ape, norm. Outputs: y [b, s, D]; CSA also the indexer's selection [b, s, k] (int64, -1 where
     /// the pick is not attendable).
     /// </summary>
-    public static void Attention(OnnxModelBuilder model, V4OnnxShape c, Kind kind, int ratio, bool masked, string name, Int4Scheme? scheme, bool[]? int4)
+    public static void Attention(OnnxModelBuilder model, V4OnnxShape c, V4OnnxAttention kind, int ratio, bool masked, string name, Int4Scheme? scheme, bool[]? int4)
     {
         var f = model.Function(OnnxDecoderNames.Domain, name);
         f.DocString = kind switch
         {
-            Kind.Sliding => $"DeepSeek-V4 sliding-window attention (window {c.Window}), shared K=V head, sinks",
-            Kind.Hca => $"DeepSeek-V4 heavily compressed attention (windows of {ratio}) plus the sliding window",
-            Kind.Csa => $"DeepSeek-V4 compressed sparse attention (overlapping windows of {ratio}, indexer top-{c.IndexTopK}) plus the sliding window",
+            V4OnnxAttention.Sliding => $"DeepSeek-V4 sliding-window attention (window {c.Window}), shared K=V head, sinks",
+            V4OnnxAttention.Hca => $"DeepSeek-V4 heavily compressed attention (windows of {ratio}) plus the sliding window",
+            V4OnnxAttention.Csa => $"DeepSeek-V4 compressed sparse attention (overlapping windows of {ratio}, indexer top-{c.IndexTopK}) plus the sliding window",
             _ => "DeepSeek-V4 layer with full causal attention (benchmark baseline)",
         };
         int slot = 0;
@@ -182,16 +182,16 @@ internal static class DeepseekV4OnnxFunctions
         string sinks = f.Input("sinks");
         Proj? cKv = null, cGate = null, iq = null, iw = null, icKv = null, icGate = null;
         string? cApe = null, cNorm = null, icApe = null, icNorm = null;
-        bool overlap = kind == Kind.Csa;
+        bool overlap = kind == V4OnnxAttention.Csa;
         long cw = overlap ? 2 * hd : hd;
-        if (kind is Kind.Hca or Kind.Csa)
+        if (kind is V4OnnxAttention.Hca or V4OnnxAttention.Csa)
         {
             cKv = Proj.In(f, "compressor_wkv", Q(slot++), scheme, cw, d);
             cGate = Proj.In(f, "compressor_wgate", Q(slot++), scheme, cw, d);
             cApe = f.Input("compressor_ape");
             cNorm = f.Input("compressor_norm");
         }
-        if (kind == Kind.Csa)
+        if (kind == V4OnnxAttention.Csa)
         {
             long ih = c.IndexHeadDim;
             iq = Proj.In(f, "indexer_wq_b", Q(slot++), scheme, c.IndexHeads * ih, c.QLoraRank);
@@ -204,7 +204,7 @@ internal static class DeepseekV4OnnxFunctions
 
         string bs = f.Shape(x, 0, 2), batch = f.Shape(x, 0, 1), seq = f.Shape(x, 1, 2);
         string x2 = f.Reshape(x, -1, d);
-        float[] inv = kind == Kind.Sliding ? c.MainInvFreq : c.CompressInvFreq;
+        float[] inv = kind == V4OnnxAttention.Sliding ? c.MainInvFreq : c.CompressInvFreq;
         var (cos, sin) = Angles(f, pos, inv);                                                          // [b, s, rd / 2]
         string cosH = f.Unsqueeze(cos, 1), sinH = f.Unsqueeze(sin, 1);                                 // [b, 1, s, rd / 2]
 
@@ -222,7 +222,7 @@ internal static class DeepseekV4OnnxFunctions
             : f.Op("ConstantOfShape", [bs], Tensor("value", OnnxTensors.Int64("", [1], 1L)));      // [b, s]
 
         string attn;
-        if (kind == Kind.Full)
+        if (kind == V4OnnxAttention.Full)
         {
             // Every earlier token: [b, nh, s, s] logits, causal, key padding; the sink column as in every layer.
             string logits = f.Mul(f.Op("MatMul", [q, f.Transpose(f.Unsqueeze(kv, 1), 0, 1, 3, 2)]), scale);
@@ -265,11 +265,11 @@ internal static class DeepseekV4OnnxFunctions
 
             string? lc = null, entries = null, gathered = null;
             string? selection = null;
-            if (kind != Kind.Sliding)
+            if (kind != V4OnnxAttention.Sliding)
             {
                 string threshold = f.Op("Div", [f.Add(pos, f.ScalarInt64(1)), f.ScalarInt64(ratio)]);  // [b, s]
                 entries = Compressor(f, x2, bs, batch, seq, cKv!, cGate!, cApe!, cNorm!, ratio, hd, rd, overlap, c, out string count);
-                if (kind == Kind.Hca)
+                if (kind == V4OnnxAttention.Hca)
                 {
                     string l = f.Mul(f.Op("MatMul", [q, f.Transpose(f.Unsqueeze(entries, 1), 0, 1, 3, 2)]), scale); // [b, nh, s, n + 1]
                     string vis = Visible(f, entries, threshold, count);                               // [b, s, n + 1]
@@ -300,7 +300,7 @@ internal static class DeepseekV4OnnxFunctions
             if (lc != null)
             {
                 string pc = Slice(f, p, f.ConstInt64(2 * w), f.ConstInt64(-1), -1);
-                string oc = kind == Kind.Hca
+                string oc = kind == V4OnnxAttention.Hca
                     ? f.Op("MatMul", [pc, f.Unsqueeze(entries!, 1)])
                     : f.Transpose(f.Op("MatMul", [f.Transpose(pc, 0, 2, 1, 3), gathered!]), 0, 2, 1, 3);
                 attn = f.Add(attn, oc);
