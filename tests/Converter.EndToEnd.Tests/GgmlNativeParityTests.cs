@@ -55,6 +55,7 @@ public sealed unsafe class GgmlNativeParityTests
     [InlineData(GgmlType.Q4_K, "q4_K")]
     [InlineData(GgmlType.Q5_K, "q5_K")]
     [InlineData(GgmlType.Q6_K, "q6_K")]
+    [InlineData(GgmlType.MXFP4, "mxfp4")]
     public void QuantizeAndDequantizeEqualGgmlItself(GgmlType type, string name)
     {
         File.Exists(LibraryPath).Should().BeTrue("tests/interop needs its packages: run `npm ci` there (.ci/run does)");
@@ -81,6 +82,41 @@ public sealed unsafe class GgmlNativeParityTests
                 dequantize(py, pd, x.Length);
             GgmlQuantizer.Dequantize(type, expected, decoded);
             MemoryMarshal.Cast<float, int>(decoded).SequenceEqual(MemoryMarshal.Cast<float, int>(decodedByGgml)).Should().BeTrue($"{type} decode");
+        }
+        finally
+        {
+            NativeLibrary.Free(lib);
+        }
+    }
+
+    /// <summary>FP4 e2m1 + E8M0 rows repacked into MXFP4 decode, in ggml's own decoder, to exactly e2m1 x 2^(e-127).</summary>
+    [Fact]
+    public void RepackedFp4DecodesInGgmlToTheFp4Values()
+    {
+        File.Exists(LibraryPath).Should().BeTrue("tests/interop needs its packages: run `npm ci` there (.ci/run does)");
+        nint lib = NativeLibrary.Load(LibraryPath);
+        try
+        {
+            var dequantize = (delegate* unmanaged<byte*, float*, long, void>)NativeLibrary.GetExport(lib, "dequantize_row_mxfp4");
+            var rng = new Random(7);
+            const int rows = 64, cols = 256;
+            var packed = new byte[rows * cols / 2];
+            var scales = new byte[rows * cols / 32];
+            rng.NextBytes(packed);
+            for (int i = 0; i < scales.Length; i++) scales[i] = (byte)rng.Next(0, 251); // every E8M0 whose products stay finite in float32
+            var blocks = new byte[scales.Length * Mxfp4.BlockBytes];
+            Mxfp4.Repack(packed, scales, cols, blocks);
+            var got = new float[rows * cols];
+            fixed (byte* pb = blocks)
+            fixed (float* pg = got)
+                dequantize(pb, pg, got.Length);
+            double[] e2m1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6];
+            for (int i = 0; i < got.Length; i++)
+            {
+                int code = i % 2 == 0 ? packed[i / 2] & 15 : packed[i / 2] >> 4;
+                double want = e2m1[code] * Math.Pow(2, scales[i / 32] - 127);
+                if ((double)got[i] != want) Assert.Fail($"element {i}: code {code}, scale {scales[i / 32]}: ggml {got[i]:R}, want {want:R}");
+            }
         }
         finally
         {
