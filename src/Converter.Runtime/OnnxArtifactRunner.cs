@@ -44,7 +44,7 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     private readonly string _modelPath;
     private OnnxRunnerOptions _options;
     private readonly ModelProto _proto;
-    private readonly string[] _hiddenNames, _routingNames;
+    private readonly string[] _hiddenNames, _routingNames, _residualNames, _selectionNames;
     private InferenceSession? _plain, _diagnostic;
     // A KV-cache decoder: its layers' cache width; full-sequence runs feed it empty past tensors.
     private readonly (int Layers, int Heads, int HeadSize)? _cache;
@@ -69,6 +69,8 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         }
         _hiddenNames = (Metadata(HiddenStatesKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
         _routingNames = (Metadata(RoutingKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        _residualNames = (Metadata(OnnxDecoderNames.ResidualStatesKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        _selectionNames = (Metadata(OnnxDecoderNames.SelectionsKey) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries);
         // A rank model's peer-sum inputs have zeros initializers as defaults, which ORT warns about in every session.
         if (!string.IsNullOrEmpty(Metadata(OnnxDecoderNames.RankKey))) _options = _options with { ErrorsOnly = true };
         if (Metadata(OnnxDecoderNames.KvCacheKey) is { Length: > 0 } kv)
@@ -113,7 +115,7 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
     private InferenceSession DiagnosticSession()
     {
         if (_diagnostic != null) return _diagnostic;
-        var wanted = _hiddenNames.Concat(_routingNames).ToList();
+        var wanted = _hiddenNames.Concat(_routingNames).Concat(_residualNames).Concat(_selectionNames).Distinct().ToList();
         if (wanted.Count == 0) throw new NotSupportedException($"{_modelPath}: the model lists no hidden-state or routing values in its metadata");
         var existing = new HashSet<string>(_proto.Graph.Output.Select(o => o.Name), StringComparer.Ordinal);
         if (wanted.All(existing.Contains)) return _diagnostic = _plain!;
@@ -140,7 +142,7 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         // Logits step by step through the cache; hidden states and routing (if asked) from one full-sequence run.
         var logits = RunDecode(tokens, batch, seq, Math.Min(prefill, seq));
         var full = hiddenStates || routing ? Run(tokens, batch, seq, hiddenStates, routing, null, null, out _) : null;
-        return new ArtifactOutputs(logits, full?.HiddenStates, full?.RoutingTopK);
+        return new ArtifactOutputs(logits, full?.HiddenStates, full?.RoutingTopK) { ResidualStates = full?.ResidualStates, Selections = full?.Selections };
     }
 
     /// <summary>The model's metadata value for <paramref name="key"/>, or null.</summary>
@@ -161,7 +163,9 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         var inputs = Inputs(session, tokens, batch, seq, extraInputs);
         var outputNames = new List<string> { "logits" };
         if (hiddenStates) outputNames.AddRange(_hiddenNames);
+        if (hiddenStates) outputNames.AddRange(_residualNames.Where(n => !outputNames.Contains(n)));
         if (routing) outputNames.AddRange(_routingNames);
+        if (routing) outputNames.AddRange(_selectionNames);
         if (extraOutputs != null) outputNames.AddRange(extraOutputs.Where(n => !outputNames.Contains(n)));
         using var results = session.Run(inputs, outputNames);
         var byName = results.ToDictionary(r => r.Name, r => r);
@@ -170,18 +174,14 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
         if (extraOutputs != null)
             foreach (var name in extraOutputs) extra[name] = byName[name].AsTensor<float>().ToArray();
 
-        float[][]? hidden = null;
-        if (hiddenStates)
+        float[] Sequence0(string name)
         {
-            hidden = new float[_hiddenNames.Length][];
-            for (int i = 0; i < hidden.Length; i++)
-            {
-                var t = byName[_hiddenNames[i]].AsTensor<float>();
-                int per = (int)(t.Length / batch);
-                var all = t.ToArray();
-                hidden[i] = all.AsSpan(0, per).ToArray(); // sequence 0 only
-            }
+            var t = byName[name].AsTensor<float>();
+            int per = (int)(t.Length / batch);
+            return t.ToArray().AsSpan(0, per).ToArray(); // sequence 0 only
         }
+        float[][]? hidden = hiddenStates ? Array.ConvertAll(_hiddenNames, Sequence0) : null;
+        float[][]? residual = hiddenStates && _residualNames.Length > 0 ? Array.ConvertAll(_residualNames, Sequence0) : null;
         int[][]? route = null;
         if (routing)
         {
@@ -192,7 +192,10 @@ public sealed class OnnxArtifactRunner : IArtifactRunner
                 route[i] = Array.ConvertAll(t, x => checked((int)x));
             }
         }
-        return new ArtifactOutputs(logits, hidden, route);
+        int[][]? selections = null;
+        if (routing && _selectionNames.Length > 0)
+            selections = Array.ConvertAll(_selectionNames, n => Array.ConvertAll(byName[n].AsTensor<long>().ToArray(), x => checked((int)x)));
+        return new ArtifactOutputs(logits, hidden, route) { ResidualStates = residual, Selections = selections };
     }
 
     /// <summary>

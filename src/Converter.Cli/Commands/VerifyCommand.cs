@@ -30,6 +30,8 @@ public static class VerifyCommand
         ("--kl-max", "upper bound on the largest KL", (t, v) => t with { KlMax = v }),
         ("--ppl-ratio", "upper bound on exp(nll_mean - golden_nll_mean)", (t, v) => t with { PplRatio = v }),
         ("--routing-agreement", "lower bound on routing agreement over stable positions", (t, v) => t with { RoutingAgreement = v }),
+        ("--selection-agreement", "lower bound on sparse-attention selection agreement (the lightning indexer's picks) over stable positions",
+            (t, v) => t with { SelectionAgreement = v }),
     ];
 
     public static Command Create(ArtifactRunnerFactory? factory = null)
@@ -42,7 +44,7 @@ public static class VerifyCommand
         };
         var golden = new Option<string>("--golden") { Description = "golden eval.safetensors", Required = true };
         var json = new Option<bool>("--json") { Description = "print exactly one JSON object instead of the table" };
-        var layers = new Option<bool>("--layers") { Description = "compare sequence 0's per-layer hidden states" };
+        var layers = new Option<bool>("--layers") { Description = "compare sequence 0's per-layer hidden states (or residual streams)" };
         var threads = new Option<string?>("--threads") { Description = "runtime threads (default: the runtime's choice)" };
         var ep = new Option<string>("--execution-provider") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var preset = new Option<string?>("--format-preset")
@@ -61,12 +63,16 @@ public static class VerifyCommand
         };
         var model = new Option<string?>("--model") { Description = "model folder (config.json) to check the golden against" };
         var stableMargin = new Option<string?>("--stable-margin") { Description = "routing margin below which a position is unstable (default 1e-4)" };
+        var selectionMargin = new Option<string?>("--selection-margin")
+        {
+            Description = "sparse-attention selection (indexer) margin below which a position is unstable (default 1e-5)",
+        };
         var layerThreshold = new Option<string?>("--layer-threshold") { Description = "relative error that marks a layer as diverging (default 1e-3)" };
         var limitOptions = LimitFlags.Select(f => new Option<string?>(f.Name) { Description = f.Help + "; a number, or 'none' to drop the preset's limit" }).ToArray();
 
         var cmd = new Command("verify", "Run an artifact on golden tokens and compare its logits, routing and hidden states with the golden");
         cmd.Arguments.Add(artifact);
-        foreach (var o in new Option[] { golden, json, layers, threads, ep, preset, kvCache, interopDir, decode, model, stableMargin, layerThreshold }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { golden, json, layers, threads, ep, preset, kvCache, interopDir, decode, model, stableMargin, selectionMargin, layerThreshold }) cmd.Options.Add(o);
         foreach (var o in limitOptions) cmd.Options.Add(o);
 
         cmd.Action = new VerifyAction(pr =>
@@ -91,6 +97,7 @@ public static class VerifyCommand
                     }
                 if (overridden) tol = tol with { Preset = tol.Preset + "+overrides" };
                 if (pr.GetValue(stableMargin) is { } sm) tol = tol with { StableMarginThreshold = ParseNumber("--stable-margin", sm) };
+                if (pr.GetValue(selectionMargin) is { } sm2) tol = tol with { SelectionMarginThreshold = ParseNumber("--selection-margin", sm2) };
                 if (pr.GetValue(layerThreshold) is { } lt) tol = tol with { LayerRelativeErrorThreshold = ParseNumber("--layer-threshold", lt) };
                 int nThreads = pr.GetValue(threads) is { } th ? ParseThreads(th) : 0;
                 string provider = pr.GetValue(ep)!.ToLowerInvariant();
@@ -125,8 +132,8 @@ public static class VerifyCommand
             }
 
             if (pr.GetValue(layers) && report.Layers == null)
-                error.WriteLine(goldenSet.HiddenStates == null
-                    ? $"note: {goldenSet.Path} has no '{GoldenSet.HiddenStatesName}'; no layer diagnostics"
+                error.WriteLine(goldenSet.HiddenStates == null && goldenSet.ResidualStates == null
+                    ? $"note: {goldenSet.Path} has no '{GoldenSet.HiddenStatesName}' or '{GoldenSet.ResidualStatesName}'; no layer diagnostics"
                     : "note: the runner returned no hidden states; no layer diagnostics");
             if (pr.GetValue(json))
                 output.WriteLine(VerificationReportWriter.ToJson(report));

@@ -19,6 +19,15 @@ public sealed record MoeBlock(int Layer, string Router, string? RouterBias, Func
 {
     public int Experts => Routing.Experts;
     public int TopK => Routing.TopK;
+
+    /// <summary>A <see cref="RoutingRule.Hashed"/> layer's table [vocab, k] of expert ids per token id (integer tensor).</summary>
+    public string? HashTable { get; init; }
+
+    /// <summary>Clamped SwiGLU of the routed experts: <c>silu(min(gate, L)) * clamp(up, -L, L)</c>; null: plain SwiGLU.</summary>
+    public double? SwigluLimit { get; init; }
+
+    /// <summary>The same clamp for the shared experts; null: plain SwiGLU.</summary>
+    public double? SharedSwigluLimit { get; init; }
 }
 
 /// <summary>The tensors every decoder-only family has around its layers.</summary>

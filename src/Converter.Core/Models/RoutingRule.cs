@@ -25,9 +25,10 @@ public enum GroupScoring
 /// calibration's routing weights and the tests' reference forward. Selection: scores from the logits, plus the
 /// selection bias where the model has one (for selection only); with groups active, only the best
 /// <see cref="TopkGroups"/> groups (scored by <see cref="GroupScore"/>) stay eligible; then the top
-/// <see cref="TopK"/>, lowest index first among equals (as ONNX TopK). Weights: the unbiased scores of the selected
-/// experts, divided by their sum (+ <see cref="NormalizeEpsilon"/>) when <see cref="NormalizeTopK"/>, times
-/// <see cref="Scale"/>.
+/// <see cref="TopK"/>, lowest index first among equals (as ONNX TopK). <see cref="Hashed"/> layers skip the selection:
+/// their experts come from a per-token table (DeepSeek-V4's <c>tid2eid[input_id]</c>, <see cref="MoeBlock.HashTable"/>).
+/// Weights: the unbiased scores of the selected experts, divided by their sum (+ <see cref="NormalizeEpsilon"/>) when
+/// <see cref="NormalizeTopK"/>, times <see cref="Scale"/>.
 /// </summary>
 public sealed record RoutingRule(
     int Experts,
@@ -39,7 +40,8 @@ public sealed record RoutingRule(
     GroupScoring GroupScore = GroupScoring.TopTwoSum,
     bool NormalizeTopK = false,
     double NormalizeEpsilon = 0,
-    double Scale = 1)
+    double Scale = 1,
+    bool Hashed = false)
 {
     /// <summary>True where the group stage can exclude an expert (more than one group, fewer of them kept).</summary>
     public bool GroupingActive => Groups > 1 && TopkGroups < Groups;
@@ -74,6 +76,7 @@ public sealed record RoutingRule(
     public double Select(ReadOnlySpan<double> logits, ReadOnlySpan<double> bias, Span<int> selected, Span<double> weights)
     {
         if (logits.Length != Experts) throw new ArgumentException($"{logits.Length} router logits, expected {Experts}");
+        if (Hashed) throw new InvalidOperationException("a hashed layer's experts come from its table: use Weigh with the token's row");
         var scores = new double[Experts];
         Scores(logits, scores);
         var choice = new double[Experts];
@@ -115,6 +118,21 @@ public sealed record RoutingRule(
         double f = (NormalizeTopK ? 1 / (sum + NormalizeEpsilon) : 1) * Scale;
         for (int j = 0; j < TopK; j++) weights[j] *= f;
         return margin;
+    }
+
+    /// <summary>
+    /// The mixing weights of given experts (a hashed layer's table row, best-first order irrelevant), in float64: their
+    /// unbiased scores, normalised and scaled as <see cref="Select"/> does.
+    /// </summary>
+    public void Weigh(ReadOnlySpan<double> logits, ReadOnlySpan<int> selected, Span<double> weights)
+    {
+        if (logits.Length != Experts) throw new ArgumentException($"{logits.Length} router logits, expected {Experts}");
+        var scores = new double[Experts];
+        Scores(logits, scores);
+        double sum = 0;
+        for (int j = 0; j < selected.Length; j++) sum += weights[j] = scores[selected[j]];
+        double f = (NormalizeTopK ? 1 / (sum + NormalizeEpsilon) : 1) * Scale;
+        for (int j = 0; j < selected.Length; j++) weights[j] *= f;
     }
 
     /// <summary>Indices of the k largest values, best first, lowest index first among equals; the gap k-th to (k+1)-th.</summary>

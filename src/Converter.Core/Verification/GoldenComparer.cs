@@ -15,7 +15,7 @@ public static class GoldenComparer
     {
         golden.CheckOutputs(outputs, artifact ?? "artifact");
         int b = golden.Batch, s = golden.Seq, v = golden.Vocab, n = golden.Positions;
-        var stable = golden.StableMask(tolerances.StableMarginThreshold);
+        var stable = golden.StableMask(tolerances.StableMarginThreshold, tolerances.SelectionMarginThreshold);
 
         // Per-position results, filled in parallel; the reductions below are sequential and cheap (n << n*v).
         var results = new PositionResult[n];
@@ -70,6 +70,7 @@ public static class GoldenComparer
         int nllCount = b * (s - 1), unstableCount = n - stableCount;
         double nllMean = nllSum / nllCount, goldenNllMean = goldenNllSum / nllCount;
         var (routing, routingUnstable) = RoutingAgreement(golden, outputs.RoutingTopK, stable);
+        var (selection, selectionUnstable) = SelectionAgreement(golden, outputs.Selections, stable);
 
         var report = new VerificationReport
         {
@@ -87,6 +88,8 @@ public static class GoldenComparer
             GoldenNllMean = goldenNllMean,
             PplRatio = Math.Exp(nllMean - goldenNllMean),
             RoutingAgreement = routing,
+            SelectionAgreement = selection,
+            GoldenHasSelections = golden.HasSelections,
             Passed = false,
             Unstable = new UnstableSummary(unstableCount,
                 unstableCount > 0 ? uMaxD : double.NaN,
@@ -94,7 +97,7 @@ public static class GoldenComparer
                 unstableCount > 0 ? (double)unstableTop1 / unstableCount : double.NaN,
                 unstableCount > 0 ? uKlMax : double.NaN,
                 routingUnstable,
-                WorstUnstable(golden, results, stable)),
+                WorstUnstable(golden, results, stable)) { SelectionAgreement = selectionUnstable },
             Checks = [],
             NonFiniteLogits = nonFinite,
             Preset = tolerances.Preset,
@@ -103,6 +106,13 @@ public static class GoldenComparer
         };
         if (outputs.HiddenStates != null && golden.HiddenStates != null)
             report = report with { Layers = LayerDiagnostics.Compare(golden, outputs.HiddenStates, stable, tolerances.LayerRelativeErrorThreshold) };
+        else if (outputs.ResidualStates != null && golden.ResidualStates != null)
+            report = report with
+            {
+                // the final norm's output is the last hidden state the artifact lists
+                Layers = LayerDiagnostics.CompareStreams(golden, outputs.ResidualStates, outputs.HiddenStates is { Length: > 0 } hs ? hs[^1] : null,
+                    stable, tolerances.LayerRelativeErrorThreshold),
+            };
         var checks = Judge(report, tolerances);
         bool passed = nonFinite == 0;
         foreach (var c in checks) passed &= c.Passed;
@@ -131,6 +141,15 @@ public static class GoldenComparer
             else
                 checks.Add(new LimitCheck("routing_agreement", ">=", ra, null, true, 0,
                     "not checked: the artifact or the golden has no routing data"));
+        }
+        // Only where the golden selects (DeepSeek-V4's indexer): other families' reports keep their checks.
+        if (t.SelectionAgreement is double sa && r.GoldenHasSelections)
+        {
+            if (r.SelectionAgreement is double actual)
+                AtLeast(checks, "selection_agreement", actual, sa);
+            else
+                checks.Add(new LimitCheck("selection_agreement", ">=", sa, null, true, 0,
+                    "not checked: the artifact returns no sparse-attention selections"));
         }
         return checks;
     }
@@ -165,6 +184,39 @@ public static class GoldenComparer
             for (int p = 0; p < n; p++)
             {
                 bool same = SameSet(gl.Slice(p * k, k), al.AsSpan(p * k, k));
+                if (stable[p]) { totalS++; if (same) agreeS++; }
+                else { totalU++; if (same) agreeU++; }
+            }
+        }
+        return (totalS > 0 ? (double)agreeS / totalS : double.NaN, totalU > 0 ? (double)agreeU / totalU : null);
+    }
+
+    /// <summary>
+    /// Share of (selecting layer, position) pairs whose attendable selected entries (ids &gt;= 0, as a set) equal the
+    /// golden's, over stable and over unstable positions; nulls when either side has no selections. The artifact may
+    /// return more picks a position than the golden (its k counts a padding entry): only the attendable ones compare.
+    /// </summary>
+    public static (double? Stable, double? Unstable) SelectionAgreement(GoldenSet golden, int[][]? artifact, bool[] stable)
+    {
+        if (artifact == null || golden.SelectionTopK == null) return (null, null);
+        int n = golden.Positions, k = golden.SelectionK;
+        long agreeS = 0, totalS = 0, agreeU = 0, totalU = 0;
+        var want = new List<int>();
+        var have = new List<int>();
+        for (int m = 0; m < golden.SelectionLayers; m++)
+        {
+            var gl = golden.SelectionTopK.AsSpan(m * n * k, n * k);
+            var al = artifact[m];
+            int ak = al.Length / n;
+            for (int p = 0; p < n; p++)
+            {
+                want.Clear();
+                have.Clear();
+                foreach (var x in gl.Slice(p * k, k)) if (x >= 0) want.Add(x);
+                foreach (var x in al.AsSpan(p * ak, ak)) if (x >= 0) have.Add(x);
+                want.Sort();
+                have.Sort();
+                bool same = want.SequenceEqual(have);
                 if (stable[p]) { totalS++; if (same) agreeS++; }
                 else { totalU++; if (same) agreeU++; }
             }
@@ -209,7 +261,7 @@ public static class GoldenComparer
             if (stable[p]) continue;
             var r = results[p];
             list.Add(new PositionDiff(p / golden.Seq, p % golden.Seq, golden.MinMargin(p), r.MaxAbsDiff, r.Kl,
-                r.ArtifactTop1 == r.GoldenTop1, r.GoldenTop1, r.ArtifactTop1));
+                r.ArtifactTop1 == r.GoldenTop1, r.GoldenTop1, r.ArtifactTop1) { MinSelectionMargin = golden.MinSelectionMargin(p) });
         }
         // NaN rows first: they are the worst.
         list.Sort((x, y) => double.IsNaN(x.MaxAbsLogitDiff) ? (double.IsNaN(y.MaxAbsLogitDiff) ? 0 : -1)

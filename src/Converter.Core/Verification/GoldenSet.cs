@@ -16,6 +16,15 @@ public sealed class GoldenSet
     public const string HiddenStatesName = "hidden_states_seq0";
     public const string RouteTopKName = "route_topk_idx";
     public const string RouteMarginName = "route_margin";
+    /// <summary>Residual streams of sequence 0 [entries, positions, streams, hidden]: the expanded embedding, then every
+    /// layer's output (DeepSeek-V4's hyper-connection streams; the first positions of the sequence only).</summary>
+    public const string ResidualStatesName = "hc_states_seq0";
+    /// <summary>Sequence 0's hidden state after the head's collapse and the final norm [positions, hidden].</summary>
+    public const string FinalHiddenName = "final_hidden_seq0";
+    /// <summary>Sparse-attention selections [selecting layers, batch, seq, k] (DeepSeek-V4's lightning indexer; -1 = not
+    /// attendable), their margins [selecting layers, batch, seq] (k-th minus (k+1)-th score; +inf where every attendable
+    /// entry is selected) and the layers that select.</summary>
+    public const string SelectionTopKName = "indexer_topk_idx", SelectionMarginName = "indexer_margin", SelectionLayersName = "indexer_layers";
 
     public string Path { get; }
     public int Batch { get; }
@@ -42,6 +51,23 @@ public sealed class GoldenSet
     public int TopK { get; }
 
     public bool HasRouting => RouteTopK != null;
+
+    /// <summary>[entries, positions, width] of sequence 0 (width = streams x hidden), or null (see <see cref="ResidualStatesName"/>).</summary>
+    public float[]? ResidualStates { get; private set; }
+    public int ResidualStateCount { get; private set; }
+    public int ResidualPositions { get; private set; }
+    public int ResidualWidth { get; private set; }
+    /// <summary>[positions, hidden] of sequence 0 after the final norm, or null (<see cref="FinalHiddenName"/>).</summary>
+    public float[]? FinalHidden { get; private set; }
+    public int FinalHiddenPositions { get; private set; }
+
+    /// <summary>[selecting layers, batch, seq, k] selected key entries (-1: none), or null (<see cref="SelectionTopKName"/>).</summary>
+    public int[]? SelectionTopK { get; private set; }
+    /// <summary>[selecting layers, batch, seq] selection margins, or null.</summary>
+    public float[]? SelectionMargin { get; private set; }
+    public int SelectionLayers { get; private set; }
+    public int SelectionK { get; private set; }
+    public bool HasSelections => SelectionTopK != null;
     public int Positions => Batch * Seq;
 
     private GoldenSet(string path, int batch, int seq, int vocab, int[] tokens, float[] logits, float[] nll,
@@ -150,7 +176,48 @@ public sealed class GoldenSet
             margin = ReadFloat(f, mInfo);
         }
 
-        return new GoldenSet(path, batch, seq, vocab, tokens, logits, nll, hidden, hiddenCount, hiddenSize, topk, margin, moeLayers, k);
+        var g = new GoldenSet(path, batch, seq, vocab, tokens, logits, nll, hidden, hiddenCount, hiddenSize, topk, margin, moeLayers, k);
+        return LoadStreamsAndSelections(f, g, tokInfo);
+    }
+
+    /// <summary>The optional residual streams, final hidden state and sparse-attention selections (DeepSeek-V4's goldens).</summary>
+    private static GoldenSet LoadStreamsAndSelections(SafetensorsFile f, GoldenSet g, TensorInfo tokInfo)
+    {
+        int batch = g.Batch, seq = g.Seq;
+        if (f.Contains(ResidualStatesName))
+        {
+            var info = Get(f, ResidualStatesName, 4, integer: false);
+            int count = Dim(info, 0), positions = Dim(info, 1);
+            if (count < 2 || positions < 1 || positions > seq)
+                throw Bad(f.Path, ResidualStatesName, $"has shape {info.ShapeText}, expected [layers + 1, positions <= {seq}, streams, hidden]");
+            (g.ResidualStates, g.ResidualStateCount, g.ResidualPositions, g.ResidualWidth) = (ReadFloat(f, info), count, positions, Dim(info, 2) * Dim(info, 3));
+        }
+        if (f.Contains(FinalHiddenName))
+        {
+            var info = Get(f, FinalHiddenName, 2, integer: false);
+            if (Dim(info, 0) < 1 || Dim(info, 0) > seq)
+                throw Bad(f.Path, FinalHiddenName, $"has shape {info.ShapeText}, expected [positions <= {seq}, hidden]");
+            (g.FinalHidden, g.FinalHiddenPositions) = (ReadFloat(f, info), Dim(info, 0));
+        }
+        bool hasIdx = f.Contains(SelectionTopKName), hasMargin = f.Contains(SelectionMarginName);
+        if (hasIdx != hasMargin)
+            throw Bad(f.Path, hasIdx ? SelectionMarginName : SelectionTopKName,
+                $"is missing while '{(hasIdx ? SelectionTopKName : SelectionMarginName)}' is present (selection data needs both)");
+        if (hasIdx)
+        {
+            var iInfo = Get(f, SelectionTopKName, 4, integer: true);
+            ExpectShape(iInfo, [-1, batch, seq, -1], $"[selecting layers, {batch}, {seq}, k] to match '{TokensName}' {tokInfo.ShapeText}");
+            int layers = Dim(iInfo, 0), k = Dim(iInfo, 3);
+            if (layers < 1 || k < 1) throw Bad(f.Path, SelectionTopKName, $"shape {iInfo.ShapeText} has no selections");
+            var mInfo = Get(f, SelectionMarginName, 3, integer: false);
+            ExpectShape(mInfo, [layers, batch, seq], $"[{layers}, {batch}, {seq}] to match '{SelectionTopKName}' {iInfo.ShapeText}");
+            var topk = ReadInt32(f, iInfo);
+            for (int i = 0; i < topk.Length; i++)
+                if (topk[i] < -1)
+                    throw Bad(f.Path, SelectionTopKName, $"element {i} is {topk[i]}; entries are ids or -1");
+            (g.SelectionTopK, g.SelectionMargin, g.SelectionLayers, g.SelectionK) = (topk, ReadFloat(f, mInfo), layers, k);
+        }
+        return g;
     }
 
     /// <summary>
@@ -168,6 +235,10 @@ public sealed class GoldenSet
             throw new InvalidDataException($"{Path}: tensor '{HiddenStatesName}' has hidden size {HiddenSize} but the model's hidden_size is {h}");
         if (HiddenStates != null && numLayers is int l && l + 1 != HiddenStateCount)
             throw new InvalidDataException($"{Path}: tensor '{HiddenStatesName}' has {HiddenStateCount} entries but the model has {l} layers (expected {l + 1})");
+        if (ResidualStates != null && numLayers is int rl && rl + 1 != ResidualStateCount)
+            throw new InvalidDataException($"{Path}: tensor '{ResidualStatesName}' has {ResidualStateCount} entries but the model has {rl} layers (expected {rl + 1})");
+        if (ResidualStates != null && hiddenSize is int rh && ResidualWidth % rh != 0)
+            throw new InvalidDataException($"{Path}: tensor '{ResidualStatesName}' holds {ResidualWidth} values a position, not whole streams of the model's hidden_size {rh}");
         if (HasRouting && moeLayers is int m && m != MoeLayers)
             throw new InvalidDataException($"{Path}: tensor '{RouteTopKName}' has {MoeLayers} MoE layers but the model has {m}");
         if (HasRouting && expertsPerToken is int e && e != TopK)
@@ -219,6 +290,7 @@ public sealed class GoldenSet
                 if (hs[i].Length != (long)Seq * HiddenSize)
                     throw new InvalidDataException($"{artifact}: hidden state {i} has {hs[i].Length} values, golden '{HiddenStatesName}' in {Path} has [{Seq}, {HiddenSize}]");
         }
+        CheckStreamsAndSelections(outputs, artifact);
         if (outputs.RoutingTopK is { } rt && HasRouting)
         {
             if (rt.Length != MoeLayers)
@@ -229,20 +301,56 @@ public sealed class GoldenSet
         }
     }
 
-    /// <summary>Per position (batch-major): true when every MoE layer's routing margin is at least <paramref name="threshold"/>.</summary>
-    public bool[] StableMask(double threshold)
+    /// <summary>Checks residual streams and selections an artifact returned against the golden's shapes.</summary>
+    private void CheckStreamsAndSelections(ArtifactOutputs outputs, string artifact)
+    {
+        if (outputs.ResidualStates is { } rs && ResidualStates != null)
+        {
+            if (rs.Length != ResidualStateCount)
+                throw new InvalidDataException($"{artifact}: returned {rs.Length} residual states, golden '{ResidualStatesName}' in {Path} has {ResidualStateCount}");
+            for (int i = 0; i < rs.Length; i++)
+                if (rs[i].Length < (long)ResidualPositions * ResidualWidth || rs[i].Length % ResidualWidth != 0)
+                    throw new InvalidDataException($"{artifact}: residual state {i} has {rs[i].Length} values, golden '{ResidualStatesName}' in {Path} has {ResidualWidth} a position for {ResidualPositions} positions");
+        }
+        if (outputs.Selections is { } sel && SelectionTopK != null)
+        {
+            if (sel.Length != SelectionLayers)
+                throw new InvalidDataException($"{artifact}: returned selections of {sel.Length} layers, golden '{SelectionTopKName}' in {Path} has {SelectionLayers}");
+            for (int i = 0; i < sel.Length; i++)
+                if (sel[i].Length == 0 || sel[i].Length % Positions != 0)
+                    throw new InvalidDataException($"{artifact}: selections of layer {i} have {sel[i].Length} ids, not a whole number per position of [{Batch}, {Seq}]");
+        }
+    }
+
+    /// <summary>Per position (batch-major): true when every MoE layer's routing margin is at least <paramref name="threshold"/>
+    /// and, with <paramref name="selectionThreshold"/>, every selecting layer's selection margin is at least that.</summary>
+    public bool[] StableMask(double threshold, double? selectionThreshold = null)
     {
         var stable = new bool[Positions];
         Array.Fill(stable, true);
-        if (RouteMargin == null) return stable;
         int n = Positions;
-        for (int m = 0; m < MoeLayers; m++)
+        void Apply(float[]? margins, int layers, double t)
         {
-            var row = RouteMargin.AsSpan(m * n, n);
-            for (int p = 0; p < n; p++)
-                if (!(row[p] >= threshold)) stable[p] = false; // NaN margins count as unstable
+            if (margins == null) return;
+            for (int m = 0; m < layers; m++)
+            {
+                var row = margins.AsSpan(m * n, n);
+                for (int p = 0; p < n; p++)
+                    if (!(row[p] >= t)) stable[p] = false; // NaN margins count as unstable
+            }
         }
+        Apply(RouteMargin, MoeLayers, threshold);
+        if (selectionThreshold is double st) Apply(SelectionMargin, SelectionLayers, st);
         return stable;
+    }
+
+    /// <summary>Smallest selection margin over selecting layers at a position, or +inf without selection data.</summary>
+    public float MinSelectionMargin(int position)
+    {
+        if (SelectionMargin == null) return float.PositiveInfinity;
+        float min = float.PositiveInfinity;
+        for (int m = 0; m < SelectionLayers; m++) min = MathF.Min(min, SelectionMargin[m * Positions + position]);
+        return min;
     }
 
     /// <summary>Smallest routing margin over MoE layers at a position, or +inf without routing data.</summary>

@@ -12,14 +12,22 @@ public sealed record LimitCheck(string Metric, string Comparison, double Limit, 
 
 /// <summary>One position's comparison, used to list the worst unstable positions.</summary>
 public sealed record PositionDiff(int Batch, int Position, double MinRoutingMargin, double MaxAbsLogitDiff, double Kl,
-    bool Top1Match, int GoldenTop1, int ArtifactTop1);
+    bool Top1Match, int GoldenTop1, int ArtifactTop1)
+{
+    /// <summary>Smallest sparse-attention selection margin at the position (+inf without selection data).</summary>
+    public double MinSelectionMargin { get; init; } = double.PositiveInfinity;
+}
 
 /// <summary>
 /// Positions whose routing is a near-tie (margin below the threshold). They may legitimately route differently,
 /// so they are left out of the *_stable metrics, but they are always counted and shown here.
 /// </summary>
 public sealed record UnstableSummary(int Count, double MaxAbsLogitDiff, double MeanAbsLogitDiff, double Top1Agreement, double KlMax,
-    double? RoutingAgreement, IReadOnlyList<PositionDiff> Worst);
+    double? RoutingAgreement, IReadOnlyList<PositionDiff> Worst)
+{
+    /// <summary>Selection agreement over the unstable positions (null without selection data).</summary>
+    public double? SelectionAgreement { get; init; }
+}
 
 /// <summary>One hidden state of sequence 0 against the golden.</summary>
 /// <param name="RelativeError">||artifact - golden||_2 / ||golden||_2 over the whole [seq, hidden] slice.</param>
@@ -50,6 +58,11 @@ public sealed record VerificationReport
     public required double PplRatio { get; init; }
     /// <summary>Null when the artifact or the golden has no routing data.</summary>
     public required double? RoutingAgreement { get; init; }
+    /// <summary>Share of stable (selecting layer, position) pairs whose selected entries equal the golden's (the lightning
+    /// indexer's picks, as sets of attendable entries); null when the artifact or the golden has no selection data.</summary>
+    public double? SelectionAgreement { get; init; }
+    /// <summary>The golden has selection data (positions are stable only where its selection margins allow).</summary>
+    public bool GoldenHasSelections { get; init; }
     public required bool Passed { get; init; }
 
     public required UnstableSummary Unstable { get; init; }

@@ -16,7 +16,7 @@ public static class VerificationReportWriter
     [
         "positions", "stable_positions", "max_abs_logit_diff", "max_abs_logit_diff_stable", "mean_abs_logit_diff",
         "top1_agreement", "top1_agreement_stable", "kl_mean", "kl_p99", "kl_max", "nll_mean", "golden_nll_mean",
-        "ppl_ratio", "routing_agreement", "passed",
+        "ppl_ratio", "routing_agreement", "selection_agreement", "passed",
     ];
 
     public static string ToJson(VerificationReport r, bool indented = true)
@@ -48,6 +48,7 @@ public static class VerificationReportWriter
         Num(w, "golden_nll_mean", r.GoldenNllMean);
         Num(w, "ppl_ratio", r.PplRatio);
         Num(w, "routing_agreement", r.RoutingAgreement);
+        Num(w, "selection_agreement", r.SelectionAgreement);
         w.WriteBoolean("passed", r.Passed);
 
         w.WriteStartObject("unstable");
@@ -58,6 +59,7 @@ public static class VerificationReportWriter
         Num(w, "top1_agreement", u.Top1Agreement);
         Num(w, "kl_max", u.KlMax);
         Num(w, "routing_agreement", u.RoutingAgreement);
+        if (r.GoldenHasSelections) Num(w, "selection_agreement", u.SelectionAgreement);
         w.WriteStartArray("worst");
         foreach (var p in u.Worst)
         {
@@ -65,6 +67,7 @@ public static class VerificationReportWriter
             w.WriteNumber("batch", p.Batch);
             w.WriteNumber("position", p.Position);
             Num(w, "min_routing_margin", p.MinRoutingMargin);
+            if (r.GoldenHasSelections) Num(w, "min_selection_margin", p.MinSelectionMargin);
             Num(w, "max_abs_logit_diff", p.MaxAbsLogitDiff);
             Num(w, "kl", p.Kl);
             w.WriteBoolean("top1_match", p.Top1Match);
@@ -155,6 +158,7 @@ public static class VerificationReportWriter
         Row(sb, "golden_nll_mean", F(r.GoldenNllMean), limits);
         Row(sb, "ppl_ratio", F(r.PplRatio), limits);
         Row(sb, "routing_agreement", r.RoutingAgreement is double ra ? F(ra) : "n/a", limits);
+        Row(sb, "selection_agreement", r.SelectionAgreement is double sa ? F(sa) : "n/a", limits);
         sb.AppendLine();
 
         var u = r.Unstable;
@@ -162,17 +166,18 @@ public static class VerificationReportWriter
             sb.AppendLine("unstable positions (near-tie routing): none");
         else
         {
-            sb.AppendLine($"unstable positions (near-tie routing): {u.Count}, excluded from *_stable metrics");
-            sb.AppendLine($"  max_abs_logit_diff {F(u.MaxAbsLogitDiff)}, mean_abs_logit_diff {F(u.MeanAbsLogitDiff)}, top1_agreement {F(u.Top1Agreement)}, kl_max {F(u.KlMax)}, routing_agreement {(u.RoutingAgreement is double x ? F(x) : "n/a")}");
-            sb.AppendLine($"  {"batch",5} {"pos",5} {"margin",12} {"max_abs_diff",14} {"kl",12} top1");
+            sb.AppendLine($"unstable positions (near-tie {(r.GoldenHasSelections ? "routing or selection" : "routing")}): {u.Count}, excluded from *_stable metrics");
+            sb.AppendLine($"  max_abs_logit_diff {F(u.MaxAbsLogitDiff)}, mean_abs_logit_diff {F(u.MeanAbsLogitDiff)}, top1_agreement {F(u.Top1Agreement)}, kl_max {F(u.KlMax)}, routing_agreement {(u.RoutingAgreement is double x ? F(x) : "n/a")}" +
+                (r.GoldenHasSelections ? $", selection_agreement {(u.SelectionAgreement is double y ? F(y) : "n/a")}" : ""));
+            sb.AppendLine($"  {"batch",5} {"pos",5} {"margin",12}{(r.GoldenHasSelections ? $" {"sel_margin",12}" : "")} {"max_abs_diff",14} {"kl",12} top1");
             foreach (var p in u.Worst)
-                sb.AppendLine($"  {p.Batch,5} {p.Position,5} {F(p.MinRoutingMargin),12} {F(p.MaxAbsLogitDiff),14} {F(p.Kl),12} {(p.Top1Match ? "same" : $"{p.GoldenTop1}->{p.ArtifactTop1}")}");
+                sb.AppendLine($"  {p.Batch,5} {p.Position,5} {F(p.MinRoutingMargin),12}{(r.GoldenHasSelections ? $" {F(p.MinSelectionMargin),12}" : "")} {F(p.MaxAbsLogitDiff),14} {F(p.Kl),12} {(p.Top1Match ? "same" : $"{p.GoldenTop1}->{p.ArtifactTop1}")}");
         }
 
         if (r.Layers is { } lr)
         {
             sb.AppendLine();
-            sb.AppendLine($"hidden states of sequence 0 (diverging: relative error > {F(lr.Threshold)})");
+            sb.AppendLine($"{(r.GoldenHasSelections || lr.Layers.Any(l => l.Name.EndsWith("streams", StringComparison.Ordinal)) ? "residual streams" : "hidden states")} of sequence 0 (diverging: relative error > {F(lr.Threshold)})");
             sb.AppendLine($"  {"layer",-24} {"max_abs_diff",14} {"rel_error",12} {"max_abs_stable",14}");
             foreach (var l in lr.Layers)
                 sb.AppendLine($"  {l.Name,-24} {F(l.MaxAbsDiff),14} {F(l.RelativeError),12} {F(l.MaxAbsDiffStable),14}{(l.Index == lr.FirstDivergentIndex ? "  <- first divergent" : "")}");

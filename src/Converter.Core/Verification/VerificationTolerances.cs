@@ -24,8 +24,14 @@ public sealed record VerificationTolerances
     /// <summary>Lower bound on routing agreement; not applicable (skipped, reported) when either side has no routing.</summary>
     public double? RoutingAgreement { get; init; }
 
+    /// <summary>Lower bound on the agreement of sparse-attention selections (the lightning indexer's picks) over stable
+    /// positions; checked only where the golden has selection data.</summary>
+    public double? SelectionAgreement { get; init; }
+
     /// <summary>A position is stable when its smallest routing margin over MoE layers is at least this.</summary>
     public double StableMarginThreshold { get; init; } = 1e-4;
+    /// <summary>... and its smallest selection margin (k-th minus (k+1)-th indexer score) over selecting layers at least this.</summary>
+    public double SelectionMarginThreshold { get; init; } = 1e-5;
     /// <summary>Relative error (||a-g|| / ||g||) above which a layer's hidden state is named as diverging. Diagnostic only.</summary>
     public double LayerRelativeErrorThreshold { get; init; } = 1e-3;
 
@@ -47,7 +53,7 @@ public sealed record VerificationTolerances
     {
         "fp32" or "f32" => new()
         {
-            Preset = "fp32", MaxAbsLogitDiffStable = 1e-3, Top1AgreementStable = 1, RoutingAgreement = 1, KlMean = 1e-5,
+            Preset = "fp32", MaxAbsLogitDiffStable = 1e-3, Top1AgreementStable = 1, RoutingAgreement = 1, SelectionAgreement = 1, KlMean = 1e-5,
         },
         "fp8" => new() { Preset = "fp8", MeanAbsLogitDiff = 1e-4, Top1Agreement = 0.998, KlMean = 1e-5 },
         "gguf-f32" => new() { Preset = "gguf-f32", MaxAbsLogitDiff = 1e-3, Top1Agreement = 1 },

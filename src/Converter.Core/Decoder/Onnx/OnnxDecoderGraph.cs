@@ -31,6 +31,8 @@ public enum InitializerSource
     Int4Zeros,
     /// <summary>Values computed at export (rope tables).</summary>
     Computed,
+    /// <summary>One integer checkpoint tensor (I32 or I64) widened to int64 (a routing table).</summary>
+    Int64,
 }
 
 /// <summary>One initializer of the exported model: its name, type, shape and source tensors.</summary>
@@ -38,6 +40,10 @@ public enum InitializerSource
 public sealed record OnnxInitializerPlan(string Name, DataType Type, long[] Dims, InitializerSource Source,
     string[] Tensors, float[]? Values = null, bool Interleaved = false)
 {
+    /// <summary>Float32 values as the family's official layout holds the tensors (an fp8 export of weights the layout keeps
+    /// in another block format, DeepSeek-V4's FP4 experts): a higher-precision source is rounded to that format first.</summary>
+    public bool Official { get; init; }
+
     public long ByteLength => OnnxTensors.ByteLength(Type, Dims);
 }
 
@@ -86,6 +92,10 @@ public sealed class OnnxDecoderBuilder
     public string Mask { get; private set; } = "";
     /// <summary>int64 position ids [batch, sequence].</summary>
     public string Positions { get; private set; } = "";
+    /// <summary>The int64 token ids [batch, sequence] (graph input input_ids); empty in a slice that starts after layer 0.</summary>
+    public string InputIds { get; private set; } = "";
+    /// <summary>The int64 attention_mask input [batch, sequence] (1 = real token), or null where the graph has none.</summary>
+    public string? AttentionMaskInput { get; private set; }
     public string Cos { get; private set; } = "";
     public string Sin { get; private set; } = "";
     public float Epsilon => (float)_arch.RmsNormEps;
@@ -110,9 +120,22 @@ public sealed class OnnxDecoderBuilder
         return name;
     }
 
-    public string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null, bool interleaved = false)
+    private readonly List<string> _selections = [];
+
+    /// <summary>The stable name of layer <paramref name="layer"/>'s sparse-attention selection (the key entries a top-k
+    /// picked per query, int64 [batch, sequence, k], -1 where a pick is not attendable), which the attention must produce:
+    /// a diagnostic output like the routing, listed in the model metadata (<see cref="OnnxDecoderNames.SelectionsKey"/>).</summary>
+    public string ReserveSelection(int layer)
     {
-        _plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values, interleaved));
+        string name = Graph.Reserve(OnnxDecoderNames.Selection(layer));
+        _selections.Add(name);
+        return name;
+    }
+
+    public string Init(string name, DataType type, long[] dims, InitializerSource src, string[] tensors, float[]? values = null, bool interleaved = false,
+        bool official = false)
+    {
+        _plan.Add(new OnnxInitializerPlan(name, type, dims, src, tensors, values, interleaved) { Official = official });
         return Graph.Initializer(name);
     }
 
@@ -121,6 +144,10 @@ public sealed class OnnxDecoderBuilder
     /// <summary>A checkpoint tensor as a float32 initializer, planned once however often it is used (tied embeddings).</summary>
     public string Plain(string name, params long[] dims) =>
         _plain.TryGetValue(name, out var value) ? value : _plain[name] = Init(name, DataType.Float, dims, InitializerSource.Float32, [name]);
+
+    /// <summary>An integer checkpoint tensor (a routing table) as an int64 initializer, planned once.</summary>
+    public string Integers(string name, params long[] dims) =>
+        _plain.TryGetValue(name, out var value) ? value : _plain[name] = Init(name, DataType.Int64, dims, InitializerSource.Int64, [name]);
 
     /// <summary>RMSNorm over the last axis with a checkpoint weight.</summary>
     public string RmsNorm(string x, string weight, long dim) =>
@@ -161,11 +188,17 @@ public sealed class OnnxDecoderBuilder
         return parts.ToArray();
     }
 
+    /// <summary>fp8 export: true for the weights the family's official layout stores as FP8 blocks (every projection of
+    /// DeepSeek-V3 and Qwen3-MoE); the others stay float32.</summary>
+    public bool IsFp8Weight(string name) => Fp8 && OfficialEncoding(name) is WeightEncoding.Fp8Block or WeightEncoding.Fp8BlockPow2;
+
+    private WeightEncoding OfficialEncoding(string name) => _arch.OfficialEncoding(_arch.Classify(name));
+
     private string DequantFor(long cols) => Options.Fp8CastDequantize && cols % 128 == 0 ? OnnxFeedForwardFunctions.DequantCastName : OnnxFeedForwardFunctions.DequantName;
 
     private string Linear(string name, long rows, long cols)
     {
-        if (!Fp8) return Plain(name, rows, cols);
+        if (!IsFp8Weight(name)) return Plain(name, rows, cols);
         string w = Init(name, DataType.Float8E4M3Fn, [rows, cols], InitializerSource.Fp8Codes, [name]);
         string s = Init(name + "_scale_inv", DataType.Float, [(rows + 127) / 128, (cols + 127) / 128], InitializerSource.Fp8Scales, [name]);
         return Graph.Op(DequantFor(cols), [w, s], 1, N.Domain)[0];
@@ -211,24 +244,41 @@ public sealed class OnnxDecoderBuilder
         if (cached && (!options.AttentionMaskInput || !options.PositionIdsInput))
             throw new ArgumentException("a KV-cache decoder takes attention_mask and position_ids (they locate the new tokens after the past ones)");
 
-        // Inputs, embedding (or the previous slice's hidden state), mask, positions.
+        // Inputs, embedding (or the previous slice's residual state), mask, positions.
+        var residual = _family.Residual;
+        // The residual state's dims after [batch, sequence]: hidden for one stream, [streams..., hidden] for several.
+        object?[] stateDims = ["batch", "sequence", .. residual.StreamDims.Select(d => (object?)d), h];
+        bool streams = residual.StreamDims.Length > 0;
         string hidden, batchSeq; // batchSeq: the int64 shape [batch, sequence]
         var hiddenOutputs = new List<string>();
+        var residualStates = new List<string>();
         if (slice.First == 0)
         {
-            string ids = g.Input(N.InputIds, DataType.Int64, "batch", "sequence");
+            string ids = InputIds = g.Input(N.InputIds, DataType.Int64, "batch", "sequence");
             batchSeq = g.Shape(ids);
             string embed = Plain(names.Embedding, v, h);
-            hidden = g.Reserve(N.Embedding);
-            g.OpNamed("Gather", [embed, ids], [hidden]);
+            if (streams)
+            {
+                string embedded = g.Fresh("embedded");
+                g.OpNamed("Gather", [embed, ids], [embedded]);
+                hidden = residual.Expand(this, embedded);
+                g.OpNamed("Identity", [hidden], [g.Reserve(N.Embedding)]);
+                hidden = N.Embedding;
+            }
+            else
+            {
+                hidden = g.Reserve(N.Embedding);
+                g.OpNamed("Gather", [embed, ids], [hidden]);
+            }
             hiddenOutputs.Add(N.Embedding);
+            residualStates.Add(N.Embedding);
         }
         else
         {
-            hidden = g.Input(N.SliceInput, DataType.Float, "batch", "sequence", h);
+            hidden = g.Input(N.SliceInput, DataType.Float, stateDims);
             batchSeq = g.Shape(hidden, 0, 2);
         }
-        string? attentionMask = options.AttentionMaskInput ? g.Input(N.AttentionMask, DataType.Int64, "batch", "sequence") : null;
+        string? attentionMask = AttentionMaskInput = options.AttentionMaskInput ? g.Input(N.AttentionMask, DataType.Int64, "batch", "sequence") : null;
         string? positionIds = options.PositionIdsInput ? g.Input(N.PositionIds, DataType.Int64, "batch", "sequence") : null;
 
         string seq = g.Reshape(g.Shape(hidden, 1, 2), g.ConstInt64());
@@ -262,9 +312,11 @@ public sealed class OnnxDecoderBuilder
         Positions = positionIds ?? g.Op("Expand", [g.Unsqueeze(range, 0), batchSeq]);
 
         int maxPos = _family.MaxPositions;
-        var rope = _family.Rope(maxPos);
-        Cos = Init("rope.cos_cache", DataType.Float, [maxPos, rope.Half], InitializerSource.Computed, [], rope.Cos);
-        Sin = Init("rope.sin_cache", DataType.Float, [maxPos, rope.Half], InitializerSource.Computed, [], rope.Sin);
+        if (_family.Rope(maxPos) is { } rope)
+        {
+            Cos = Init("rope.cos_cache", DataType.Float, [maxPos, rope.Half], InitializerSource.Computed, [], rope.Cos);
+            Sin = Init("rope.sin_cache", DataType.Float, [maxPos, rope.Half], InitializerSource.Computed, [], rope.Sin);
+        }
 
         var routingOutputs = new List<string>();
         var moeInputValues = new List<string>();
@@ -273,11 +325,13 @@ public sealed class OnnxDecoderBuilder
         int topK = 0;
         for (int layer = slice.First; layer < slice.End; layer++)
         {
-            string xn = RmsNorm(hidden, names.InputNorm(layer), h);
+            var attnSplit = residual.Collapse(this, layer, OnnxSublayer.Attention, hidden);
+            string xn = RmsNorm(attnSplit.BlockInput, names.InputNorm(layer), h);
             string attn = _family.Attention(this, layer, xn, cached ? caches[layer] : null);
-            hidden = g.Add(hidden, attn);
+            hidden = residual.Merge(this, layer, OnnxSublayer.Attention, hidden, attnSplit, attn, null);
 
-            string xn2 = RmsNorm(hidden, names.PostAttentionNorm(layer), h);
+            var ffnSplit = residual.Collapse(this, layer, OnnxSublayer.FeedForward, hidden);
+            string xn2 = RmsNorm(ffnSplit.BlockInput, names.PostAttentionNorm(layer), h);
             string mlpOut = g.Fresh($"layer{layer}.mlp");
             if (arch.IsMoeLayer(layer))
             {
@@ -306,7 +360,7 @@ public sealed class OnnxDecoderBuilder
                         InitializerSource.Int4CodesFc1, matMulNBits: false));
                     moeInputs.AddRange(Int4Parts(stackName + "fc2.weight", Experts(FfnProjection.Down), se, h, mi, InitializerSource.Int4Codes, matMulNBits: false));
                 }
-                else if (fp8)
+                else if (fp8 && IsFp8Weight(block.ExpertWeight(stacked[0], FfnProjection.Gate)))
                 {
                     string gate = DequantStacked(stackName + "gate_proj.weight", Experts(FfnProjection.Gate), se, mi, h);
                     string up = DequantStacked(stackName + "up_proj.weight", Experts(FfnProjection.Up), se, mi, h);
@@ -316,21 +370,31 @@ public sealed class OnnxDecoderBuilder
                 }
                 else
                 {
+                    // fp8 export of experts the official layout keeps in another block format (DeepSeek-V4's FP4): their
+                    // exact values as float32.
                     moeInputs.Add(Init(stackName + "fc1.weight", DataType.Float, [se, 2 * mi, h], InitializerSource.StackedFc1Float32,
-                        [.. Experts(FfnProjection.Gate), .. Experts(FfnProjection.Up)]));
-                    moeInputs.Add(Init(stackName + "fc2.weight", DataType.Float, [se, h, mi], InitializerSource.StackedFloat32, Experts(FfnProjection.Down)));
+                        [.. Experts(FfnProjection.Gate), .. Experts(FfnProjection.Up)], official: fp8));
+                    moeInputs.Add(Init(stackName + "fc2.weight", DataType.Float, [se, h, mi], InitializerSource.StackedFloat32, Experts(FfnProjection.Down), official: fp8));
                 }
                 if (local != null)
                 {
                     moeInputs.Add(g.ConstInt64(Array.ConvertAll(local.Experts, x => (long)x)));
                     moeInputs.Add(g.ConstFloat([se], local.Shares));
                 }
-                var shape = new OnnxMoeShape(h, mi, block.Shared?.Intermediate ?? 0, block.Routing);
+                var shape = new OnnxMoeShape(h, mi, block.Shared?.Intermediate ?? 0, block.Routing, block.SwigluLimit, block.SharedSwigluLimit);
                 if (block.Shared is { } sh)
                 {
                     moeInputs.AddRange(Proj(sh.Gate, sh.Intermediate, h, moeMask));
                     moeInputs.AddRange(Proj(sh.Up, sh.Intermediate, h, moeMask));
                     moeInputs.AddRange(Proj(sh.Down, h, sh.Intermediate, moeMask));
+                }
+                if (block.Routing.Hashed)
+                {
+                    // The experts of each token come from the table row of its id.
+                    if (InputIds.Length == 0)
+                        throw new NotSupportedException($"MoE layer {layer} routes by token id: a slice without input_ids cannot compute it");
+                    moeInputs.Add(Integers(block.HashTable ?? throw new InvalidOperationException($"MoE layer {layer} is hashed but names no table"), arch.VocabSize, block.TopK));
+                    moeInputs.Add(InputIds);
                 }
                 string route = g.Reserve(N.Routing(layer));
                 if (local != null)
@@ -372,15 +436,15 @@ public sealed class OnnxDecoderBuilder
                 g.OpNamed(mlpFn, mlpInputs, [mlpOut], N.Domain);
             }
             string layerOut = g.Reserve(N.Layer(layer));
-            g.OpNamed("Add", [hidden, mlpOut], [layerOut]);
-            hidden = layerOut;
+            hidden = residual.Merge(this, layer, OnnxSublayer.FeedForward, hidden, ffnSplit, mlpOut, layerOut);
             if (layer < layers - 1) hiddenOutputs.Add(layerOut);
+            residualStates.Add(layerOut);
         }
 
         if (whole)
         {
             string final = g.Reserve(N.FinalNorm);
-            g.OpNamed("RMSNormalization", [hidden, Plain(names.FinalNorm, h)], [final], "", Float("epsilon", Epsilon), Int("axis", -1));
+            g.OpNamed("RMSNormalization", [residual.Head(this, hidden), Plain(names.FinalNorm, h)], [final], "", Float("epsilon", Epsilon), Int("axis", -1));
             hiddenOutputs.Add(final);
             string lmHead = Plain(names.LmHead, v, h);
             string flatLogits = g.Linear(g.Reshape(final, -1, h), lmHead);
@@ -389,7 +453,7 @@ public sealed class OnnxDecoderBuilder
         }
         else
         {
-            g.Output(N.Layer(slice.End - 1), DataType.Float, "batch", "sequence", h);
+            g.Output(N.Layer(slice.End - 1), DataType.Float, stateDims);
             hiddenOutputs.Remove(N.Layer(slice.End - 1));
             Model.Metadata[N.SliceKey] = $"{slice.First},{slice.End}";
             Model.DocString += $", {slice} only";
@@ -403,13 +467,16 @@ public sealed class OnnxDecoderBuilder
 
         if (options.DiagnosticOutputs)
         {
-            foreach (var name in hiddenOutputs) g.Output(name, DataType.Float, "batch", "sequence", h);
-            if (whole && !hiddenOutputs.Contains(N.Layer(layers - 1))) g.Output(N.Layer(layers - 1), DataType.Float, "batch", "sequence", h);
+            foreach (var name in hiddenOutputs) g.Output(name, DataType.Float, name == N.FinalNorm ? ["batch", "sequence", h] : stateDims);
+            if (whole && !hiddenOutputs.Contains(N.Layer(layers - 1))) g.Output(N.Layer(layers - 1), DataType.Float, stateDims);
             foreach (var name in routingOutputs) g.Output(name, DataType.Int64, null, topK);
             foreach (var name in moeInputValues) g.Output(name, DataType.Float, "batch", "sequence", h);
+            foreach (var name in _selections) g.Output(name, DataType.Int64, "batch", "sequence", null);
         }
 
         Model.Metadata[N.HiddenStatesKey] = string.Join(",", hiddenOutputs);
+        if (streams) Model.Metadata[N.ResidualStatesKey] = string.Join(",", residualStates);
+        if (_selections.Count > 0) Model.Metadata[N.SelectionsKey] = string.Join(",", _selections);
         Model.Metadata[N.RoutingKey] = string.Join(",", routingOutputs);
         Model.Metadata[N.MoeInputsKey] = string.Join(",", moeInputValues);
         if (options.Comm is { Any: true } comm) Model.Metadata["converter.simulate_comm"] = comm.ToString();

@@ -109,6 +109,14 @@ public static class OnnxDecoderNames
 
     /// <summary>Model metadata key: comma-separated hidden-state values (embedding, layers 0..L-2, final norm).</summary>
     public const string HiddenStatesKey = "converter.hidden_states";
+    /// <summary>Model metadata key of a family with several residual streams: comma-separated residual states
+    /// [batch, sequence, streams, hidden] (the expanded embedding, then every layer's output, the last one included).</summary>
+    public const string ResidualStatesKey = "converter.residual_states";
+    /// <summary>Model metadata key: comma-separated sparse-attention selections (<see cref="Selection"/>), one per layer
+    /// that selects its keys by a top-k (DeepSeek-V4's lightning indexer), in layer order.</summary>
+    public const string SelectionsKey = "converter.attention_selections";
+    /// <summary>Layer <paramref name="layer"/>'s sparse-attention selection: the picked key entries [batch, sequence, k], -1 where not attendable.</summary>
+    public static string Selection(int layer) => $"selection.layer.{layer}.topk";
     /// <summary>Model metadata key: comma-separated top-k expert-id values, one per MoE layer in order.</summary>
     public const string RoutingKey = "converter.routing";
     /// <summary>Model metadata key: comma-separated MoE-input values, one per MoE layer in order.</summary>

@@ -1,5 +1,6 @@
 using Converter.Formats.Onnx;
 using Converter.Models;
+using Converter.Formats.Onnx.Proto;
 using Converter.Numerics.Int4;
 using DataType = Converter.Formats.Onnx.Proto.TensorProto.Types.DataType;
 using static Converter.Formats.Onnx.OnnxAttr;
@@ -12,20 +13,26 @@ namespace Converter.Decoder.Onnx;
 /// Layouts: hidden states [batch, seq, hidden]; inside a body tokens are flattened to [tokens, hidden] for Gemm
 /// against PyTorch-layout [out, in] weights.
 /// </summary>
-/// <summary>A MoE function's constants: widths and the routing rule.</summary>
-public sealed record OnnxMoeShape(long Hidden, long Intermediate, long SharedIntermediate, RoutingRule Routing);
+/// <summary>A MoE function's constants: widths, the routing rule, and the SwiGLU clamps of the routed and shared
+/// experts (<see cref="MoeBlock.SwigluLimit"/>; null: plain SwiGLU).</summary>
+public sealed record OnnxMoeShape(long Hidden, long Intermediate, long SharedIntermediate, RoutingRule Routing,
+    double? SwigluLimit = null, double? SharedSwigluLimit = null);
 
 internal static class OnnxFeedForwardFunctions
 {
     public const string MoeName = "MoE", MoeRankName = "MoE_rank", MlpName = "MLP", DequantName = "DequantizeFp8Block",
         DequantCastName = "DequantizeFp8BlockCast";
 
-    /// <summary>silu(x Wg^T) * (x Wu^T) Wd^T on [tokens, hidden].</summary>
-    public static string SwiGlu(OnnxNodeBuilder f, string x2, Proj gate, Proj up, Proj down)
+    /// <summary>silu(x Wg^T) * (x Wu^T) Wd^T on [tokens, hidden]; with <paramref name="limit"/> L the clamped form
+    /// silu(min(x Wg^T, L)) * clamp(x Wu^T, -L, L).</summary>
+    public static string SwiGlu(OnnxNodeBuilder f, string x2, Proj gate, Proj up, Proj down, double? limit = null)
     {
         string g = gate.Apply(f, x2);
+        if (limit is { } l) g = f.Op("Min", [g, f.ScalarFloat((float)l)]);
         string act = f.Mul(g, f.Op("Sigmoid", [g]));
-        return down.Apply(f, f.Mul(act, up.Apply(f, x2)));
+        string u = up.Apply(f, x2);
+        if (limit is { } m) u = f.Op("Clip", [u, f.ScalarFloat(-(float)m), f.ScalarFloat((float)m)]);
+        return down.Apply(f, f.Mul(act, u));
     }
 
     /// <summary>Dense MLP: inputs x, gate, up, down.</summary>
@@ -45,7 +52,9 @@ internal static class OnnxFeedForwardFunctions
     /// <summary>
     /// MoE with top-k routing. Inputs: x, router weight [E, hidden], selection bias [E] (zeros where the model has
     /// none), fc1 [E, 2I, hidden] (gate and up rows interleaved), fc2 [E, hidden, I], then shared gate/up/down when
-    /// the block has shared experts. Outputs: y, top-k expert ids [tokens, k] (int64).
+    /// the block has shared experts, then for a hashed rule the table [vocab, k] (int64) and the token ids [batch, sequence]
+    /// (the experts of token t are table[id_t]). Outputs: y, top-k expert ids [tokens, k] (int64). Clamped SwiGLU
+    /// (<see cref="OnnxMoeShape.SwigluLimit"/>) is the operators' own swiglu_limit: silu(min(gate, L)) * clamp(up, -L, L).
     /// Routing as <see cref="RoutingRule"/> states it (<see cref="OnnxRouting"/>): scores, bias for selection only,
     /// optional group stage, top-k; weights = unbiased scores (normalised when asked) times the scale. Experts run sparsely in com.microsoft.MoE: the exact weights
     /// go in as log(w) over -inf so its softmax returns w / sum(w), and the output is multiplied by sum(w).
@@ -97,25 +106,36 @@ internal static class OnnxFeedForwardFunctions
             su = Proj.In(f, "shared_up_proj", Q(2), int4Scheme, si, h);
             sd = Proj.In(f, "shared_down_proj", Q(3), int4Scheme, h, si);
         }
+        string? given = null;
+        if (rule.Hashed)
+        {
+            string table = f.Input("tid2eid"), ids = f.Input("input_ids");
+            given = f.Op("Gather", [table, f.Reshape(ids, -1)], Int("axis", 0)); // [t, k]
+        }
 
         string x2 = f.Reshape(x, -1, h);
-        var (scores, topIdx, w) = OnnxRouting.Emit(f, rule, f.Linear(x2, router), bias);
+        var (scores, topIdx, w) = OnnxRouting.Emit(f, rule, f.Linear(x2, router), bias, given);
         string negInf = f.Op("Expand", [f.ScalarFloat(float.NegativeInfinity), f.Shape(scores)]);
         string xRouted = comm?.Dispatch is { } dispatch ? OnnxCommQdq.Emit(f, x2, dispatch, h) : x2;
         string? zerosTE = null;
         string ZerosTE() => zerosTE ??= f.Mul(scores, f.ScalarFloat(0f)); // [t, E] of 0, made where a graph needs it
+        // The SwiGLU attributes of both operators; swiglu_limit clamps as transformers' clamped SwiGLU does.
+        AttributeProto[] Swiglu(params AttributeProto[] more)
+        {
+            var a = new List<AttributeProto> { String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
+                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0) };
+            if (c.SwigluLimit is { } limit) a.Add(Float("swiglu_limit", (float)limit));
+            a.AddRange(more);
+            return a.ToArray();
+        }
         // com.microsoft.QMoE over the 4-bit experts: selects kk experts by probs, mixes them with weights as given.
         string QMoe(string probs, string weights, int kk) =>
             f.Op("QMoE", [xRouted, probs, fc1, fc1Scales!, "", fc2, fc2Scales!, "", "", "", "", fc1Zeros ?? "", fc2Zeros ?? "", "", weights],
                 1, OnnxModelBuilder.MicrosoftDomain,
-                Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0),
-                Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))[0];
+                [Int("k", kk), .. Swiglu(Int("expert_weight_bits", 4), Int("block_size", int4Scheme!.Value.GroupSize))])[0];
         // com.microsoft.MoE over float experts: softmax of logProbs over the kk selected, as weights.
         string Moe(string logProbs, int kk) =>
-            f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain,
-                Int("k", kk), String("activation_type", "swiglu"), Int("swiglu_fusion", 1),
-                Float("activation_alpha", 1f), Float("activation_beta", 0f), Int("normalize_routing_weights", 0))[0];
+            f.Op("MoE", [xRouted, logProbs, fc1, "", fc2], 1, OnnxModelBuilder.MicrosoftDomain, [Int("k", kk), .. Swiglu()])[0];
         // sum_j weights[:, j] * expert_{idx[:, j]}(xRouted), exactly, for idx/weights [t, kk].
         string Routed(string idx, string weights, int kk, bool unitWeights = false)
         {
@@ -151,7 +171,7 @@ internal static class OnnxFeedForwardFunctions
                 string logProbs = f.Op("Where", [any, f.Op("Log", [local]), f.ScalarFloat(0f)]);
                 partial = f.Mul(Moe(logProbs, localK), localSum);
             }
-            string shared = sg != null ? SwiGlu(f, x2, sg, su!, sd!) : f.Mul(x2, f.ScalarFloat(0f));
+            string shared = sg != null ? SwiGlu(f, x2, sg, su!, sd!, c.SharedSwigluLimit) : f.Mul(x2, f.ScalarFloat(0f));
             f.Output(f.Reshape(shared, f.Shape(x)));
             f.Output(f.Reshape(partial, f.Shape(x)));
             f.Output(topIdx);
@@ -175,7 +195,7 @@ internal static class OnnxFeedForwardFunctions
         {
             y = Routed(topIdx, w, k);
         }
-        if (sg != null) y = f.Add(y, SwiGlu(f, x2, sg, su!, sd!));
+        if (sg != null) y = f.Add(y, SwiGlu(f, x2, sg, su!, sd!, c.SharedSwigluLimit));
         f.Output(f.Reshape(y, f.Shape(x)));
         f.Output(topIdx);
     }

@@ -8,19 +8,30 @@ namespace Converter.Decoder.Onnx;
 /// <summary>
 /// A <see cref="RoutingRule"/> as ONNX nodes inside a MoE function body, the graph twin of
 /// <see cref="RoutingRule.Select"/>: scores, selection bias, the group stage where it is active, top-k (ONNX TopK
-/// breaks ties lowest index first), weights from the unbiased scores.
+/// breaks ties lowest index first), weights from the unbiased scores. A hashed rule takes its experts as given
+/// (the table lookup of the token ids) instead of selecting them.
 /// </summary>
 public static class OnnxRouting
 {
     /// <param name="logits">Router logits [tokens, E].</param>
     /// <param name="bias">Selection bias [E] (zeros where the model has none).</param>
+    /// <param name="given">A hashed rule's experts [tokens, k] (int64).</param>
     /// <returns>The scores [tokens, E], the selected experts [tokens, k] (int64) and their weights [tokens, k].</returns>
-    public static (string Scores, string TopIdx, string Weights) Emit(OnnxNodeBuilder f, RoutingRule rule, string logits, string bias)
+    public static (string Scores, string TopIdx, string Weights) Emit(OnnxNodeBuilder f, RoutingRule rule, string logits, string bias, string? given = null)
     {
         int e = rule.Experts, k = rule.TopK;
-        string scores = rule.Scoring == RouterScoring.Sigmoid
-            ? f.Op("Sigmoid", [logits])
-            : f.Op("Softmax", [logits], Int("axis", -1));
+        string scores = rule.Scoring switch
+        {
+            RouterScoring.Sigmoid => f.Op("Sigmoid", [logits]),
+            RouterScoring.SqrtSoftplus => f.Op("Sqrt", [f.Op("Softplus", [logits])]),
+            _ => f.Op("Softmax", [logits], Int("axis", -1)),
+        };
+        if (rule.Hashed)
+        {
+            if (given == null) throw new ArgumentException("a hashed routing rule needs the experts of each token");
+            return (scores, given, Weights(f, rule, scores, given));
+        }
+        if (given != null) throw new ArgumentException("experts are given only to a hashed routing rule");
         string choice = rule.SelectionBias ? f.Add(scores, bias) : scores;
         if (rule.GroupingActive)
         {
@@ -39,6 +50,12 @@ public static class OnnxRouting
             choice = f.Op("Where", [f.Cast(expertMask, DataType.Bool), choice, f.ScalarFloat(0f)]);
         }
         string topIdx = f.Op("TopK", [choice, f.ConstInt64(k)], 2, "", Int("axis", -1))[1]; // [t, k]
+        return (scores, topIdx, Weights(f, rule, scores, topIdx));
+    }
+
+    /// <summary>The selected experts' unbiased scores, normalised and scaled as the rule says.</summary>
+    private static string Weights(OnnxNodeBuilder f, RoutingRule rule, string scores, string topIdx)
+    {
         string w = f.Op("GatherElements", [scores, topIdx], Int("axis", 1));
         if (rule.NormalizeTopK)
         {
@@ -47,6 +64,6 @@ public static class OnnxRouting
             w = f.Op("Div", [w, sum]);
         }
         if (rule.Scale != 1) w = f.Mul(w, f.ScalarFloat((float)rule.Scale));
-        return (scores, topIdx, w);
+        return w;
     }
 }

@@ -44,9 +44,19 @@ public sealed class OnnxWeightWriter
             case InitializerSource.Computed:
                 sink.Write<float>(p.Values!);
                 break;
+            case InitializerSource.Int64:
+            {
+                using var t = _ckpt.Tensors.Read(p.Tensors[0]);
+                sink.Write<long>(TensorConvert.ToInt64(t));
+                break;
+            }
             case InitializerSource.Float32:
             case InitializerSource.StackedFloat32:
-                foreach (var name in p.Tensors) WriteFloat32(name, sink);
+                foreach (var name in p.Tensors)
+                {
+                    if (p.Official) sink.Write<float>(OfficialFloat32(name));
+                    else WriteFloat32(name, sink);
+                }
                 break;
             case InitializerSource.StackedFc1Float32:
                 WriteInterleaved(p, sink);
@@ -89,7 +99,7 @@ public sealed class OnnxWeightWriter
     /// </summary>
     private void WriteFloat32(string name, OnnxExternalDataWriter.TensorSink sink)
     {
-        if (_ckpt.IsFp8(name) || _ckpt.IsPackedInt4(name))
+        if (_ckpt.Encoding(name) != WeightEncoding.Dense)
         {
             sink.Write<float>(_ckpt.ReadFloat32(name));
             return;
@@ -116,14 +126,69 @@ public sealed class OnnxWeightWriter
         }
     }
 
+    /// <summary>
+    /// A weight's float32 values as the family's official layout holds it: as stored where the source is block-scaled
+    /// or packed (exact), else rounded to the official encoding (FP4 e2m1 1x32 groups, FP8 blocks) and read back.
+    /// </summary>
+    private float[] OfficialFloat32(string name)
+    {
+        var values = _ckpt.ReadFloat32(name);
+        if (_ckpt.Encoding(name) != WeightEncoding.Dense) return values;
+        var arch = _ckpt.Architecture;
+        var enc = arch.OfficialEncoding(arch.Classify(name));
+        if (enc == WeightEncoding.Dense) return values;
+        var (rows, cols) = _ckpt.Tensors.Info(name).Matrix;
+        var back = new float[values.Length];
+        try
+        {
+            switch (enc)
+            {
+                case WeightEncoding.Fp4Group32:
+                {
+                    var (pr, pc) = Fp4BlockQuantizer.PackedShape(rows, cols);
+                    var (sr, sc) = Fp4BlockQuantizer.ScaleShape(rows, cols);
+                    var packed = new byte[pr * pc];
+                    var scales = new byte[sr * sc];
+                    Fp4BlockQuantizer.Quantize(values, rows, cols, packed, scales);
+                    Fp4BlockQuantizer.Dequantize(packed, scales, rows, cols, back);
+                    return back;
+                }
+                case WeightEncoding.Fp8BlockPow2:
+                {
+                    var (sr, sc) = Fp8Pow2BlockQuantizer.ScaleShape(rows, cols);
+                    var codes = new byte[rows * cols];
+                    var scales = new byte[sr * sc];
+                    Fp8Pow2BlockQuantizer.Quantize(values, rows, cols, codes, scales);
+                    Fp8Pow2BlockQuantizer.Dequantize(codes, scales, rows, cols, back);
+                    return back;
+                }
+                case WeightEncoding.Fp8Block:
+                {
+                    var (sr, sc) = Fp8BlockQuantizer.ScaleShape(rows, cols);
+                    var codes = new byte[rows * cols];
+                    var scales = new float[sr * sc];
+                    Fp8BlockQuantizer.Quantize(values, rows, cols, codes, scales);
+                    Fp8BlockQuantizer.Dequantize(codes, scales, rows, cols, back);
+                    return back;
+                }
+                default:
+                    throw new NotSupportedException($"'{name}': no float32 rounding to {enc}");
+            }
+        }
+        catch (ArgumentException ex)
+        {
+            throw new InvalidDataException($"{_ckpt.Tensors.Info(name).File}: tensor '{name}': {ex.Message}");
+        }
+    }
+
     private void WriteInterleaved(OnnxInitializerPlan p, OnnxExternalDataWriter.TensorSink sink)
     {
         int e = p.Tensors.Length / 2;
         float[]? rows = null;
         for (int i = 0; i < e; i++)
         {
-            var gate = _ckpt.ReadFloat32(p.Tensors[i]);
-            var up = _ckpt.ReadFloat32(p.Tensors[e + i]);
+            var gate = p.Official ? OfficialFloat32(p.Tensors[i]) : _ckpt.ReadFloat32(p.Tensors[i]);
+            var up = p.Official ? OfficialFloat32(p.Tensors[e + i]) : _ckpt.ReadFloat32(p.Tensors[e + i]);
             int cols = checked((int)p.Dims[2]), inter = gate.Length / cols;
             rows ??= new float[2 * gate.Length];
             InterleaveRows<float>(gate, up, inter, cols, rows);
@@ -153,11 +218,51 @@ public sealed class OnnxWeightWriter
             }
             var info = _ckpt.Tensors.Info(name);
             var (rows, cols) = info.Matrix;
-            if (info.DType == DType.F8_E4M3)
+            var stored = _ckpt.Encoding(name);
+            if (stored is WeightEncoding.Fp8Block or WeightEncoding.Fp8BlockPow2)
             {
                 using (var t = _ckpt.Tensors.Read(name)) sink.Write(t.Bytes);
-                using var s = _ckpt.Tensors.Read(ModelCheckpoint.ScaleName(name));
-                allScales.AddRange(s.As<float>().ToArray());
+                using var s = _ckpt.Tensors.Read(_ckpt.ScaleOf(name));
+                if (stored == WeightEncoding.Fp8Block)
+                {
+                    allScales.AddRange(s.As<float>().ToArray());
+                }
+                else
+                {
+                    var widened = new float[s.Bytes.Length];
+                    E8M0.ToSingle(s.Bytes, widened); // power-of-two scales, exact in float32
+                    allScales.AddRange(widened);
+                }
+                continue;
+            }
+            if (stored != WeightEncoding.Dense)
+                throw new NotSupportedException($"{info.File}: '{name}' is stored {stored}; an fp8 export keeps it in its own format");
+            if (_ckpt.Architecture.OfficialEncoding(_ckpt.Architecture.Classify(name)) == WeightEncoding.Fp8BlockPow2)
+            {
+                // The family's official rule: power-of-two (E8M0) scales, as its FP8 checkpoints store them.
+                var (pr, pc) = Fp8Pow2BlockQuantizer.ScaleShape(rows, cols);
+                var pcodes = new byte[rows * cols];
+                var pscales = new byte[pr * pc];
+                try
+                {
+                    if (info.DType == DType.BF16)
+                    {
+                        using var t = _ckpt.Tensors.Read(name);
+                        Fp8Pow2BlockQuantizer.Quantize(t.As<ushort>(), rows, cols, pcodes, pscales);
+                    }
+                    else
+                    {
+                        Fp8Pow2BlockQuantizer.Quantize(_ckpt.ReadFloat32(name), rows, cols, pcodes, pscales);
+                    }
+                }
+                catch (ArgumentException ex)
+                {
+                    throw new InvalidDataException($"{info.File}: tensor '{name}': {ex.Message}");
+                }
+                sink.Write(pcodes);
+                var widened = new float[pscales.Length];
+                E8M0.ToSingle(pscales, widened);
+                allScales.AddRange(widened);
                 continue;
             }
             codes ??= new byte[rows * cols];

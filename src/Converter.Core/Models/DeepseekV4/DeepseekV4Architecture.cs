@@ -1,3 +1,4 @@
+using Converter.Decoder.Onnx;
 using System.Text.Json.Nodes;
 
 namespace Converter.Models.DeepseekV4;
@@ -190,8 +191,15 @@ public sealed class DeepseekV4Architecture(DeepseekV4Config cfg) : ModelArchitec
             ? new FeedForwardWeights(p + "shared_experts.w1.weight", p + "shared_experts.w3.weight", p + "shared_experts.w2.weight", mi * Cfg.NSharedExperts)
             : null;
         return new MoeBlock(layer, p + "gate.weight", hash ? null : p + "gate.bias", (e, f) => $"{p}experts.{e}.{Proj(f)}.weight", mi, shared,
-            Cfg.Routing(hash), p + "experts.");
+            Cfg.Routing(hash), p + "experts.")
+        {
+            // transformers clamps the routed and the shared experts' SwiGLU alike (DeepSeek's reference leaves the shared one unclamped)
+            HashTable = hash ? p + "gate.tid2eid" : null, SwigluLimit = Cfg.SwigluLimit, SharedSwigluLimit = Cfg.SwigluLimit,
+        };
     }
+
+    /// <summary>The ONNX decoder: hyper-connection streams as the residual, sliding / CSA / HCA attention (<see cref="Onnx.DeepseekV4OnnxFamily"/>).</summary>
+    public override IOnnxDecoderFamily Onnx => new Onnx.DeepseekV4OnnxFamily(this);
 
     /// <summary>w1 is the gate, w3 the up and w2 the down projection.</summary>
     private static string Proj(FfnProjection f) => f switch { FfnProjection.Gate => "w1", FfnProjection.Up => "w3", _ => "w2" };

@@ -328,5 +328,5 @@ public sealed class DeepseekV4Config
     /// Hash layers take their experts from tid2eid[token] and weigh them the same way, without the bias.</summary>
     public RoutingRule Routing(bool hash) => new(NRoutedExperts, NumExpertsPerTok,
         ScoringFunc switch { "sigmoid" => RouterScoring.Sigmoid, "softmax" => RouterScoring.Softmax, _ => RouterScoring.SqrtSoftplus },
-        SelectionBias: !hash, NormalizeTopK: NormTopkProb, NormalizeEpsilon: 1e-20, Scale: RoutedScalingFactor);
+        SelectionBias: !hash, NormalizeTopK: NormTopkProb, NormalizeEpsilon: 1e-20, Scale: RoutedScalingFactor, Hashed: hash);
 }
