@@ -187,6 +187,37 @@ public class GenAiServingTests(Xunit.Abstractions.ITestOutputHelper log) : IDisp
     }
 
     [Fact]
+    public void ACheckpointsTokenizerAndChatTemplateReachBothOnnxAndGguf()
+    {
+        // tiny-dsv3 with tokenizer files of its own: export onnx copies them, export gguf carries the chat template
+        var src = _tmp["with-tokenizer"];
+        Directory.CreateDirectory(src);
+        foreach (var f in Directory.GetFiles(TestData.Model("tiny-dsv3"))) File.Copy(f, Path.Combine(src, Path.GetFileName(f)));
+        File.WriteAllText(Path.Combine(src, "tokenizer.json"), Converter.Models.Tokenizers.ByteLevelTokenizerFiles.TokenizerJson().ToJsonString());
+        var cfg = Converter.Models.Tokenizers.ByteLevelTokenizerFiles.TokenizerConfigJson(1024);
+        cfg["chat_template"] = "{% for message in messages %}[{{ message['role'] }}] {{ message['content'] }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}";
+        File.WriteAllText(Path.Combine(src, "tokenizer_config.json"), cfg.ToJsonString());
+        var onnx = _tmp["onnx"];
+        Cli.Run("export", "onnx", src, "-o", onnx, "--kv-cache", "-q").ExitCode.Should().Be(0);
+        File.ReadAllText(Path.Combine(onnx, "tokenizer_config.json")).Should().Be(File.ReadAllText(Path.Combine(src, "tokenizer_config.json")));
+        var gguf = _tmp["chat.gguf"];
+        var e = Cli.Run("export", "gguf", src, "-o", gguf, "--type", "f32", "-q");
+        e.ExitCode.Should().Be(0, e.ToString());
+        JsonNode Generate(string artifact, params string[] more)
+        {
+            var r = Cli.Run(["generate", artifact, "--prompt", "hello", "--chat", "--temperature", "0", "--max-new-tokens", "12", "--json", "--threads", "1", .. more]);
+            r.ExitCode.Should().Be(0, r.ToString());
+            return JsonNode.Parse(r.StdOut)!;
+        }
+        var a = Generate(onnx);
+        var b = Generate(gguf, "--kv-cache", "f32");
+        var prompt = a["prompt_tokens"]!.AsArray().Select(x => (byte)x!.GetValue<int>()).ToArray();
+        Encoding.UTF8.GetString(prompt).Should().Be("[user] hello\n[assistant] ");
+        b["prompt_tokens"]!.ToJsonString().Should().Be(a["prompt_tokens"]!.ToJsonString());
+        b["tokens"]!.ToJsonString().Should().Be(a["tokens"]!.ToJsonString());
+    }
+
+    [Fact]
     public void GenerateRefusesBadInputWithOneLine()
     {
         var plain = _tmp["plain"];

@@ -4,7 +4,8 @@
 //   {"event":"prompt","tokens":[...]}                 (after the chat template, when asked)
 //   {"event":"loaded","llamaCpp":"repo release","vocab":N,"contextSize":N,"threads":N}
 //   {"event":"token","id":N,"text":"..."}             (text: what this token completes; "" mid-character)
-//   {"event":"done","prefillSeconds":s,"decodeSeconds":s,"stopReason":"eos|max_new_tokens"}
+//   {"event":"done","prefillSeconds":s,"decodeSeconds":s,"prefillCpuSeconds":s,"decodeCpuSeconds":s,"stopReason":"eos|max_new_tokens"}
+//   (CPU seconds: the whole process's, every llama.cpp thread included)
 // Usage: node generate.mjs <model.gguf> <request.json>
 //   request.json: { prompt: string|null, tokens: int[]|null, chat: bool, maxNewTokens, temperature (0: greedy),
 //                   topP, topK (0: off), seed|null, threads (0: one per logical processor), kvCache: "f32"|"f16",
@@ -76,10 +77,16 @@ if (req.temperature > 0) {
 const generated = [];
 let shown = "";
 let stopReason = "max_new_tokens";
+const cpuSeconds = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+const cpuStart = cpuSeconds();
+let cpuFirst = cpuStart;
 const start = process.hrtime.bigint();
 let first = start;
 for await (const token of sequence.evaluate(prompt, options)) {
-  if (generated.length === 0) first = process.hrtime.bigint();
+  if (generated.length === 0) {
+    first = process.hrtime.bigint();
+    cpuFirst = cpuSeconds();
+  }
   generated.push(token);
   // text so far, less what was shown: a token that ends mid-character waits for the next one
   const all = model.detokenize(generated, false);
@@ -96,10 +103,13 @@ for await (const token of sequence.evaluate(prompt, options)) {
   if (generated.length >= maxNew) break;
 }
 const end = process.hrtime.bigint();
+const cpuEnd = cpuSeconds();
 emit({
   event: "done",
   prefillSeconds: Number(first - start) / 1e9,
   decodeSeconds: generated.length > 1 ? Number(end - first) / 1e9 : 0,
+  prefillCpuSeconds: cpuFirst - cpuStart,
+  decodeCpuSeconds: cpuEnd - cpuFirst,
   stopReason,
 });
 await context.dispose();

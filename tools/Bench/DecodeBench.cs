@@ -101,8 +101,8 @@ public static class DecodeBench
         Console.WriteLine($"machine: {Environment.ProcessorCount} logical cores, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at start; " +
                           $"model {model}; {newTokens} new tokens per context (decode rate over the last {newTokens - 1}); full-sequence re-run: mean of {fullSteps} steps at the most threads");
         Console.WriteLine();
-        Console.WriteLine("| weights | runtime | threads | context | prefill tokens/s | decode tokens/s | ms/token |");
-        Console.WriteLine("|---|---|---:|---:|---:|---:|---:|");
+        Console.WriteLine("| weights | runtime | threads | context | prefill tokens/s | decode tokens/s | decode tokens per CPU-second | ms/token |");
+        Console.WriteLine("|---|---|---:|---:|---:|---:|---:|---:|");
         var tokens = new int[contexts.Max() + newTokens + fullSteps + 1];
         int vocab = Converter.Models.ConfigJson.Load(model).Int("vocab_size");
         for (int i = 0; i < tokens.Length; i++) tokens[i] = (int)((i * 2654435761L + 17) % vocab);
@@ -114,7 +114,7 @@ public static class DecodeBench
                 foreach (int c in contexts)
                 {
                     var r = g.Generate(GenerationPrompt.FromTokens(tokens[..Math.Max(c, 1)]), options);
-                    Row(v.Label, "onnxruntime-genai, KV cache", threads, c, r.PrefillTokensPerSecond, r.DecodeTokensPerSecond);
+                    Row(v.Label, "onnxruntime-genai, KV cache", threads, c, r.PrefillTokensPerSecond, r.DecodeTokensPerSecond, r.DecodeTokensPerCpuSecond);
                 }
             if (v.OnnxFull != null && threads == threadCounts.Max())
             {
@@ -122,6 +122,9 @@ public static class DecodeBench
                 foreach (int c in contexts)
                 {
                     var times = new List<double>();
+                    using var self = Process.GetCurrentProcess();
+                    self.Refresh();
+                    var cpu0 = self.TotalProcessorTime;
                     for (int s = 0; s < fullSteps; s++)
                     {
                         int n = Math.Max(c, 1) + s;
@@ -129,7 +132,9 @@ public static class DecodeBench
                         runner.Run(tokens[..n], 1, n, false, false);
                         times.Add(clock.Elapsed.TotalSeconds);
                     }
-                    Row(v.Label, "ONNX Runtime, full sequence re-run per token", threads, c, double.NaN, fullSteps / times.Sum());
+                    self.Refresh();
+                    Row(v.Label, "ONNX Runtime, full sequence re-run per token", threads, c, double.NaN, fullSteps / times.Sum(),
+                        fullSteps / (self.TotalProcessorTime - cpu0).TotalSeconds);
                 }
             }
             if (v.Gguf != null)
@@ -140,7 +145,7 @@ public static class DecodeBench
                     {
                         var r = g.Generate(GenerationPrompt.FromTokens(tokens[..Math.Max(c, 1)]), options);
                         Row(v.Label, $"llama.cpp {(kvType == "f16" ? "(F16 KV cache, defaults)" : "(F32 KV cache, no flash attention)")}", threads, c,
-                            r.PrefillTokensPerSecond, r.DecodeTokensPerSecond);
+                            r.PrefillTokensPerSecond, r.DecodeTokensPerSecond, r.DecodeTokensPerCpuSecond);
                         if (c == contexts[0]) Log(r.Runtime);
                     }
                 }
@@ -150,8 +155,8 @@ public static class DecodeBench
         return 0;
     }
 
-    private static void Row(string weights, string runtime, int threads, int context, double prefill, double decode) =>
-        Console.WriteLine($"| {weights} | {runtime} | {threads} | {context} | {Fmt(prefill)} | {Fmt(decode)} | {(double.IsFinite(decode) ? (1000 / decode).ToString("F1") : "-")} |");
+    private static void Row(string weights, string runtime, int threads, int context, double prefill, double decode, double perCpu) =>
+        Console.WriteLine($"| {weights} | {runtime} | {threads} | {context} | {Fmt(prefill)} | {Fmt(decode)} | {Fmt(perCpu)} | {(double.IsFinite(decode) ? (1000 / decode).ToString("F1") : "-")} |");
 
     private static string Fmt(double d) => double.IsFinite(d) ? d.ToString(d >= 100 ? "F0" : "F2") : "-";
 

@@ -107,6 +107,10 @@ public sealed class GenAiTextGenerator : ITextGenerator
         }
         using var g = new Generator(_model, p);
         using var stream = _tokenizer?.CreateStream();
+        using var self = Process.GetCurrentProcess();
+        TimeSpan Cpu() { self.Refresh(); return self.TotalProcessorTime; }
+        var cpu0 = Cpu();
+        var cpuFirst = cpu0;
         var clock = Stopwatch.StartNew();
         g.AppendTokens(promptTokens);
         var tokens = new List<int>();
@@ -119,7 +123,7 @@ public sealed class GenAiTextGenerator : ITextGenerator
             if (g.IsDone()) { stop = "eos"; break; }
             g.GenerateNextToken();
             int id = g.GetNextTokens()[0];
-            if (tokens.Count == 0) { prefill = clock.Elapsed.TotalSeconds; clock.Restart(); }
+            if (tokens.Count == 0) { prefill = clock.Elapsed.TotalSeconds; cpuFirst = Cpu(); clock.Restart(); }
             tokens.Add(id);
             string piece = stream?.Decode(id) ?? "";
             text.Append(piece);
@@ -127,7 +131,12 @@ public sealed class GenAiTextGenerator : ITextGenerator
         }
         if (stop != "eos" && g.IsDone() && tokens.Count < o.MaxNewTokens) stop = "eos";
         double decode = tokens.Count > 1 ? clock.Elapsed.TotalSeconds : 0;
-        return new GenerationResult(Description, promptTokens, tokens.ToArray(), text.ToString(), prefill, decode, stop);
+        var cpuEnd = Cpu();
+        return new GenerationResult(Description, promptTokens, tokens.ToArray(), text.ToString(), prefill, decode, stop)
+        {
+            PrefillCpuSeconds = (cpuFirst - cpu0).TotalSeconds,
+            DecodeCpuSeconds = (cpuEnd - cpuFirst).TotalSeconds,
+        };
     }
 
     public void Dispose()

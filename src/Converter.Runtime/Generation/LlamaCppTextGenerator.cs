@@ -78,7 +78,7 @@ public sealed class LlamaCppTextGenerator : ITextGenerator
         int[] promptTokens = [];
         var tokens = new List<int>();
         var text = new StringBuilder();
-        double prefill = 0, decode = 0;
+        double prefill = 0, decode = 0, prefillCpu = double.NaN, decodeCpu = double.NaN;
         string stop = "max_new_tokens";
         try
         {
@@ -105,6 +105,8 @@ public sealed class LlamaCppTextGenerator : ITextGenerator
                         prefill = e.GetProperty("prefillSeconds").GetDouble();
                         decode = e.GetProperty("decodeSeconds").GetDouble();
                         stop = e.GetProperty("stopReason").GetString() ?? stop;
+                        if (e.TryGetProperty("prefillCpuSeconds", out var pc)) prefillCpu = pc.GetDouble();
+                        if (e.TryGetProperty("decodeCpuSeconds", out var dc)) decodeCpu = dc.GetDouble();
                         break;
                 }
             }
@@ -119,7 +121,11 @@ public sealed class LlamaCppTextGenerator : ITextGenerator
         if (p.ExitCode == 2) throw new ArgumentException(LastLine(err));
         if (p.ExitCode != 0)
             throw new InvalidDataException($"{_path}: llama.cpp (node {Script}) failed with exit code {p.ExitCode}: {LastLine(err)}");
-        return new GenerationResult(Description, promptTokens, tokens.ToArray(), text.ToString(), prefill, decode, stop);
+        return new GenerationResult(Description, promptTokens, tokens.ToArray(), text.ToString(), prefill, decode, stop)
+        {
+            PrefillCpuSeconds = prefillCpu,
+            DecodeCpuSeconds = decodeCpu,
+        };
     }
 
     private static string LastLine(string s)

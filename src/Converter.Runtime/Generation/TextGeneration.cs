@@ -29,11 +29,17 @@ public readonly record struct GeneratedToken(int Id, string Text);
 
 /// <summary>
 /// A finished generation. Prefill is the time from the prompt to the first generated token (the prompt's forward pass
-/// and the first pick); decode the time of every further token (one forward pass with the cache each).
+/// and the first pick); decode the time of every further token (one forward pass with the cache each). The CPU
+/// seconds are the runtime process's (all its threads) over the same spans: on a shared machine tokens per CPU-second
+/// of a one-thread run is the figure that other people's load does not move.
 /// </summary>
 public sealed record GenerationResult(string Runtime, int[] PromptTokens, int[] Tokens, string Text, double PrefillSeconds,
     double DecodeSeconds, string StopReason)
 {
+    public double PrefillCpuSeconds { get; init; } = double.NaN;
+    public double DecodeCpuSeconds { get; init; } = double.NaN;
+    public double DecodeTokensPerCpuSecond => Tokens.Length > 1 && DecodeCpuSeconds > 0 ? (Tokens.Length - 1) / DecodeCpuSeconds : double.NaN;
+
     public double PrefillTokensPerSecond => PrefillSeconds > 0 ? PromptTokens.Length / PrefillSeconds : double.NaN;
     public double DecodeTokensPerSecond => Tokens.Length > 1 && DecodeSeconds > 0 ? (Tokens.Length - 1) / DecodeSeconds : double.NaN;
 
@@ -48,6 +54,8 @@ public sealed record GenerationResult(string Runtime, int[] PromptTokens, int[] 
         ["decode_seconds"] = DecodeSeconds,
         ["prefill_tokens_per_second"] = Finite(PrefillTokensPerSecond),
         ["decode_tokens_per_second"] = Finite(DecodeTokensPerSecond),
+        ["prefill_cpu_seconds"] = Finite(PrefillCpuSeconds),
+        ["decode_cpu_seconds"] = Finite(DecodeCpuSeconds),
     };
 
     private static JsonNode? Finite(double d) => double.IsFinite(d) ? d : null;
