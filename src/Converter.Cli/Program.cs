@@ -15,4 +15,5 @@ export.Subcommands.Add(GgufCommand.Create());
 root.Subcommands.Add(export);
 root.Subcommands.Add(VerifyCommand.Create(RunnerRegistration.RegisterAll(ArtifactRunnerFactory.Default)));
 root.Subcommands.Add(ShardCommand.Create());
+root.Subcommands.Add(GenerateCommand.Create());
 return root.Parse(args).Invoke();

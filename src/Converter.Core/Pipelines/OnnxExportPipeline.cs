@@ -112,6 +112,11 @@ public static class OnnxExportPipeline
         }
         if (donor != null) logger.LogInformation("{Reused} of {Count} initializers copied from {Donor}", reused, export.Initializers.Count, options.ReuseFrom);
         File.Copy(Path.Combine(modelDir, "config.json"), Path.Combine(writer.StagingDirectory, "config.json"));
+        if (options.Rank == null && options.Slice == null)
+        {
+            var side = OnnxServingFiles.Write(ckpt, writer.StagingDirectory, options.KvCache, logger);
+            logger.LogInformation("Serving files: {Files}", string.Join(", ", side));
+        }
         long dataBytes = writer.DataBytes;
         writer.Commit(export.Model);
         var modelPath = Path.Combine(writer.Destination, OnnxExternalDataWriter.ModelFileName);

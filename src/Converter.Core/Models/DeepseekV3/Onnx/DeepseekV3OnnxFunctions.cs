@@ -125,16 +125,28 @@ internal static class DeepseekV3OnnxFunctions
         string latent = f.Concat(3, c4, kPe);
         if (2 * half > kvr + rope)
             latent = f.Concat(3, latent, f.Mul(f.Op("Slice", [kPe, f.ConstInt64(0), f.ConstInt64(1), f.ConstInt64(3)]), f.ScalarFloat(0f)));
-        string all = f.Concat(2, f.Concat(3, pastKey, pastValue), latent);                                      // [b, 1, T, 2 half]
         string Cols(string t, long from, long to) => f.Op("Slice", [t, f.ConstInt64(from), f.ConstInt64(to), f.ConstInt64(3)]);
-        string presentKey = Cols(all, 0, half), presentValue = Cols(all, half, 2 * half);
+        // Each half grows by this call's tokens; the halves are never joined into one [T, 2 half] copy.
+        string presentKey = f.Concat(2, pastKey, Cols(latent, 0, half));                                     // [b, 1, T, half]
+        string presentValue = f.Concat(2, pastValue, Cols(latent, half, 2 * half));
 
         var w = f.Split(f.Reshape(kvb, nh, nope + vd, kvr), 1, nope, vd);                                    // [nh, nope|v, kvr]
         string qLat = f.Op("MatMul", [qParts[0], w[0]]);                                                       // [b, nh, s, kvr]
-        string heads = f.ConstInt64(1, nh, 1, 1);
-        string keys = f.Op("Expand", [Cols(all, 0, kvr + rope), heads]);                                      // [b, nh, T, kvr + rope]
-        string values = f.Op("Expand", [Cols(all, 0, kvr), heads]);                                           // [b, nh, T, kvr]
-        string attn = f.Op("Attention", [f.Concat(3, qLat, qPe), keys, values, mask], Float("scale", (float)c.SoftmaxScale));
+        string qCat = f.Concat(3, qLat, qPe);                                                                 // [b, nh, s, kvr + rope]
+        if (2 * half > kvr + rope) qCat = f.Concat(3, qCat, f.Mul(Cols(qPe, 0, 1), f.ScalarFloat(0f)));
+        // One latent "head" serves every query head: fold the heads into the query rows ([b, 1, nh s, 2 half]) so each
+        // cache half is read once per step by one matrix product, not once per head (nor copied per head by Expand).
+        string b0 = f.Shape(x, 0, 1), sLen = f.Shape(x, 1, 2), tLen = f.Shape(presentKey, 2, 3);
+        string qFold = f.Reshape(qCat, f.Concat(0, b0, f.ConstInt64(1, -1, 2 * half)));
+        var qHalves = f.Split(qFold, 3, half, half);
+        string scores = f.Add(f.Op("MatMul", [qHalves[0], f.Transpose(presentKey, 0, 1, 3, 2)]),
+                              f.Op("MatMul", [qHalves[1], f.Transpose(presentValue, 0, 1, 3, 2)]));           // [b, 1, nh s, T]
+        string perHeadScores = f.Reshape(scores, f.Concat(0, b0, f.ConstInt64(nh), sLen, tLen));              // [b, nh, s, T]
+        string probs = f.Op("Softmax", [f.Add(f.Mul(perHeadScores, f.ScalarFloat((float)c.SoftmaxScale)), mask)], Int("axis", -1));
+        string pFold = f.Reshape(probs, f.Concat(0, b0, f.ConstInt64(1, -1), tLen));                          // [b, 1, nh s, T]
+        // probabilities x c_kv: c_kv is the key half and the value half's first kvr - half columns
+        string mixed = Cols(f.Concat(3, f.Op("MatMul", [pFold, presentKey]), f.Op("MatMul", [pFold, presentValue])), 0, kvr);
+        string attn = f.Reshape(mixed, f.Concat(0, b0, f.ConstInt64(nh), sLen, f.ConstInt64(kvr)));           // [b, nh, s, kvr]
         string perHead = f.Op("MatMul", [attn, f.Transpose(w[1], 0, 2, 1)]);                                   // [b, nh, s, v]
         string merged = f.Reshape(f.Transpose(perHead, 0, 2, 1, 3), -1, nh * vd);
         f.Output(f.Reshape(o.Apply(f, merged), f.Shape(x)));
