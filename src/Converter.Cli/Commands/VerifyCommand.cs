@@ -5,13 +5,15 @@ using Converter.Models;
 using Converter.Pipelines;
 using Converter.Runtime;
 using Converter.Verification;
+using Converter.Cli;
 
 namespace Converter.Cli.Commands;
 
 /// <summary>
 /// <c>converter verify &lt;artifact&gt; --golden eval.safetensors</c>: runs the artifact on the golden tokens and
-/// compares. Exit codes: 0 when every set tolerance holds, 1 when one does not, 2 on bad input (missing or
-/// malformed files, unknown options or values, no runner for the artifact kind, an artifact that fails to run).
+/// compares. Exit codes: 0 when every set tolerance holds (or the preset sets none: REPORTED), 1 when one does not, 2 on
+/// bad input (missing or malformed files, unknown options or values, no runner for the artifact kind, an artifact that
+/// fails to run, a golden of another model), 3 on an internal error.
 /// </summary>
 public static class VerifyCommand
 {
@@ -42,14 +44,21 @@ public static class VerifyCommand
             Description = "ONNX folder or .onnx file, .gguf file, or a sharded output folder (shard --onnx: every rank runs, " +
                 "their partial MoE outputs are summed layer by layer)",
         };
-        var golden = new Option<string>("--golden") { Description = "golden eval.safetensors", Required = true };
+        var golden = new Option<string?>("--golden") { Description = "golden eval.safetensors (from `converter golden` or transformers); or --reference" };
+        var reference = new Option<string?>("--reference")
+        {
+            Description = "compute the reference on the fly instead of --golden: a source model folder (run as `converter golden` does) or " +
+                          "another artifact (run as is); with --tokens or --text",
+        };
+        var inputs = GoldenCommand.InputOptions.Create();
         var json = new Option<bool>("--json") { Description = "print exactly one JSON object instead of the table" };
         var layers = new Option<bool>("--layers") { Description = "compare sequence 0's per-layer hidden states (or residual streams)" };
         var threads = new Option<string?>("--threads") { Description = "runtime threads (default: the runtime's choice)" };
         var ep = new Option<string>("--execution-provider") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var preset = new Option<string?>("--format-preset")
         {
-            Description = $"tolerance preset: {string.Join(", ", VerificationTolerances.PresetNames)} (default: fp32 for ONNX; for GGUF from the file's weight types)",
+            Description = $"tolerance preset: {string.Join(", ", VerificationTolerances.PresetNames)} (default: from the artifact's own metadata: " +
+                          "ONNX converter.weights/converter.int4, GGUF general.file_type or its weight types; 'report' sets no limit and prints REPORTED)",
         };
         var kvCache = new Option<string>("--kv-cache")
         {
@@ -70,65 +79,104 @@ public static class VerifyCommand
         var layerThreshold = new Option<string?>("--layer-threshold") { Description = "relative error that marks a layer as diverging (default 1e-3)" };
         var limitOptions = LimitFlags.Select(f => new Option<string?>(f.Name) { Description = f.Help + "; a number, or 'none' to drop the preset's limit" }).ToArray();
 
-        var cmd = new Command("verify", "Run an artifact on golden tokens and compare its logits, routing and hidden states with the golden");
+        var cmd = new Command("verify", "Run an artifact on golden tokens and compare its logits, routing and hidden states with the golden " +
+                                        "(a file, or a reference computed on the fly with --reference)");
         cmd.Arguments.Add(artifact);
-        foreach (var o in new Option[] { golden, json, layers, threads, ep, preset, kvCache, interopDir, decode, model, stableMargin, selectionMargin, layerThreshold }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { golden, reference, json, layers, threads, ep, preset, kvCache, interopDir, decode, model, stableMargin, selectionMargin, layerThreshold }) cmd.Options.Add(o);
+        foreach (var o in inputs.All) cmd.Options.Add(o);
         foreach (var o in limitOptions) cmd.Options.Add(o);
 
         cmd.Action = new VerifyAction(pr =>
         {
             var output = pr.InvocationConfiguration.Output;
             var error = pr.InvocationConfiguration.Error;
+            bool verbose = pr.GetValue(Converter.Cli.GlobalOptions.Verbose), quiet = pr.GetValue(Converter.Cli.GlobalOptions.Quiet);
             string path = pr.GetValue(artifact)!;
             VerificationTolerances tol;
             GoldenSet goldenSet;
             ArtifactKind kind;
             RunnerOptions options;
+            string? presetReason;
+            var progress = quiet ? null : new StepProgress(error);
             try
             {
                 kind = ArtifactRunnerFactory.Detect(path);
-                tol = VerificationTolerances.ForPreset(pr.GetValue(preset) ?? (kind == ArtifactKind.Gguf ? GgufArtifactRunner.DefaultPreset(path) : "fp32"));
-                bool overridden = false;
-                for (int i = 0; i < LimitFlags.Length; i++)
-                    if (pr.GetValue(limitOptions[i]) is { } text)
-                    {
-                        tol = LimitFlags[i].Set(tol, ParseLimit(LimitFlags[i].Name, text));
-                        overridden = true;
-                    }
-                if (overridden) tol = tol with { Preset = tol.Preset + "+overrides" };
-                if (pr.GetValue(stableMargin) is { } sm) tol = tol with { StableMarginThreshold = ParseNumber("--stable-margin", sm) };
-                if (pr.GetValue(selectionMargin) is { } sm2) tol = tol with { SelectionMarginThreshold = ParseNumber("--selection-margin", sm2) };
-                if (pr.GetValue(layerThreshold) is { } lt) tol = tol with { LayerRelativeErrorThreshold = ParseNumber("--layer-threshold", lt) };
+                string? presetFlag = pr.GetValue(preset);
+                if (presetFlag != null) VerificationTolerances.ForPreset(presetFlag); // an unknown name fails before any work
                 int nThreads = pr.GetValue(threads) is { } th ? ParseThreads(th) : 0;
                 string provider = pr.GetValue(ep)!.ToLowerInvariant();
                 if (provider is not ("cpu" or "cuda"))
                     throw new ArgumentException($"--execution-provider: '{provider}' is not cpu or cuda");
                 options = new RunnerOptions(nThreads, provider) { KvCache = pr.GetValue(kvCache)!, InteropDirectory = pr.GetValue(interopDir), DecodePrefill = pr.GetValue(decode) };
-                goldenSet = GoldenSet.Load(pr.GetValue(golden)!);
-                // A sharded output's config.json sits in each rank folder.
+                var limits = new List<(int Index, double? Value)>();
+                for (int i = 0; i < LimitFlags.Length; i++)
+                    if (pr.GetValue(limitOptions[i]) is { } text) limits.Add((i, ParseLimit(LimitFlags[i].Name, text)));
+                double? sm = pr.GetValue(stableMargin) is { } smText ? ParseNumber("--stable-margin", smText) : null;
+                double? lt = pr.GetValue(layerThreshold) is { } ltText ? ParseNumber("--layer-threshold", ltText) : null;
+                double? selm = pr.GetValue(selectionMargin) is { } selText ? ParseNumber("--selection-margin", selText) : null;
+
+                string? goldenPath = pr.GetValue(golden), referencePath = pr.GetValue(reference);
+                if ((goldenPath == null) == (referencePath == null)) throw new ArgumentException("give exactly one of --golden FILE or --reference <model-dir|artifact>");
+                if (goldenPath != null && (pr.GetValue(inputs.Tokens) != null || pr.GetValue(inputs.Text) != null))
+                    throw new ArgumentException("--tokens and --text go with --reference; a golden file brings its own tokens");
+                progress?.Step(goldenPath != null ? $"loading {goldenPath}" : $"computing the reference from {referencePath}");
+                goldenSet = goldenPath != null
+                    ? GoldenSet.Load(goldenPath)
+                    : Reference(referencePath!, inputs, pr, factory, options, kind, path, verbose, quiet, error);
+
+                var info = ArtifactModelInfo.Read(path, kind, goldenSet);
+                string presetName = presetFlag ?? info.Preset;
+                presetReason = presetFlag != null ? "--format-preset" : info.PresetReason;
+                tol = VerificationTolerances.ForPreset(presetName);
+                foreach (var (i, value) in limits) tol = LimitFlags[i].Set(tol, value);
+                if (limits.Count > 0) tol = tol with { Preset = tol.Preset + "+overrides" };
+                if (sm is double smv) tol = tol with { StableMarginThreshold = smv };
+                if (lt is double ltv) tol = tol with { LayerRelativeErrorThreshold = ltv };
+                if (selm is double selv) tol = tol with { SelectionMarginThreshold = selv };
+
+                // The golden must belong to the artifact's model: config.json beside the artifact (ONNX exports copy it),
+                // --model, or what a GGUF file states about its shapes.
                 var configDir = kind == ArtifactKind.ShardedOnnx ? Path.Combine(path, ShardPipeline.RankFolderName(0)) : path;
                 var modelDir = pr.GetValue(model) ?? (Directory.Exists(configDir) && File.Exists(Path.Combine(configDir, "config.json")) ? configDir : null);
                 if (modelDir != null) goldenSet.CheckModel(ConfigJson.Load(modelDir));
+                goldenSet.CheckShapes(info.Vocab, info.Hidden, info.Layers, info.RoutedExperts, info.ExpertsPerToken, path);
             }
-            catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or KeyNotFoundException or FormatException)
+            catch (Exception e) when (CommandRunner.Classify(e) != CommandRunner.InternalError || e is Microsoft.ML.OnnxRuntime.OnnxRuntimeException)
             {
-                error.WriteLine($"error: {e.Message}");
-                return ExitBadInput;
+                // Bad input: a missing or malformed file, an unknown option value, another model's golden, a reference that fails.
+                CommandRunner.Report(e is Microsoft.ML.OnnxRuntime.OnnxRuntimeException ? new InvalidDataException(e.Message, e) : e, error, verbose);
+                return e is OperationCanceledException ? CommandRunner.Cancelled : ExitBadInput;
+            }
+            catch (Exception e)
+            {
+                return CommandRunner.Report(e, error, verbose);
             }
 
             VerificationReport report;
             try
             {
+                progress?.Step($"running {path}");
                 using var runner = factory.Open(path, kind, options);
-                report = ArtifactVerifier.Verify(runner, goldenSet, tol, pr.GetValue(layers));
-                report = report with { Artifact = $"{path} ({runner.Description})" };
+                // ONNX runs sequence by sequence so progress shows; llama.cpp loads the file once per call, so it gets them all at once.
+                int chunk = kind == ArtifactKind.Gguf ? 0 : 1;
+                report = ArtifactVerifier.Verify(runner, goldenSet, tol, pr.GetValue(layers), chunk,
+                    progress == null ? null : new Progress<(int Done, int Total)>(p => progress.Sequences(p.Done, p.Total)));
+                progress?.Done();
+                report = report with { Artifact = $"{path} ({runner.Description})", PresetReason = presetReason };
             }
-            catch (Exception e)
+            catch (Exception e) when (CommandRunner.Classify(e) != CommandRunner.InternalError || e is Microsoft.ML.OnnxRuntime.OnnxRuntimeException)
             {
                 // The artifact could not be opened or run, or returned outputs of the wrong shape: bad input, not a
                 // tolerance failure.
+                progress?.Done();
                 error.WriteLine($"error: {e.Message}");
-                return ExitBadInput;
+                if (verbose) error.WriteLine(e);
+                return e is OperationCanceledException ? CommandRunner.Cancelled : ExitBadInput;
+            }
+            catch (Exception e)
+            {
+                progress?.Done();
+                return CommandRunner.Report(e, error, verbose);
             }
 
             if (pr.GetValue(layers) && report.Layers == null)
@@ -139,9 +187,79 @@ public static class VerifyCommand
                 output.WriteLine(VerificationReportWriter.ToJson(report));
             else
                 output.Write(VerificationReportWriter.ToText(report));
-            return report.Passed ? ExitPassed : ExitFailed;
+            return report.ReportOnly || report.Passed ? ExitPassed : ExitFailed;
         });
         return cmd;
+    }
+
+    /// <summary>
+    /// The reference for --reference: a model folder runs through the golden pipeline into a temporary golden file (the
+    /// same file `converter golden` writes, compact for large vocabularies unless --full-logits); an artifact runs as is.
+    /// </summary>
+    private static GoldenSet Reference(string reference, GoldenCommand.InputOptions inputs, ParseResult pr, ArtifactRunnerFactory factory,
+        RunnerOptions options, ArtifactKind artifactKind, string artifactPath, bool verbose, bool quiet, TextWriter error)
+    {
+        bool modelFolder = Directory.Exists(reference) && File.Exists(Path.Combine(reference, "config.json"))
+                           && !File.Exists(Path.Combine(reference, "model.onnx")) && !File.Exists(Path.Combine(reference, Converter.Sharding.PlacementJson.FileName));
+        if (modelFolder)
+        {
+            var arch = ArchitectureRegistry.Load(reference);
+            var tokens = inputs.Read(pr, arch.VocabSize, reference);
+            string tmp = Path.Combine(Path.GetTempPath(), $"converter-reference-{Environment.ProcessId}-{Guid.NewGuid():N}.safetensors");
+            try
+            {
+                using var loggers = Converter.Cli.GlobalOptions.CreateLoggerFactory(pr);
+                Converter.Runtime.Golden.GoldenPipeline.Run(reference, tokens.Tokens, tokens.Sequences, tokens.Length, tmp,
+                    new Converter.Runtime.Golden.GoldenOptions(pr.GetValue(inputs.Batch), options.Threads, inputs.Form(pr, arch.VocabSize), TokensSource: tokens.Source),
+                    loggers.CreateLogger("reference"), quiet ? null : Converter.Cli.GlobalOptions.CreateProgress(pr));
+                var set = GoldenSet.Load(tmp);
+                return set.With(identity: set.Identity);
+            }
+            finally
+            {
+                if (File.Exists(tmp)) File.Delete(tmp);
+            }
+        }
+        var kind = ArtifactRunnerFactory.Detect(reference);
+        var info = ArtifactModelInfo.Read(reference, kind);
+        int vocab = info.Vocab ?? (Directory.Exists(reference) && File.Exists(Path.Combine(reference, "config.json"))
+            ? ConfigJson.Load(reference).Int("vocab_size")
+            : throw new InvalidDataException($"{reference}: cannot tell the reference's vocabulary; pass a model folder"));
+        var ts = inputs.Read(pr, vocab, Directory.Exists(reference) ? reference : null);
+        using var runner = factory.Open(reference, kind, options);
+        var outputs = ArtifactVerifier.Run(runner, ts.Tokens, ts.Sequences, ts.Length, hiddenStates: true, routing: false, 0, null);
+        return GoldenSet.FromOutputs($"{reference} ({runner.Description})", ts.Tokens, ts.Sequences, ts.Length, outputs);
+    }
+
+    /// <summary>verify's progress on stderr: each step on its own line, sequences on one updating line.</summary>
+    private sealed class StepProgress(TextWriter error)
+    {
+        private readonly bool _interactive = !Console.IsErrorRedirected;
+        private readonly System.Diagnostics.Stopwatch _clock = System.Diagnostics.Stopwatch.StartNew();
+        private long _last = -1;
+        private bool _open;
+
+        public void Step(string what)
+        {
+            Done();
+            error.WriteLine($"verify: {what}");
+        }
+
+        public void Sequences(int done, int total)
+        {
+            long now = _clock.ElapsedMilliseconds;
+            if (done < total && now - _last < (_interactive ? 200 : 5000)) return;
+            _last = now;
+            string line = $"[{done}/{total}] sequences, {now / 1000.0:F1} s";
+            if (_interactive) { error.Write("\r" + line); _open = done < total; if (!_open) error.WriteLine(); }
+            else error.WriteLine(line);
+        }
+
+        public void Done()
+        {
+            if (_open) error.WriteLine();
+            _open = false;
+        }
     }
 
     private static double? ParseLimit(string flag, string text) =>
@@ -163,25 +281,13 @@ public static class VerifyCommand
     }
 
     /// <summary>
-    /// The command's action. It also owns parse errors (unknown options, a missing --golden): they are printed and
-    /// answered with exit code 2, not System.CommandLine's default 1, which here means "tolerances failed".
+    /// The command's action. It also owns parse errors (unknown options, a bad value): they are printed with a pointer to
+    /// --help and answered with exit code 2, not System.CommandLine's default 1, which here means "tolerances failed".
     /// </summary>
     private sealed class VerifyAction(Func<ParseResult, int> run) : SynchronousCommandLineAction
     {
         public override bool ClearsParseErrors => true;
 
-        public override int Invoke(ParseResult parseResult)
-        {
-            var err = parseResult.InvocationConfiguration.Error;
-            if (parseResult.Errors.Count > 0 || parseResult.UnmatchedTokens.Count > 0)
-            {
-                foreach (var e in parseResult.Errors) err.WriteLine($"error: {e.Message}");
-                // Clearing parse errors also clears "unrecognized argument" ones; report those tokens here.
-                if (parseResult.Errors.Count == 0)
-                    err.WriteLine($"error: unrecognized argument(s): {string.Join(" ", parseResult.UnmatchedTokens)}");
-                return ExitBadInput;
-            }
-            return run(parseResult);
-        }
+        public override int Invoke(ParseResult parseResult) => Converter.Cli.CommandRunner.ReportParseErrors(parseResult) ?? run(parseResult);
     }
 }

@@ -25,6 +25,13 @@ public sealed class GoldenSet
     /// attendable), their margins [selecting layers, batch, seq] (k-th minus (k+1)-th score; +inf where every attendable
     /// entry is selected) and the layers that select.</summary>
     public const string SelectionTopKName = "indexer_topk_idx", SelectionMarginName = "indexer_margin", SelectionLayersName = "indexer_layers";
+    // The compact form (no 'logits'; see CompactLogits).
+    public const string TopIdxName = "topk_idx";
+    public const string TopLogProbsName = "topk_logprobs";
+    public const string TailIdxName = "tail_idx";
+    public const string TailLogProbsName = "tail_logprobs";
+    public const string TailLogMassName = "tail_logmass";
+    public const string LogSumExpName = "logsumexp";
 
     public string Path { get; }
     public int Batch { get; }
@@ -32,8 +39,12 @@ public sealed class GoldenSet
     public int Vocab { get; }
     /// <summary>[batch, seq] token ids.</summary>
     public int[] Tokens { get; }
-    /// <summary>[batch, seq, vocab].</summary>
-    public float[] Logits { get; }
+    /// <summary>[batch, seq, vocab]; null for a compact golden (see <see cref="Compact"/>).</summary>
+    public float[]? Logits { get; }
+    /// <summary>The compact form of the logits (top-k and sampled tail log-probabilities), or null for full logits.</summary>
+    public CompactLogits? Compact { get; }
+    /// <summary>Who made the golden and from which model (the file's metadata); empty for goldens made elsewhere.</summary>
+    public GoldenIdentity Identity { get; private init; } = GoldenIdentity.Unknown;
     /// <summary>[batch, seq - 1]: NLL of token s+1 given tokens 0..s.</summary>
     public float[] Nll { get; }
 
@@ -70,8 +81,8 @@ public sealed class GoldenSet
     public bool HasSelections => SelectionTopK != null;
     public int Positions => Batch * Seq;
 
-    private GoldenSet(string path, int batch, int seq, int vocab, int[] tokens, float[] logits, float[] nll,
-        float[]? hidden, int hiddenCount, int hiddenSize, int[]? topk, float[]? margin, int moeLayers, int k)
+    private GoldenSet(string path, int batch, int seq, int vocab, int[] tokens, float[]? logits, float[] nll,
+        float[]? hidden, int hiddenCount, int hiddenSize, int[]? topk, float[]? margin, int moeLayers, int k, CompactLogits? compact = null)
     {
         Path = path;
         Batch = batch;
@@ -79,6 +90,7 @@ public sealed class GoldenSet
         Vocab = vocab;
         Tokens = tokens;
         Logits = logits;
+        Compact = compact;
         Nll = nll;
         HiddenStates = hidden;
         HiddenStateCount = hiddenCount;
@@ -113,6 +125,48 @@ public sealed class GoldenSet
             hiddenStates == null ? 0 : hiddenSize, routeTopK, routeMargin, routeTopK == null ? 0 : moeLayers, routeTopK == null ? 0 : topK);
     }
 
+    /// <summary>
+    /// A golden from what another artifact computed (verify --reference with an artifact): its logits, the next-token NLL
+    /// computed from them in float64, sequence 0's hidden states where it gave them; no routing (runners give no margins).
+    /// </summary>
+    public static GoldenSet FromOutputs(string name, int[] tokens, int batch, int seq, ArtifactOutputs outputs)
+    {
+        long n = (long)batch * seq;
+        if (n == 0 || outputs.Logits.Length % n != 0) throw new InvalidDataException($"{name}: returned {outputs.Logits.Length} logits for {batch} x {seq} positions");
+        int vocab = (int)(outputs.Logits.Length / n);
+        var nll = new float[batch * (seq - 1)];
+        var logits = outputs.Logits;
+        Parallel.For(0, batch * (seq - 1), i =>
+        {
+            int b = i / (seq - 1), s = i % (seq - 1);
+            var row = logits.AsSpan((int)(((long)b * seq + s) * vocab), vocab);
+            double max = double.NegativeInfinity, sum = 0;
+            foreach (var x in row) max = Math.Max(max, x);
+            foreach (var x in row) sum += Math.Exp(x - max);
+            nll[i] = (float)(max + Math.Log(sum) - row[tokens[b * seq + s + 1]]);
+        });
+        foreach (var x in logits)
+            if (!float.IsFinite(x)) throw new InvalidDataException($"{name}: the reference artifact computed non-finite logits");
+        float[]? hidden = null;
+        int count = 0, size = 0;
+        if (outputs.HiddenStates is { Length: > 1 } hs && hs[0].Length % seq == 0)
+        {
+            count = hs.Length;
+            size = hs[0].Length / seq;
+            hidden = hs.SelectMany(x => x).ToArray();
+        }
+        return FromArrays(name, batch, seq, vocab, tokens, logits, nll, hidden, count, size);
+    }
+
+    /// <summary>The same golden with its logits in compact form (full logits dropped) and/or another identity.</summary>
+    public GoldenSet With(CompactLogits? compact = null, GoldenIdentity? identity = null)
+    {
+        if (compact != null && compact.Positions != Positions)
+            throw new ArgumentException($"compact logits for {compact.Positions} positions, the golden has {Positions}");
+        return new GoldenSet(Path, Batch, Seq, Vocab, Tokens, compact != null ? null : Logits, Nll, HiddenStates, HiddenStateCount, HiddenSize,
+            RouteTopK, RouteMargin, MoeLayers, TopK, compact ?? Compact) { Identity = identity ?? Identity };
+    }
+
     /// <summary>Loads and validates <paramref name="path"/>; errors name the file and the tensor.</summary>
     public static GoldenSet Load(string path)
     {
@@ -124,9 +178,23 @@ public sealed class GoldenSet
         if (batch < 1 || seq < 2)
             throw Bad(path, TokensName, $"shape {tokInfo.ShapeText} needs at least one sequence of two tokens");
 
-        var logInfo = Get(f, LogitsName, 3, integer: false);
-        ExpectShape(logInfo, [batch, seq, -1], $"[{batch}, {seq}, vocab] to match '{TokensName}' {tokInfo.ShapeText}");
-        int vocab = Dim(logInfo, 2);
+        var identity = GoldenIdentity.FromMetadata(f.Metadata);
+        bool compactForm = !f.Contains(LogitsName) && f.Contains(TopIdxName);
+        int vocab;
+        TensorInfo? logInfo = null;
+        if (compactForm)
+        {
+            vocab = identity.VocabSize ?? throw new InvalidDataException(
+                $"{path}: a compact golden ('{TopIdxName}' without '{LogitsName}') needs the vocabulary size in its metadata '{GoldenIdentity.VocabKey}'");
+        }
+        else
+        {
+            logInfo = Get(f, LogitsName, 3, integer: false);
+            ExpectShape(logInfo, [batch, seq, -1], $"[{batch}, {seq}, vocab] to match '{TokensName}' {tokInfo.ShapeText}");
+            vocab = Dim(logInfo, 2);
+            if (identity.VocabSize is int mv && mv != vocab)
+                throw Bad(path, LogitsName, $"has vocabulary {vocab} but the metadata '{GoldenIdentity.VocabKey}' says {mv}");
+        }
         if (vocab < 2) throw Bad(path, LogitsName, $"vocabulary of {vocab} is too small");
 
         var nllInfo = Get(f, NllName, 2, integer: false);
@@ -134,10 +202,19 @@ public sealed class GoldenSet
 
         var tokens = ReadInt32(f, tokInfo);
         CheckTokens(path, tokens, vocab);
-        var logits = ReadFloat(f, logInfo);
-        for (int i = 0; i < logits.Length; i++)
-            if (!float.IsFinite(logits[i]))
-                throw Bad(path, LogitsName, $"element {i} is {logits[i]}; golden logits must be finite");
+        float[]? logits = null;
+        CompactLogits? compact = null;
+        if (logInfo != null)
+        {
+            logits = ReadFloat(f, logInfo);
+            for (int i = 0; i < logits.Length; i++)
+                if (!float.IsFinite(logits[i]))
+                    throw Bad(path, LogitsName, $"element {i} is {logits[i]}; golden logits must be finite");
+        }
+        else
+        {
+            compact = LoadCompact(f, batch, seq, vocab, tokInfo.ShapeText);
+        }
         var nll = ReadFloat(f, nllInfo);
 
         float[]? hidden = null;
@@ -176,7 +253,10 @@ public sealed class GoldenSet
             margin = ReadFloat(f, mInfo);
         }
 
-        var g = new GoldenSet(path, batch, seq, vocab, tokens, logits, nll, hidden, hiddenCount, hiddenSize, topk, margin, moeLayers, k);
+        var g = new GoldenSet(path, batch, seq, vocab, tokens, logits, nll, hidden, hiddenCount, hiddenSize, topk, margin, moeLayers, k, compact)
+        {
+            Identity = identity,
+        };
         return LoadStreamsAndSelections(f, g, tokInfo);
     }
 
@@ -220,6 +300,36 @@ public sealed class GoldenSet
         return g;
     }
 
+    private static CompactLogits LoadCompact(SafetensorsFile f, int batch, int seq, int vocab, string tokensShape)
+    {
+        var topInfo = Get(f, TopIdxName, 3, integer: true);
+        ExpectShape(topInfo, [batch, seq, -1], $"[{batch}, {seq}, k] to match '{TokensName}' {tokensShape}");
+        int k = Dim(topInfo, 2);
+        if (k < 1) throw Bad(f.Path, TopIdxName, "keeps no entry per position");
+        var lpInfo = Get(f, TopLogProbsName, 3, integer: false);
+        ExpectShape(lpInfo, [batch, seq, k], $"[{batch}, {seq}, {k}] to match '{TopIdxName}' {topInfo.ShapeText}");
+        var massInfo = Get(f, TailLogMassName, 2, integer: false);
+        ExpectShape(massInfo, [batch, seq], $"[{batch}, {seq}]");
+        var lseInfo = Get(f, LogSumExpName, 2, integer: false);
+        ExpectShape(lseInfo, [batch, seq], $"[{batch}, {seq}]");
+        int m = 0;
+        int[] tailIdx = [];
+        float[] tailLp = [];
+        if (f.Contains(TailIdxName))
+        {
+            var tInfo = Get(f, TailIdxName, 3, integer: true);
+            ExpectShape(tInfo, [batch, seq, -1], $"[{batch}, {seq}, samples]");
+            m = Dim(tInfo, 2);
+            var tlInfo = Get(f, TailLogProbsName, 3, integer: false);
+            ExpectShape(tlInfo, [batch, seq, m], $"[{batch}, {seq}, {m}] to match '{TailIdxName}' {tInfo.ShapeText}");
+            tailIdx = ReadInt32(f, tInfo);
+            tailLp = ReadFloat(f, tlInfo);
+        }
+        var c = new CompactLogits(vocab, k, m, ReadInt32(f, topInfo), ReadFloat(f, lpInfo), tailIdx, tailLp, ReadFloat(f, massInfo), ReadFloat(f, lseInfo));
+        c.Validate(f.Path);
+        return c;
+    }
+
     /// <summary>
     /// Checks the golden against the model it is meant to verify; throws <see cref="InvalidDataException"/>
     /// naming both sides on the first mismatch. Null arguments are not checked.
@@ -245,14 +355,43 @@ public sealed class GoldenSet
             throw new InvalidDataException($"{Path}: tensor '{RouteTopKName}' selects {TopK} experts per token but the model's num_experts_per_tok is {e}");
     }
 
-    /// <summary>Checks the golden against an architecture's config (vocabulary, positions, layers, routing).</summary>
+    /// <summary>
+    /// Checks the golden against an architecture's config (vocabulary, positions, layers, routing) and, where the golden
+    /// states them, its model type and config fingerprint.
+    /// </summary>
     public void CheckModel(Converter.Models.ModelArchitecture arch)
     {
         int moe = 0;
         for (int i = 0; i < arch.NumLayers; i++)
             if (arch.IsMoeLayer(i)) moe++;
+        if (Identity.ModelType is { } type && type != arch.ModelType)
+            throw new InvalidDataException($"{Path}: the golden was computed from a {type} model ({Identity}), not from this {arch.ModelType} model");
+        string fp = Converter.Calibration.CalibrationData.Fingerprint(arch);
+        if (Identity.ConfigFingerprint is { } gfp && gfp != fp)
+            throw new InvalidDataException($"{Path}: the golden was computed from {Identity}, whose config fingerprint {gfp} is not this model's {fp}; " +
+                                           "make a golden of this model with `converter golden`");
+        CheckShapes(arch.VocabSize, arch.HiddenSize, arch.NumLayers, arch.NumRoutedExperts, arch.NumExpertsPerToken);
         CheckModel(arch.VocabSize, arch.Config.IntOrNull("max_position_embeddings"), arch.HiddenSize, arch.NumLayers,
             moe, arch.NumExpertsPerToken);
+    }
+
+    /// <summary>
+    /// Checks what an artifact states of its model (a GGUF file's metadata, an ONNX file's shapes) against the golden's
+    /// identity and tensor shapes; null arguments are not checked. Throws <see cref="InvalidDataException"/>.
+    /// </summary>
+    public void CheckShapes(int? vocab, int? hidden, int? layers, int? routedExperts, int? expertsPerToken, string? artifact = null)
+    {
+        string who = artifact ?? "the model";
+        void Same(string what, int? golden, int? model)
+        {
+            if (golden is int g && model is int m && g != m)
+                throw new InvalidDataException($"{Path}: the golden's {what} is {g} but {who} has {m}: the golden belongs to another model ({Identity})");
+        }
+        Same("vocabulary", Vocab, vocab);
+        Same("hidden size", Identity.HiddenSize ?? (HiddenStates != null ? HiddenSize : null), hidden);
+        Same("layer count", Identity.NumLayers ?? (HiddenStates != null ? HiddenStateCount - 1 : null), layers);
+        Same("routed expert count", Identity.RoutedExperts, routedExperts);
+        Same("experts per token", Identity.ExpertsPerToken ?? (HasRouting ? TopK : null), expertsPerToken);
     }
 
     /// <summary>

@@ -16,6 +16,10 @@ public struct PositionResult
     public int GoldenTop1;
     public int ArtifactTop1;
     public int NonFinite;
+    /// <summary>Logits the differences were taken over: the vocabulary, or a compact golden's stored entries.</summary>
+    public int Entries;
+    /// <summary>Compact golden only: the tail's part of <see cref="Kl"/> (estimated from samples) and its estimated variance.</summary>
+    public double KlTail, KlTailVariance;
 }
 
 /// <summary>
@@ -95,6 +99,7 @@ public static class PositionMetrics
         r.ArtifactTop1 = FirstIndexOf(artifact, maxA);
         r.MaxAbsDiff = maxD;
         r.SumAbsDiff = sumD;
+        r.Entries = n;
 
         // Pass 2 (double): sG = sum e^(g-maxG), sGD = sum e^(g-maxG) (g-a), sA = sum e^(a-maxA).
         // KL = sum p_g (log p_g - log p_a) = sGD/sG - (lseG - lseA), using (g - lseG) - (a - lseA).
@@ -133,6 +138,78 @@ public static class PositionMetrics
         r.Kl = Math.Max(0, sGD / sG - (lseG - lseA)); // KL >= 0; rounding can give -1e-17
         r.Nll = target >= 0 ? lseA - artifact[target] : double.NaN;
         return r;
+    }
+
+    /// <summary>
+    /// One position against a compact golden (<see cref="CompactLogits"/>): KL = sum over the stored top-k of
+    /// p_i f(u_i) plus tail mass / M times the sum over the tail samples of f(u_j), with u = log p - log q and
+    /// f(u) = u + e^-u - 1; logit differences over the stored entries (golden logit = log-prob + log-sum-exp).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static PositionResult ComputeCompact(ReadOnlySpan<float> artifact, ReadOnlySpan<int> topIdx, ReadOnlySpan<float> topLp,
+        ReadOnlySpan<int> tailIdx, ReadOnlySpan<float> tailLp, float tailLogMass, float lse, int target)
+    {
+        var r = new PositionResult { GoldenTop1 = topIdx[0] };
+        int n = artifact.Length, nonFinite = 0;
+        float maxA = float.NegativeInfinity;
+        for (int i = 0; i < n; i++)
+        {
+            float a = artifact[i];
+            if (!float.IsFinite(a)) { nonFinite++; continue; }
+            if (a > maxA) maxA = a;
+        }
+        r.NonFinite = nonFinite;
+        if (nonFinite > 0)
+        {
+            r.MaxAbsDiff = r.SumAbsDiff = r.Kl = r.Nll = double.NaN;
+            r.ArtifactTop1 = -1;
+            return r;
+        }
+        r.ArtifactTop1 = FirstIndexOf(artifact, maxA);
+        double sA = 0;
+        for (int i = 0; i < n; i++) sA += Math.Exp(artifact[i] - (double)maxA);
+        double lseA = maxA + Math.Log(sA);
+        double kl = 0, maxD = 0, sumD = 0;
+        for (int j = 0; j < topIdx.Length; j++)
+        {
+            double lp = topLp[j], lq = artifact[topIdx[j]] - lseA;
+            kl += Math.Exp(lp) * F(lp - lq);
+            double d = Math.Abs(artifact[topIdx[j]] - ((double)topLp[j] + lse));
+            maxD = Math.Max(maxD, d);
+            sumD += d;
+        }
+        if (tailIdx.Length > 0 && !float.IsNegativeInfinity(tailLogMass))
+        {
+            double tail = 0, tail2 = 0;
+            for (int j = 0; j < tailIdx.Length; j++)
+            {
+                double lp = tailLp[j], lq = artifact[tailIdx[j]] - lseA, fj = F(lp - lq);
+                tail += fj;
+                tail2 += fj * fj;
+                double d = Math.Abs(artifact[tailIdx[j]] - ((double)tailLp[j] + lse));
+                maxD = Math.Max(maxD, d);
+                sumD += d;
+            }
+            int m = tailIdx.Length;
+            double mass = Math.Exp(tailLogMass), mean = tail / m;
+            r.KlTail = mass * mean;
+            // variance of the mean of m draws (i.i.d. bound; systematic sampling is not worse for smooth f)
+            r.KlTailVariance = m > 1 ? mass * mass * Math.Max(0, tail2 / m - mean * mean) / (m - 1) : 0;
+            kl += r.KlTail;
+        }
+        r.Kl = kl;
+        r.MaxAbsDiff = maxD;
+        r.SumAbsDiff = sumD;
+        r.Entries = topIdx.Length + tailIdx.Length;
+        r.Nll = target >= 0 ? lseA - artifact[target] : double.NaN;
+        return r;
+    }
+
+    /// <summary>f(u) = u + e^-u - 1 (>= 0, ~u^2/2 near 0), without cancellation for small u.</summary>
+    public static double F(double u)
+    {
+        if (Math.Abs(u) < 1e-3) return u * u * (0.5 - u * (1.0 / 6 - u / 24));
+        return u + (Math.Exp(-u) - 1);
     }
 
     /// <summary>Reference: explicit log-softmaxes and the textbook KL sum, one element at a time.</summary>

@@ -38,6 +38,14 @@ public sealed record LayerDiff(int Index, string Name, double MaxAbsDiff, double
 public sealed record LayerReport(double Threshold, int? FirstDivergentIndex, string? FirstDivergentName, IReadOnlyList<LayerDiff> Layers);
 
 /// <summary>
+/// How a compact golden's KL was computed: the top-<paramref name="K"/> entries exactly (their part,
+/// <paramref name="KlMeanLowerBound"/>, is a lower bound of the true kl_mean since every omitted term is >= 0) and the
+/// tail (mean probability <paramref name="TailMassMean"/>) from <paramref name="M"/> samples per position, without bias,
+/// with standard error <paramref name="KlMeanStdErr"/> on kl_mean. Logit differences are over the stored entries.
+/// </summary>
+public sealed record CompactSummary(int K, int M, double TailMassMean, double KlMeanLowerBound, double KlMeanStdErr);
+
+/// <summary>
 /// The outcome of comparing an artifact with a golden set. The first block holds the report's fixed keys (their
 /// JSON names are the snake_case forms, see <see cref="VerificationReportWriter"/>); the rest is detail.
 /// </summary>
@@ -74,6 +82,15 @@ public sealed record VerificationReport
     public required string Golden { get; init; }
     public string? Artifact { get; init; }
     public LayerReport? Layers { get; init; }
+    /// <summary>Null for a golden with full logits.</summary>
+    public CompactSummary? Compact { get; init; }
+    /// <summary>True when the preset sets no limit: the report is REPORTED, never PASSED (exit code 0 all the same).</summary>
+    public bool ReportOnly { get; init; }
+    /// <summary>Why the preset was chosen (artifact metadata, flag), for the report.</summary>
+    public string? PresetReason { get; init; }
 
     public IEnumerable<LimitCheck> Failures => Checks.Where(c => !c.Passed);
+
+    /// <summary>"passed", "failed", or "reported" (a preset without limits: nothing was judged).</summary>
+    public string Status => ReportOnly ? "reported" : Passed ? "passed" : "failed";
 }

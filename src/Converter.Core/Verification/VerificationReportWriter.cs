@@ -16,7 +16,7 @@ public static class VerificationReportWriter
     [
         "positions", "stable_positions", "max_abs_logit_diff", "max_abs_logit_diff_stable", "mean_abs_logit_diff",
         "top1_agreement", "top1_agreement_stable", "kl_mean", "kl_p99", "kl_max", "nll_mean", "golden_nll_mean",
-        "ppl_ratio", "routing_agreement", "selection_agreement", "passed",
+        "ppl_ratio", "routing_agreement", "selection_agreement", "passed", "status",
     ];
 
     public static string ToJson(VerificationReport r, bool indented = true)
@@ -49,7 +49,9 @@ public static class VerificationReportWriter
         Num(w, "ppl_ratio", r.PplRatio);
         Num(w, "routing_agreement", r.RoutingAgreement);
         Num(w, "selection_agreement", r.SelectionAgreement);
-        w.WriteBoolean("passed", r.Passed);
+        if (r.ReportOnly) w.WriteNull("passed"); // a preset without limits judges nothing: neither passed nor failed
+        else w.WriteBoolean("passed", r.Passed);
+        w.WriteString("status", r.Status);
 
         w.WriteStartObject("unstable");
         var u = r.Unstable;
@@ -98,7 +100,19 @@ public static class VerificationReportWriter
         w.WriteEndArray();
         w.WriteNumber("nonfinite_logits", r.NonFiniteLogits);
         w.WriteString("preset", r.Preset);
+        if (r.PresetReason != null) w.WriteString("preset_reason", r.PresetReason);
         w.WriteString("golden", r.Golden);
+        if (r.Compact is { } cs)
+        {
+            w.WriteStartObject("compact_golden");
+            w.WriteNumber("top_k", cs.K);
+            w.WriteNumber("tail_samples", cs.M);
+            Num(w, "tail_mass_mean", cs.TailMassMean);
+            Num(w, "kl_mean_lower_bound", cs.KlMeanLowerBound);
+            Num(w, "kl_mean_stderr", cs.KlMeanStdErr);
+            w.WriteString("note", "KL: top-k entries exact (a lower bound), tail estimated without bias from samples; logit differences over the stored entries");
+            w.WriteEndObject();
+        }
         if (r.Artifact != null) w.WriteString("artifact", r.Artifact);
         else w.WriteNull("artifact");
 
@@ -139,7 +153,10 @@ public static class VerificationReportWriter
         var sb = new StringBuilder();
         sb.Append("golden:   ").AppendLine(r.Golden);
         if (r.Artifact != null) sb.Append("artifact: ").AppendLine(r.Artifact);
-        sb.Append("preset:   ").AppendLine(r.Preset);
+        sb.Append("preset:   ").AppendLine(r.PresetReason != null ? $"{r.Preset} ({r.PresetReason})" : r.Preset);
+        if (r.Compact is { } cs)
+            sb.AppendLine($"compact golden: top-{cs.K} + {cs.M} tail samples per position (mean tail mass {F(cs.TailMassMean)}); " +
+                          $"kl_mean >= {F(cs.KlMeanLowerBound)} (top-k part), standard error {F(cs.KlMeanStdErr)}; logit differences over stored entries");
         sb.AppendLine();
         var limits = r.Checks.ToDictionary(c => c.Metric);
         sb.AppendLine($"{"metric",-27} {"value",14}  {"limit",-14} status");
@@ -192,7 +209,7 @@ public static class VerificationReportWriter
             else if (!c.Passed)
                 sb.AppendLine($"FAIL: {c.Metric} = {F(c.Actual!.Value)}, limit {c.Comparison} {F(c.Limit)} (off by {F(c.Excess)}{(c.Note != null ? "; " + c.Note : "")})");
         }
-        sb.AppendLine(r.Passed ? "PASSED" : "FAILED");
+        sb.AppendLine(r.ReportOnly ? $"REPORTED (preset '{r.Preset}' sets no limits: nothing was judged)" : r.Passed ? "PASSED" : "FAILED");
         return sb.ToString();
     }
 

@@ -237,6 +237,8 @@ public sealed class OnnxDecoderBuilder
         bool whole = options.Slice == null;
         if (slice.First < 0 || slice.End > layers || slice.First >= slice.End)
             throw new ArgumentException($"layer slice [{slice.First}, {slice.End}) is not within the model's {layers} layers");
+        if (slice.Head && slice.End != layers) throw new ArgumentException($"layer slice [{slice.First}, {slice.End}) ends before the last layer and has no head");
+        bool head = whole || slice.Head; // final norm, lm_head and logits
         if (!whole && rank != null) throw new NotSupportedException("an expert-parallel rank graph is exported whole, not as a layer slice");
         bool cached = options.KvCache;
         if (cached && (!whole || rank != null || options.Comm is { Any: true }))
@@ -441,7 +443,7 @@ public sealed class OnnxDecoderBuilder
             residualStates.Add(layerOut);
         }
 
-        if (whole)
+        if (head)
         {
             string final = g.Reserve(N.FinalNorm);
             g.OpNamed("RMSNormalization", [residual.Head(this, hidden), Plain(names.FinalNorm, h)], [final], "", Float("epsilon", Epsilon), Int("axis", -1));
@@ -450,6 +452,7 @@ public sealed class OnnxDecoderBuilder
             string flatLogits = g.Linear(g.Reshape(final, -1, h), lmHead);
             g.OpNamed("Reshape", [flatLogits, g.Concat(0, batchSeq, g.ConstInt64(v))], [N.Logits]);
             g.Output(N.Logits, DataType.Float, "batch", "sequence", v);
+            if (!whole) Model.Metadata[N.SliceKey] = $"{slice.First},{slice.End}";
         }
         else
         {
@@ -468,7 +471,7 @@ public sealed class OnnxDecoderBuilder
         if (options.DiagnosticOutputs)
         {
             foreach (var name in hiddenOutputs) g.Output(name, DataType.Float, name == N.FinalNorm ? ["batch", "sequence", h] : stateDims);
-            if (whole && !hiddenOutputs.Contains(N.Layer(layers - 1))) g.Output(N.Layer(layers - 1), DataType.Float, stateDims);
+            if (head && !hiddenOutputs.Contains(N.Layer(layers - 1))) g.Output(N.Layer(layers - 1), DataType.Float, stateDims);
             foreach (var name in routingOutputs) g.Output(name, DataType.Int64, null, topK);
             foreach (var name in moeInputValues) g.Output(name, DataType.Float, "batch", "sequence", h);
             foreach (var name in _selections) g.Output(name, DataType.Int64, "batch", "sequence", null);

@@ -50,9 +50,10 @@ public sealed record OnnxDecoderOptions(
 /// A graph of decoder layers [First, End) only, so that a runtime holds one piece of a model too large for one session
 /// (layer-by-layer calibration). A slice starting at layer 0 takes <c>input_ids</c> and includes the embedding; a later
 /// one takes the previous slice's output as <see cref="OnnxDecoderNames.SliceInput"/> float32 [batch, sequence, hidden].
-/// Its output is <see cref="OnnxDecoderNames.Layer"/>(End - 1); the final norm and lm_head are never included.
+/// Its output is <see cref="OnnxDecoderNames.Layer"/>(End - 1); the final norm and lm_head are not included, except in
+/// a last slice (End = the layer count) with <paramref name="Head"/>, whose output is <c>logits</c> as in a whole model.
 /// </summary>
-public sealed record OnnxLayerSlice(int First, int End)
+public sealed record OnnxLayerSlice(int First, int End, bool Head = false)
 {
     public override string ToString() => End - First == 1 ? $"layer {First}" : $"layers {First}-{End - 1}";
 }
