@@ -89,6 +89,31 @@ public static class Fp4BlockQuantizer
         }
     }
 
+    /// <summary>The rule's scales alone, as <see cref="Quantize(ReadOnlySpan{ushort}, int, int, Span{byte}, Span{byte}, int)"/>
+    /// writes them (one max per group, no codes): for layouts that store each scale before its weight.</summary>
+    public static unsafe void Scales(ReadOnlySpan<ushort> weightBf16, int rows, int cols, Span<byte> scaleOut, int maxDegreeOfParallelism = -1)
+    {
+        int groups = CheckBuffers(rows, cols, weightBf16.Length, weightBf16.Length, scaleOut.Length, exactScales: false);
+        fixed (ushort* w = weightBf16) fixed (byte* s = scaleOut)
+        {
+            nint pw = (nint)w, ps = (nint)s;
+            ThrowIfNonFinite(Pow2Blocks.ForEachChunk(groups, GroupsPerChunk, maxDegreeOfParallelism,
+                (g0, g1) => ScaleGroups<Bf16Source>((void*)pw, (byte*)ps, g0, g1)), cols);
+        }
+    }
+
+    /// <summary>The rule's scales alone for float32 weights.</summary>
+    public static unsafe void Scales(ReadOnlySpan<float> weight, int rows, int cols, Span<byte> scaleOut, int maxDegreeOfParallelism = -1)
+    {
+        int groups = CheckBuffers(rows, cols, weight.Length, weight.Length, scaleOut.Length, exactScales: false);
+        fixed (float* w = weight) fixed (byte* s = scaleOut)
+        {
+            nint pw = (nint)w, ps = (nint)s;
+            ThrowIfNonFinite(Pow2Blocks.ForEachChunk(groups, GroupsPerChunk, maxDegreeOfParallelism,
+                (g0, g1) => ScaleGroups<F32Source>((void*)pw, (byte*)ps, g0, g1)), cols);
+        }
+    }
+
     /// <summary>
     /// Encodes bf16 weights with given scales (for example the <c>.scale</c> tensor of the checkpoint they were
     /// dequantized from: recomputing scales from amax cannot always give back the stored ones), codes
@@ -231,6 +256,18 @@ public static class Fp4BlockQuantizer
             byte sc = E8M0.ScaleForBits(m, MaxBits);
             s[g] = sc;
             EncodeGroupScalar<TSrc, No>(w, i0, sc, q + (nint)g * GroupBytes);
+        }
+        return -1;
+    }
+
+    /// <summary>The scales of groups [g0, g1) (the amax and scale steps of <c>QuantizeGroups</c>).</summary>
+    private static unsafe int ScaleGroups<TSrc>(void* w, byte* s, int g0, int g1) where TSrc : struct, IF32Source
+    {
+        for (int g = g0; g < g1; g++)
+        {
+            uint m = TSrc.MaxMagnitude(w, (nint)g * GroupSize, GroupSize);
+            if (m >= 0x7F80_0000u) return g;
+            s[g] = E8M0.ScaleForBits(m, MaxBits);
         }
         return -1;
     }

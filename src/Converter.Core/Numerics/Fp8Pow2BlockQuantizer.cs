@@ -78,6 +78,31 @@ public static class Fp8Pow2BlockQuantizer
         }
     }
 
+    /// <summary>The rule's scales alone, as <see cref="Quantize(ReadOnlySpan{ushort}, int, int, Span{byte}, Span{byte}, int)"/>
+    /// writes them (one max per block, no codes): for layouts that store each scale before its weight.</summary>
+    public static unsafe void Scales(ReadOnlySpan<ushort> weightBf16, int rows, int cols, Span<byte> scaleOut, int maxDegreeOfParallelism = -1)
+    {
+        Check(rows, cols, weightBf16.Length, weightBf16.Length, scaleOut.Length, exactScales: false);
+        fixed (ushort* w = weightBf16) fixed (byte* s = scaleOut)
+        {
+            nint pw = (nint)w, ps = (nint)s;
+            ThrowIfNonFinite(Pow2Blocks.ForEachChunk(CeilDiv(rows), 1, maxDegreeOfParallelism,
+                (br, _) => ScaleBlockRow<Bf16Source>((void*)pw, rows, cols, br, (byte*)ps)), cols);
+        }
+    }
+
+    /// <summary>The rule's scales alone for float32 weights.</summary>
+    public static unsafe void Scales(ReadOnlySpan<float> weight, int rows, int cols, Span<byte> scaleOut, int maxDegreeOfParallelism = -1)
+    {
+        Check(rows, cols, weight.Length, weight.Length, scaleOut.Length, exactScales: false);
+        fixed (float* w = weight) fixed (byte* s = scaleOut)
+        {
+            nint pw = (nint)w, ps = (nint)s;
+            ThrowIfNonFinite(Pow2Blocks.ForEachChunk(CeilDiv(rows), 1, maxDegreeOfParallelism,
+                (br, _) => ScaleBlockRow<F32Source>((void*)pw, rows, cols, br, (byte*)ps)), cols);
+        }
+    }
+
     /// <summary>
     /// Encodes bf16 weights with given scales (for example the <c>.scale</c> tensor of the checkpoint they were
     /// dequantized from: recomputing scales from amax cannot always give back the stored ones), codes
@@ -184,6 +209,21 @@ public static class Fp8Pow2BlockQuantizer
             float recip = BitConverter.UInt32BitsToSingle(E8M0.ReciprocalBits(sc));
             for (int r = r0; r < r1; r++)
                 EncodeRow<TSrc, No>(w, (nint)r * cols + c0, width, recip, q + (nint)r * cols + c0);
+        }
+        return -1;
+    }
+
+    /// <summary>The scales of one row of blocks (the amax and scale steps of <c>QuantizeBlockRow</c>).</summary>
+    private static unsafe int ScaleBlockRow<TSrc>(void* w, int rows, int cols, int br, byte* scales) where TSrc : struct, IF32Source
+    {
+        int r0 = br * BlockSize, r1 = Math.Min(rows, r0 + BlockSize), nb = CeilDiv(cols);
+        for (int bc = 0; bc < nb; bc++)
+        {
+            int c0 = bc * BlockSize, width = Math.Min(cols, c0 + BlockSize) - c0;
+            uint amax = 0;
+            for (int r = r0; r < r1; r++) amax = Math.Max(amax, TSrc.MaxMagnitude(w, (nint)r * cols + c0, width));
+            if (amax >= 0x7F80_0000u) return br * nb + bc;
+            scales[br * nb + bc] = E8M0.ScaleForBits(amax, MaxBits);
         }
         return -1;
     }

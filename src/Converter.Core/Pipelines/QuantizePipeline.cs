@@ -144,8 +144,8 @@ public static partial class QuantizePipeline
 
     /// <summary>Orders the output as huggingface safetensors' save_file lays it out: dtype (its enum, descending),
     /// then the name. There a scale (E8M0) comes before its weight (e4m3, I8), so each scale becomes a job of its own
-    /// that computes the scales from the source slab by slab (the weight's job computes them again for its codes:
-    /// the same arithmetic, so the same bytes).</summary>
+    /// that computes the scales from the source slab by slab (block maxima only; the weight's job takes the same
+    /// maxima again for its codes: the same arithmetic, so the same bytes).</summary>
     private static void SortAsSafetensorsSaves(List<Job> jobs)
     {
         var split = new List<Job>();
@@ -241,14 +241,24 @@ public static partial class QuantizePipeline
         int scaleCols = (cols + 127) / 128;
         var scales = new byte[((rows + 127) / 128) * scaleCols];
         float[]? widened = null;
-        byte[]? codes = null;
         ForEachSlab(src, job.Source, (view, r0, n) =>
         {
-            int count = n * cols;
-            if (codes == null || codes.Length < count) codes = new byte[count];
-            Pow2Slab(info, view, n, cols, ref widened, codes.AsSpan(0, count), scales.AsSpan(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols), job.Source, r0);
+            var slice = scales.AsSpan(r0 / 128 * scaleCols, (n + 127) / 128 * scaleCols);
+            try
+            {
+                if (info.DType == DType.BF16) Fp8Pow2BlockQuantizer.Scales(view.As<ushort>(), n, cols, slice);
+                else Fp8Pow2BlockQuantizer.Scales(Widen(info, view, n * cols, ref widened), n, cols, slice);
+            }
+            catch (ArgumentException e) { throw new InvalidDataException($"{info.File}: '{job.Source}' rows from {r0}: {e.Message}"); }
         });
         output.Post(stream => stream.Write(scales));
+    }
+
+    private static ReadOnlySpan<float> Widen(TensorInfo info, TensorData view, int count, ref float[]? widened)
+    {
+        if (widened == null || widened.Length < count) widened = new float[count];
+        TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
+        return widened.AsSpan(0, count);
     }
 
     private static void Pow2Slab(TensorInfo info, TensorData view, int n, int cols, ref float[]? widened, Span<byte> codes, Span<byte> scales, string name, int r0)
@@ -293,12 +303,15 @@ public static partial class QuantizePipeline
         int groups = cols / Fp4BlockQuantizer.GroupSize;
         var scales = new byte[rows * groups];
         float[]? widened = null;
-        byte[]? packed = null;
         ForEachSlab(src, job.Source, (view, r0, n) =>
         {
-            int bytes = n * cols / 2;
-            if (packed == null || packed.Length < bytes) packed = new byte[bytes];
-            Fp4Slab(info, view, n, cols, ref widened, packed.AsSpan(0, bytes), scales.AsSpan(r0 * groups, n * groups), job.Source, r0);
+            var slice = scales.AsSpan(r0 * groups, n * groups);
+            try
+            {
+                if (info.DType == DType.BF16) Fp4BlockQuantizer.Scales(view.As<ushort>(), n, cols, slice);
+                else Fp4BlockQuantizer.Scales(Widen(info, view, n * cols, ref widened), n, cols, slice);
+            }
+            catch (ArgumentException e) { throw new InvalidDataException($"{info.File}: '{job.Source}' rows from {r0}: {e.Message}"); }
         });
         output.Post(stream => stream.Write(scales));
     }
