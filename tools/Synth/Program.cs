@@ -3,10 +3,15 @@ using Converter.Tools.Synth;
 
 // synth -o DIR [--layers N] [--dense-layers K] [--experts E] [--top-k K] [--groups G] [--topk-groups T]
 //       [--hidden H] [--vocab V] [--no-q-lora] [--mtp M] [--fp8] [--seed S] [--max-shard-size BYTES] [--overwrite]
+if (args.Length > 0 && args[0] is "--v4" or "--deepseek-v4")
+    return SynthV4(args[1..]);
 if (args.Length == 0 || args.Contains("--help") || args.Contains("-h"))
 {
     Console.WriteLine("""
         synth: write a deterministic synthetic DeepSeek-V3 checkpoint at real tensor shapes (benchmark input).
+        synth --v4 -o DIR [--layers N] [--experts E] [--top-k K] [--hash-layers H] [--vocab V] [--seed S] [--max-shard-size B] [--overwrite]:
+          a DeepSeek-V4 checkpoint in the hub BF16 layout at V4-Flash widths (then `converter quantize --scheme fp8-block`
+          gives the official FP8/FP4 layout).
           -o, --output DIR        output folder (required)
           --layers N              main layers (default 2)
           --dense-layers K        first K layers dense (default 1)
@@ -79,3 +84,40 @@ catch (Exception e) when (e is InvalidDataException or IOException or ArgumentEx
 }
 Console.WriteLine($"wrote {bytes / 1e9:F2} GB to {output} in {clock.Elapsed.TotalSeconds:F1} s");
 return 0;
+
+static int SynthV4(string[] args)
+{
+    string? output = null;
+    var o = new SynthV4Options();
+    bool overwrite = false;
+    for (int i = 0; i < args.Length; i++)
+    {
+        string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
+        switch (args[i])
+        {
+            case "-o" or "--output": output = Next(); break;
+            case "--layers": o = o with { Layers = int.Parse(Next()) }; break;
+            case "--experts": o = o with { Experts = int.Parse(Next()) }; break;
+            case "--top-k": o = o with { ExpertsPerToken = int.Parse(Next()) }; break;
+            case "--hash-layers": o = o with { HashLayers = int.Parse(Next()) }; break;
+            case "--vocab": o = o with { Vocab = int.Parse(Next()) }; break;
+            case "--seed": o = o with { Seed = ulong.Parse(Next()) }; break;
+            case "--max-shard-size": o = o with { MaxShardBytes = long.Parse(Next()) }; break;
+            case "--overwrite": overwrite = true; break;
+            default: Console.Error.WriteLine($"error: unknown argument {args[i]}"); return 2;
+        }
+    }
+    if (output == null) { Console.Error.WriteLine("error: -o is required"); return 2; }
+    var clock = Stopwatch.StartNew();
+    try
+    {
+        long bytes = SyntheticV4Checkpoint.Write(output, o, overwrite);
+        Console.WriteLine($"wrote {bytes / 1e9:F2} GB to {output} in {clock.Elapsed.TotalSeconds:F1} s");
+        return 0;
+    }
+    catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException)
+    {
+        Console.Error.WriteLine($"error: {e.Message}");
+        return 2;
+    }
+}

@@ -172,6 +172,9 @@ public static unsafe class SyntheticCheckpoint
         return count + scales.Length * 4L;
     }
 
+    /// <summary>The deterministic BF16 fill of <see cref="Write"/>, for other synthetic layouts.</summary>
+    public static void FillBf16(Span<ushort> dst, ulong seed, long offset, bool norm) => Fill(dst, seed, offset, norm);
+
     /// <summary>Deterministic values by position: the same seed and offset always give the same bits, in parallel.</summary>
     private static unsafe void Fill(Span<ushort> dst, ulong seed, long offset, bool norm)
     {

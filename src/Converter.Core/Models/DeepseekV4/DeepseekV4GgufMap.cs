@@ -72,8 +72,9 @@ public static class DeepseekV4GgufMap
         F32("hyper_connection.epsilon", c.HcEps);
         U32("hash_layer_count", c.NumHashLayers);
         U32("embedding_length_out", c.HiddenSize * c.HcMult);
-        // the tiny references have no tokenizer files: a 256-token byte-level vocabulary, as llama.cpp's helper writes it
-        meta.AddRange(ByteLevelTokenizer(c.VocabSize));
+        // tokenizer.json where the checkpoint has one (BPE, as for DeepSeek-V3); the tiny references have none: a
+        // 256-token byte-level vocabulary, as llama.cpp's helper writes it
+        meta.AddRange((directory == null ? null : Tokenizers.HfBpeTokenizer.TryLoad(directory, c.VocabSize)) ?? ByteLevelTokenizer(c.VocabSize));
 
         var leftOut = new List<string>();
         if (c.NumNextnPredictLayers > 0)
