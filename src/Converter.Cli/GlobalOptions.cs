@@ -18,11 +18,13 @@ public static class GlobalOptions
         Recursive = true,
     };
 
-    public static ILoggerFactory CreateLoggerFactory(ParseResult parse)
+    /// <param name="toStandardError">Log to stderr (commands whose stdout is a result, such as verify --json).</param>
+    public static ILoggerFactory CreateLoggerFactory(ParseResult parse, bool toStandardError = false)
     {
         var level = parse.GetValue(Verbose) ? LogLevel.Debug : parse.GetValue(Quiet) ? LogLevel.Warning : LogLevel.Information;
         return LoggerFactory.Create(b => b
             .SetMinimumLevel(level)
+            .AddConsole(o => { if (toStandardError) o.LogToStandardErrorThreshold = LogLevel.Trace; })
             .AddSimpleConsole(o =>
             {
                 o.SingleLine = true;

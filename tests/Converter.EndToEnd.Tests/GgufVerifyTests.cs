@@ -3,6 +3,7 @@ using Converter.Formats.Gguf;
 using Converter.Numerics.Ggml;
 using Converter.Runtime;
 using Converter.Tests;
+using Converter.Verification;
 using Xunit.Abstractions;
 
 namespace Converter.EndToEnd.Tests;
@@ -96,20 +97,74 @@ public sealed class GgufVerifyTests(GgufVerifyTests.Exports exports, ITestOutput
         r.KlMean.Should().BeLessThanOrEqualTo(5e-3);
     }
 
-    /// <summary>Four-bit files are reported, not judged by the preset; the bounds here only catch a broken file
-    /// (a wrong block layout gives kl in the units, top-1 near chance).</summary>
+    /// <summary>Four-bit files are judged by their own presets (chosen from general.file_type), whose limits come from
+    /// these measurements with margin; the bounds here also catch a broken file (a wrong block layout gives kl in the
+    /// units, top-1 near chance).</summary>
     [Theory]
     [InlineData("tiny-dsv3", "q4_0", "q4_0")]
     [InlineData("tiny-dsv3", "q4_k", "q4_k")]
-    [InlineData("tiny-dsv3", "q4_k_m", "q4_k")]
+    [InlineData("tiny-dsv3", "q4_k_m", "q4_k_m")]
+    [InlineData("tiny-dsv3", "q5_k", "q5_k")]
+    [InlineData("tiny-dsv3", "q6_k", "q6_k")]
     [InlineData("tiny-dsv3-fp8", "q4_k", "q4_k")]
-    public void FourBitIsReported(string model, string type, string preset)
+    public void FourToSixBitPassTheirPresets(string model, string type, string preset)
     {
         var r = Verify(model, type);
         r.Preset.Should().Be(preset);
-        r.ExitCode.Should().Be(0, "report-only presets set no limit");
+        r.ExitCode.Should().Be(0, "within the preset's limits");
         r.KlMean.Should().BeLessThan(0.05);
         r.Top1.Should().BeGreaterThan(0.85);
+    }
+
+    /// <summary>A Q4_K_M file checked against another model's golden: refused (the golden's hidden states have another
+    /// width), and with the shape check bypassed by a golden without hidden states, failed by the preset's limits.</summary>
+    [Fact]
+    public void Q4_K_MAgainstAnotherModelsGoldenFails()
+    {
+        string gguf = exports.Get("tiny-dsv3", "q4_k_m");
+        var refused = Converter.Tests.Cli.Run("verify", gguf, "--golden", TestData.Golden("tiny-qwen3moe", "eval.safetensors"));
+        refused.ExitCode.Should().Be(2, refused.ToString());
+        refused.StdErr.Should().Contain("belongs to another model");
+        // The same other-model logits and tokens, without hidden states or routing: nothing to refuse it on, so it runs and fails.
+        var other = GoldenSet.Load(TestData.Golden("tiny-qwen3moe", "eval.safetensors"));
+        string bare = exports.Temp("qwen-bare.safetensors");
+        using (var w = new GoldenWriter(bare, other.Tokens, other.Batch, other.Seq, other.Vocab, new GoldenLogitsForm(true), GoldenIdentity.Unknown, 0, 0, 0, 0, true))
+        {
+            w.AddLogits(0, other.Batch, other.Logits);
+            w.Commit();
+        }
+        var failed = Converter.Tests.Cli.Run("verify", gguf, "--golden", bare, "--json");
+        failed.ExitCode.Should().Be(1, failed.ToString());
+        using var doc = JsonDocument.Parse(failed.StdOut);
+        doc.RootElement.GetProperty("status").GetString().Should().Be("failed");
+        doc.RootElement.GetProperty("failures").EnumerateArray().Select(f => f.GetString()).Should().Contain("kl_mean");
+        output.WriteLine($"q4_k_m vs tiny-qwen3moe's logits: kl_mean {doc.RootElement.GetProperty("kl_mean").GetDouble():G3}, " +
+                         $"top1 {doc.RootElement.GetProperty("top1_agreement").GetDouble():G3}");
+    }
+
+    /// <summary>verify --reference computes the golden from the checkpoint on the fly: the same figures as the transformers golden.</summary>
+    [Fact]
+    public void ReferenceFromTheCheckpointMatchesTheGolden()
+    {
+        string gguf = exports.Get("tiny-dsv3", "q4_k_m");
+        var g = Converter.Tests.Cli.Run("verify", gguf, "--golden", TestData.Golden("tiny-dsv3", "eval.safetensors"), "--json");
+        var r = Converter.Tests.Cli.Run("verify", gguf, "--reference", TestData.Model("tiny-dsv3"), "--tokens", TestData.Golden("tiny-dsv3", "eval.safetensors"), "--json");
+        g.ExitCode.Should().Be(0, g.ToString());
+        r.ExitCode.Should().Be(0, r.ToString());
+        double klG = JsonDocument.Parse(g.StdOut).RootElement.GetProperty("kl_mean").GetDouble();
+        double klR = JsonDocument.Parse(r.StdOut).RootElement.GetProperty("kl_mean").GetDouble();
+        output.WriteLine($"q4_k_m kl_mean: --golden {klG:E4}, --reference {klR:E4} ({(klR / klG - 1):P3})");
+        Math.Abs(klR / klG - 1).Should().BeLessThan(0.02);
+        r.StdErr.Should().Contain("computing the reference");
+    }
+
+    /// <summary>A type nothing here measures is REPORTED, never PASSED: a preset without limits.</summary>
+    [Fact]
+    public void ReportPresetPrintsReported()
+    {
+        var r = Converter.Tests.Cli.Run("verify", exports.Get("tiny-dsv3", "q8_0"), "--golden", TestData.Golden("tiny-dsv3", "eval.safetensors"), "--format-preset", "report");
+        r.ExitCode.Should().Be(0, r.ToString());
+        r.StdOut.Should().Contain("REPORTED").And.NotContain("PASSED");
     }
 
     [Fact]

@@ -208,7 +208,7 @@ public static class VerifyCommand
             string tmp = Path.Combine(Path.GetTempPath(), $"converter-reference-{Environment.ProcessId}-{Guid.NewGuid():N}.safetensors");
             try
             {
-                using var loggers = Converter.Cli.GlobalOptions.CreateLoggerFactory(pr);
+                using var loggers = Converter.Cli.GlobalOptions.CreateLoggerFactory(pr, toStandardError: true);
                 Converter.Runtime.Golden.GoldenPipeline.Run(reference, tokens.Tokens, tokens.Sequences, tokens.Length, tmp,
                     new Converter.Runtime.Golden.GoldenOptions(pr.GetValue(inputs.Batch), options.Threads, inputs.Form(pr, arch.VocabSize), TokensSource: tokens.Source),
                     loggers.CreateLogger("reference"), quiet ? null : Converter.Cli.GlobalOptions.CreateProgress(pr));
@@ -288,6 +288,13 @@ public static class VerifyCommand
     {
         public override bool ClearsParseErrors => true;
 
-        public override int Invoke(ParseResult parseResult) => Converter.Cli.CommandRunner.ReportParseErrors(parseResult) ?? run(parseResult);
+        public override int Invoke(ParseResult parseResult)
+        {
+            if (Converter.Cli.CommandRunner.ReportParseErrors(parseResult) is { } code) return code;
+            if (Environment.GetEnvironmentVariable(Converter.Cli.CommandRunner.FaultInjectionVariable) == "internal")
+                return Converter.Cli.CommandRunner.Report(new InvalidOperationException($"fault injected by {Converter.Cli.CommandRunner.FaultInjectionVariable}=internal (test hook)"),
+                    parseResult.InvocationConfiguration.Error, parseResult.GetValue(Converter.Cli.GlobalOptions.Verbose));
+            return run(parseResult);
+        }
     }
 }

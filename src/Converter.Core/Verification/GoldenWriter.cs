@@ -97,6 +97,7 @@ public sealed class GoldenWriter : IDisposable
             offset += bytes;
         }
         var meta = identity.ToMetadata();
+        meta[GoldenIdentity.VocabKey] = vocab.ToString(System.Globalization.CultureInfo.InvariantCulture); // a compact golden needs it
         meta["converter.logits"] = form.FullLogits ? "full" : $"compact top_k={_k} tail_samples={_m}";
         var headerBytes = SafetensorsHeader.Build(header, meta);
         var dir = System.IO.Path.GetDirectoryName(_path)!;

@@ -118,7 +118,7 @@ public class GoldenComparerTests
             swapped++;
         }
         swapped.Should().BeGreaterThan(100);
-        var r = GoldenComparer.Compare(g, new ArtifactOutputs(a, null, null), VerificationTolerances.ForPreset("fp8"));
+        var r = GoldenComparer.Compare(g, new ArtifactOutputs(a, null, null), VerificationTolerances.ForPreset("fp8-exact"));
         r.Top1Agreement.Should().Be((double)(n - swapped) / n);
         r.Top1AgreementStable.Should().Be(r.Top1Agreement); // no routing: all positions stable
         r.StablePositions.Should().Be(n);
@@ -299,6 +299,9 @@ public class GoldenComparerTests
     {
         var act = () => VerificationTolerances.ForPreset("fp64");
         act.Should().Throw<ArgumentException>().WithMessage("*unknown format preset 'fp64'*fp32*");
-        VerificationTolerances.ForPreset("q4_k").Should().Be(new VerificationTolerances { Preset = "q4_k" });
+        // Every preset but 'report' sets limits; 'report' sets none (and is REPORTED, never PASSED).
+        foreach (var name in VerificationTolerances.PresetNames)
+            VerificationTolerances.ForPreset(name).SetsNoLimit.Should().Be(name == "report", name);
+        VerificationTolerances.ForPreset("q4_k_m").KlMean.Should().Be(1.5e-2);
     }
 }
