@@ -42,6 +42,9 @@ public sealed record OnnxExportOptions(
     /// <summary>An export of the same checkpoint with the same weight options (another expert-parallel rank's): its
     /// initializers that no routed expert feeds are copied from it file to file instead of being converted again.</summary>
     public string? ReuseFrom { get; init; }
+
+    /// <summary>Benchmark baseline: sparse or compressed attention replaced by full causal attention (<see cref="OnnxDecoderOptions.FullAttentionBaseline"/>).</summary>
+    public bool FullAttentionBaseline { get; init; }
 }
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
@@ -83,7 +86,7 @@ public static class OnnxExportPipeline
 
         var export = OnnxDecoderGraph.Build(arch, new OnnxDecoderOptions(options.Weights, options.AttentionMaskInput,
             options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank, options.Slice)
-        { KvCache = options.KvCache });
+        { KvCache = options.KvCache, FullAttentionBaseline = options.FullAttentionBaseline });
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new OnnxWeightWriter(ckpt, scheme, options.SlabElements);

@@ -44,6 +44,11 @@ public sealed record OnnxDecoderOptions(
     /// <summary>A decoder with a cache (<see cref="OnnxDecoderNames.PastKey"/> in, <see cref="OnnxDecoderNames.PresentKey"/>
     /// out per layer) that runs prefill and single-token decode in one graph; attention_mask then spans past and new tokens.</summary>
     public bool KvCache { get; init; }
+
+    /// <summary>Benchmark baseline only: a family whose attention is sparse or compressed (DeepSeek-V4's sliding window,
+    /// compressed entries and top-k selection) attends instead to every earlier token, all else unchanged: the cost the
+    /// sparse attention avoids. Families with dense attention ignore it.</summary>
+    public bool FullAttentionBaseline { get; init; }
 }
 
 /// <summary>

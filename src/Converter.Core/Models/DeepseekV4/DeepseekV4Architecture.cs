@@ -175,6 +175,10 @@ public sealed class DeepseekV4Architecture(DeepseekV4Config cfg) : ModelArchitec
         if (_roles.TryGetValue(name, out var role)) return role;
         if (ScaledWeightName(name) is { } weight && _roles.TryGetValue(weight, out var owner) && owner.IsLinearWeight)
             return owner with { Kind = TensorKind.QuantScale };
+        // compressed-tensors pack-quantized parts of a linear weight (quantize --scheme int4)
+        if (Converter.Formats.CompressedTensors.PackQuantized.IsPart(name, out var packedWeight) && _roles.TryGetValue(packedWeight, out var packedOwner)
+            && packedOwner.IsLinearWeight)
+            return packedOwner with { Kind = TensorKind.QuantPacked };
         // a hash layer's unused selection bias (llama.cpp drops it; the hub checkpoints carry one)
         if (name.EndsWith(".ffn.gate.bias", StringComparison.Ordinal) && _roles.TryGetValue(name[..^"bias".Length] + "tid2eid", out var table))
             return table with { Kind = TensorKind.RouterBias, Part = "ffn.gate.bias" };

@@ -17,14 +17,14 @@ internal sealed class DeepseekV4OnnxFamily : IOnnxDecoderFamily, IOnnxResidualSt
     private readonly DeepseekV4Architecture _arch;
     private readonly V4OnnxShape _shape;
 
-    public DeepseekV4OnnxFamily(DeepseekV4Architecture arch, bool fullAttention = false)
+    public DeepseekV4OnnxFamily(DeepseekV4Architecture arch)
     {
         _arch = arch;
         var c = arch.Cfg;
         _shape = new V4OnnxShape(c.HiddenSize, c.NumAttentionHeads, c.HeadDim, c.QkRopeHeadDim, c.QLoraRank, c.OGroups, c.OLoraRank,
             c.SlidingWindow, c.RmsNormEps, c.HcMult, c.HcSinkhornIters, c.HcEps, c.IndexNHeads, c.IndexHeadDim, c.IndexTopk,
             RotaryTables.InverseFrequencies(c.QkRopeHeadDim, c.RopeTheta, null),
-            RotaryTables.InverseFrequencies(c.QkRopeHeadDim, c.CompressRopeTheta, c.CompressYarn), fullAttention);
+            RotaryTables.InverseFrequencies(c.QkRopeHeadDim, c.CompressRopeTheta, c.CompressYarn));
         if (c.CompressYarn is { } y && RotaryTables.AttentionFactor(y) != 1.0)
             throw new NotSupportedException($"{c.Json.Path}: DeepSeek-V4 never scales cos/sin (attention_factor 1), got {RotaryTables.AttentionFactor(y)}");
     }
@@ -80,7 +80,8 @@ internal sealed class DeepseekV4OnnxFamily : IOnnxDecoderFamily, IOnnxResidualSt
         var c = C;
         long h = c.HiddenSize, nh = c.NumAttentionHeads, hd = c.HeadDim;
         var att = c.AttentionOf(layer);
-        var kind = _shape.FullAttention ? F.V4OnnxAttention.Full : att.Kind switch
+        // The benchmark baseline attends to every earlier token (b.Options.FullAttentionBaseline), with the layer's own rope.
+        var kind = b.Options.FullAttentionBaseline ? F.V4OnnxAttention.Full : att.Kind switch
         {
             V4AttentionKind.Sliding => F.V4OnnxAttention.Sliding,
             V4AttentionKind.Hca => F.V4OnnxAttention.Hca,
@@ -119,8 +120,9 @@ internal sealed class DeepseekV4OnnxFamily : IOnnxDecoderFamily, IOnnxResidualSt
         }
         string baseName = kind switch { F.V4OnnxAttention.Sliding => F.SlidingName, F.V4OnnxAttention.Hca => F.HcaName, F.V4OnnxAttention.Csa => F.CsaName, _ => F.FullName };
         int ratio = kind is F.V4OnnxAttention.Hca or F.V4OnnxAttention.Csa ? att.Ratio : 0;
-        string fn = b.Function(baseName, mask.ToArray(), (n, m) => F.Attention(b.Model, _shape, kind, ratio, masked, n, b.Int4, m),
-            $"{_shape.Signature}/{kind}/{ratio}/{masked}");
+        bool mainRope = att.Kind == V4AttentionKind.Sliding;
+        string fn = b.Function(baseName, mask.ToArray(), (n, m) => F.Attention(b.Model, _shape, kind, ratio, masked, mainRope, n, b.Int4, m),
+            $"{_shape.Signature}/{kind}/{ratio}/{masked}/{mainRope}");
         string y = b.Graph.Fresh($"layer{layer}.attn");
         if (kind == F.V4OnnxAttention.Csa)
             b.Graph.OpNamed(fn, inputs, [y, b.ReserveSelection(layer)], OnnxDecoderNames.Domain);

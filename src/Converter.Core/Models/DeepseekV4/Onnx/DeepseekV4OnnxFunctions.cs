@@ -10,17 +10,15 @@ namespace Converter.Models.DeepseekV4.Onnx;
 /// <param name="MainInvFreq">Rotary inverse frequencies of the sliding layers (rope_theta, no scaling) [rope / 2].</param>
 /// <param name="CompressInvFreq">Those of the compressed layers, their compressors and the indexer (compress_rope_theta,
 /// YaRN where configured; cos/sin are never scaled: V4 forces attention_factor 1).</param>
-/// <param name="FullAttention">Benchmark baseline only: every layer attends to every earlier token (no window, no
-/// compressed entries): the cost the compressed attention avoids.</param>
 internal sealed record V4OnnxShape(
     int Hidden, int Heads, int HeadDim, int RopeDim, int QLoraRank, int OGroups, int OLoraRank, int Window, double Eps,
     int HcMult, int SinkhornIters, double HcEps, int IndexHeads, int IndexHeadDim, int IndexTopK,
-    float[] MainInvFreq, float[] CompressInvFreq, bool FullAttention = false)
+    float[] MainInvFreq, float[] CompressInvFreq)
 {
     public long InPerGroup => (long)Heads * HeadDim / OGroups;
 
     /// <summary>The function signature (widths and counts; the frequencies follow from them and the config).</summary>
-    public string Signature => $"{Hidden}/{Heads}x{HeadDim}/r{RopeDim}/q{QLoraRank}/o{OGroups}x{OLoraRank}/w{Window}/hc{HcMult}x{SinkhornIters}/i{IndexHeads}x{IndexHeadDim}k{IndexTopK}/{FullAttention}";
+    public string Signature => $"{Hidden}/{Heads}x{HeadDim}/r{RopeDim}/q{QLoraRank}/o{OGroups}x{OLoraRank}/w{Window}/hc{HcMult}x{SinkhornIters}/i{IndexHeads}x{IndexHeadDim}k{IndexTopK}";
 }
 
 /// <summary>
@@ -37,8 +35,8 @@ internal sealed record V4OnnxShape(
 /// equal scores lowest index first).</item>
 /// </list>
 /// The attention is computed sparsely: the sliding window in blocks of <c>sliding_window</c> queries against their own
-/// and the previous block's keys (cost S x 2W, not S x S), HCA against its S/m entries, CSA against the k entries the
-/// indexer picked (gathered per query); one softmax spans the window, the compressed entries and the sink.
+/// and the previous block's keys (cost S x 2W, not S x S), HCA and CSA against their S/m compressed entries (CSA masked
+/// to the indexer's picks, as transformers masks them); one softmax spans the window, the compressed entries and the sink.
 /// </summary>
 internal static class DeepseekV4OnnxFunctions
 {
@@ -112,7 +110,7 @@ internal static class DeepseekV4OnnxFunctions
         comb = Normalise(comb, -2);
         for (int i = 1; i < c.SinkhornIters; i++) comb = Normalise(Normalise(comb, -1), -2);
         string streams = f.Reshape(h, -1, hc, d);
-        string collapsed = f.Op("ReduceSum", [f.Mul(f.Unsqueeze(pre, -1), streams), f.ConstInt64(1)], Int("keepdims", 0)); // [t, D]
+        string collapsed = f.Op("MatMul", [f.Unsqueeze(pre, 1), streams]);                             // [t, 1, D]: sum_j pre_j H_j
         f.Output(post);
         f.Output(comb);
         f.Output(f.Reshape(collapsed, f.Concat(0, f.Shape(h, 0, 2), f.ConstInt64(d))));
@@ -142,7 +140,7 @@ internal static class DeepseekV4OnnxFunctions
         string h = f.Input("hidden_streams"), fn = f.Input("hc_fn"), bias = f.Input("hc_base"), scale = f.Input("hc_scale");
         string flat = UnweightedRms(f, f.Reshape(h, -1, hc * d), hc * d, c.Eps);
         string pre = f.Add(f.Op("Sigmoid", [f.Add(f.Mul(f.Linear(flat, fn), scale), bias)]), f.ScalarFloat((float)c.HcEps));
-        string collapsed = f.Op("ReduceSum", [f.Mul(f.Unsqueeze(pre, -1), f.Reshape(h, -1, hc, d)), f.ConstInt64(1)], Int("keepdims", 0));
+        string collapsed = f.Op("MatMul", [f.Unsqueeze(pre, 1), f.Reshape(h, -1, hc, d)]);            // [t, 1, D]
         f.Output(f.Reshape(collapsed, f.Concat(0, f.Shape(h, 0, 2), f.ConstInt64(d))));
     }
 
@@ -156,7 +154,9 @@ internal static class DeepseekV4OnnxFunctions
     /// compressor's wkv, wgate, ape, norm. Outputs: y [b, s, D]; CSA also the indexer's selection [b, s, k] (int64, -1 where
     /// the pick is not attendable).
     /// </summary>
-    public static void Attention(OnnxModelBuilder model, V4OnnxShape c, V4OnnxAttention kind, int ratio, bool masked, string name, Int4Scheme? scheme, bool[]? int4)
+    /// <param name="mainRope">The layer's rope is the sliding layers' (rope_theta), else the compressed layers' (with YaRN).</param>
+    public static void Attention(OnnxModelBuilder model, V4OnnxShape c, V4OnnxAttention kind, int ratio, bool masked, bool mainRope, string name,
+        Int4Scheme? scheme, bool[]? int4)
     {
         var f = model.Function(OnnxDecoderNames.Domain, name);
         f.DocString = kind switch
@@ -204,7 +204,7 @@ internal static class DeepseekV4OnnxFunctions
 
         string bs = f.Shape(x, 0, 2), batch = f.Shape(x, 0, 1), seq = f.Shape(x, 1, 2);
         string x2 = f.Reshape(x, -1, d);
-        float[] inv = kind == V4OnnxAttention.Sliding ? c.MainInvFreq : c.CompressInvFreq;
+        float[] inv = mainRope ? c.MainInvFreq : c.CompressInvFreq;
         var (cos, sin) = Angles(f, pos, inv);                                                          // [b, s, rd / 2]
         string cosH = f.Unsqueeze(cos, 1), sinH = f.Unsqueeze(sin, 1);                                 // [b, 1, s, rd / 2]
 
@@ -263,32 +263,32 @@ internal static class DeepseekV4OnnxFunctions
             lw = f.Op("Where", [valid, lw, negInf]);
             string lwSeq = Slice(f, f.Reshape(lw, f.Concat(0, batch, f.ConstInt64(nh), sp, f.ConstInt64(2 * w))), f.ConstInt64(0), seq, 2);
 
-            string? lc = null, entries = null, gathered = null;
+            string? lc = null, entries = null;
             string? selection = null;
             if (kind != V4OnnxAttention.Sliding)
             {
                 string threshold = f.Op("Div", [f.Add(pos, f.ScalarInt64(1)), f.ScalarInt64(ratio)]);  // [b, s]
                 entries = Compressor(f, x2, bs, batch, seq, cKv!, cGate!, cApe!, cNorm!, ratio, hd, rd, overlap, c, out string count);
+                string l = f.Mul(f.Op("MatMul", [q, f.Transpose(f.Unsqueeze(entries, 1), 0, 1, 3, 2)]), scale); // [b, nh, s, n + 1]
+                string vis;                                                                            // [b, s, n + 1]
                 if (kind == V4OnnxAttention.Hca)
                 {
-                    string l = f.Mul(f.Op("MatMul", [q, f.Transpose(f.Unsqueeze(entries, 1), 0, 1, 3, 2)]), scale); // [b, nh, s, n + 1]
-                    string vis = Visible(f, entries, threshold, count);                               // [b, s, n + 1]
-                    lc = f.Op("Where", [f.Unsqueeze(vis, 1), l, negInf]);
+                    vis = Visible(f, entries, threshold, count);
                 }
                 else
                 {
+                    // transformers' block bias: -inf except at the indexer's attendable picks (scattered into n + 2
+                    // columns, the last one taking the -1 picks, then dropped). Dense over the s / m entries: on ONNX
+                    // Runtime this beat gathering k entries per query (s x k x head_dim rows) at every length measured.
                     selection = Indexer(f, x2, qr, pos, bs, batch, seq, threshold, iq!, iw!, icKv!, icGate!, icApe!, icNorm!, ratio, c);
-                    string ok = f.Op("GreaterOrEqual", [selection, f.ScalarInt64(0)]);                // [b, s, k]
-                    string safe = f.Op("Where", [ok, selection, f.ScalarInt64(0)]);
-                    // entries [b, n + 1, hd] flattened; entry e of batch row r is row r (n + 1) + e
                     string n1 = f.Shape(entries, 1, 2);
-                    string rows = f.Mul(f.Op("Range", [f.ScalarInt64(0), f.Reshape(batch, f.ConstInt64()), f.ScalarInt64(1)]), f.Reshape(n1, f.ConstInt64()));
-                    string flat = f.Add(safe, f.Unsqueeze(rows, 1, 2));
-                    gathered = f.Op("Gather", [f.Reshape(entries, -1, hd), flat], Int("axis", 0));   // [b, s, k, hd]
-                    string qs = f.Transpose(q, 0, 2, 1, 3);                                            // [b, s, nh, hd]
-                    string l = f.Mul(f.Op("MatMul", [qs, f.Transpose(gathered, 0, 1, 3, 2)]), scale); // [b, s, nh, k]
-                    lc = f.Transpose(f.Op("Where", [f.Unsqueeze(ok, 2), l, negInf]), 0, 2, 1, 3);    // [b, nh, s, k]
+                    string target = f.Op("Where", [f.Op("GreaterOrEqual", [selection, f.ScalarInt64(0)]), selection, f.Reshape(n1, f.ConstInt64())]);
+                    string zeros = f.Op("ConstantOfShape", [f.Concat(0, bs, f.Add(n1, f.ConstInt64(1)))], Tensor("value", OnnxTensors.Float("", [1], 0f)));
+                    string ones = f.Op("ConstantOfShape", [f.Shape(selection)], Tensor("value", OnnxTensors.Float("", [1], 1f)));
+                    string picked = f.Op("ScatterElements", [zeros, target, ones], Int("axis", 2));      // [b, s, n + 2]
+                    vis = f.Cast(Slice(f, picked, f.ConstInt64(0), n1, 2), DataType.Bool);
                 }
+                lc = f.Op("Where", [f.Unsqueeze(vis, 1), l, negInf]);
             }
             string logitsAll = lc != null ? f.Concat(-1, lwSeq, lc, sinkCol) : f.Concat(-1, lwSeq, sinkCol);
             string p = f.Op("Softmax", [logitsAll], Int("axis", -1));
@@ -300,10 +300,7 @@ internal static class DeepseekV4OnnxFunctions
             if (lc != null)
             {
                 string pc = Slice(f, p, f.ConstInt64(2 * w), f.ConstInt64(-1), -1);
-                string oc = kind == V4OnnxAttention.Hca
-                    ? f.Op("MatMul", [pc, f.Unsqueeze(entries!, 1)])
-                    : f.Transpose(f.Op("MatMul", [f.Transpose(pc, 0, 2, 1, 3), gathered!]), 0, 2, 1, 3);
-                attn = f.Add(attn, oc);
+                attn = f.Add(attn, f.Op("MatMul", [pc, f.Unsqueeze(entries!, 1)]));
             }
             Finish(f, c, attn, cosH, sinH, woa, wob, x);
             if (selection != null) f.Output(selection);
@@ -393,9 +390,10 @@ internal static class DeepseekV4OnnxFunctions
         string q = f.Reshape(wq.Apply(f, qr), f.Concat(0, bs, f.ConstInt64(ni, ih)));                   // [b, s, ni, ih]
         q = Rope(f, q, ih, rd, f.Unsqueeze(cos, 2), f.Unsqueeze(sin, 2));
         string dots = f.Op("MatMul", [q, f.Transpose(f.Unsqueeze(keys, 1), 0, 1, 3, 2)]);              // [b, s, ni, n+1]
-        string scores = f.Mul(f.Op("Relu", [dots]), f.ScalarFloat((float)(1.0 / Math.Sqrt(ih))));
-        string w = f.Mul(f.Reshape(weightsProj.Apply(f, x2), f.Concat(0, bs, f.ConstInt64(ni, 1))), f.ScalarFloat((float)(1.0 / Math.Sqrt(ni))));
-        string index = f.Op("ReduceSum", [f.Mul(scores, w), f.ConstInt64(2)], Int("keepdims", 0));     // [b, s, n+1]
+        // sum_h (w_h / sqrt(ni)) relu(dot_h) / sqrt(ih) as one [1, ni] x [ni, n+1] product per query (both scales positive:
+        // folded into the weights); an exact zero stays zero, so ties keep their lowest-index order.
+        string w = f.Mul(f.Reshape(weightsProj.Apply(f, x2), f.Concat(0, bs, f.ConstInt64(1, ni))), f.ScalarFloat((float)(1.0 / Math.Sqrt(ni) / Math.Sqrt(ih))));
+        string index = f.Op("Squeeze", [f.Op("MatMul", [w, f.Op("Relu", [dots])]), f.ConstInt64(2)]);   // [b, s, n+1]
         string vis = Visible(f, keys, threshold, count);
         index = f.Op("Where", [vis, index, f.ScalarFloat(float.NegativeInfinity)]);
         string k = f.Op("Min", [f.ConstInt64(c.IndexTopK), f.Shape(keys, 1, 2)]);
