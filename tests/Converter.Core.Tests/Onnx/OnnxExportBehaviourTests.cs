@@ -83,7 +83,9 @@ public class OnnxExportBehaviourTests(ITestOutputHelper log)
         LogitStats.Compare(outs.Logits, golden.Logits.AsSpan(0, 2 * 128 * 256).ToArray(), 256).MaxAbs.Should().BeLessThan(1e-3);
         outs.HiddenStates!.Length.Should().Be(5);
         outs.RoutingTopK!.Length.Should().Be(3);
-        Directory.GetFiles(export.OutputDirectory).Select(Path.GetFileName).Should().BeEquivalentTo(["model.onnx", "model.onnx.data", "config.json"]);
+        // no diagnostic model copy left behind: only the export and its serving files (tokenizer, generation config)
+        Directory.GetFiles(export.OutputDirectory).Select(Path.GetFileName).Should().BeEquivalentTo(["model.onnx", "model.onnx.data", "config.json",
+            "tokenizer.json", "tokenizer_config.json", "generation_config.json"]);
     }
 
     [Fact]
