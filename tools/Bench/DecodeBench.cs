@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using Converter.Decoder.Onnx;
-using Converter.Formats.Onnx.Proto;
 using Converter.Runtime;
 using Converter.Runtime.Generation;
 using Converter.Tools.Synth;
@@ -13,7 +12,7 @@ namespace Converter.Tools.Bench;
 /// (a) the `export onnx --kv-cache` folder in onnxruntime-genai (what `converter generate` runs), (b) the plain
 /// full-sequence ONNX graph re-run over the whole prefix for every token, and (c) llama.cpp (node-llama-cpp) on the
 /// GGUF export of the same weights at the same bits (F32; INT4 g32 symmetric = Q4_0, codes passed through), all on the
-/// same threads. INT4 variants: MatMulNBits accuracy_level 0 (exported) and 4 (int8 activations, patched copy).
+/// same threads. INT4 variants: MatMulNBits accuracy_level 0 (the export's default) and 4 (`--int4-accuracy-level 4`).
 /// </summary>
 public static class DecodeBench
 {
@@ -47,7 +46,7 @@ public static class DecodeBench
                 case "--no-full": full = false; break;
                 default:
                     Console.WriteLine("decode [--model <synthetic checkpoint>] [--work DIR] [--contexts 0,512,2048] [--new-tokens 16] [--threads 1,2]\n" +
-                                      "       [--full-steps 2] [--formats fp32,int4] [--accuracy-levels 0,4] [--llama-kv f16,f32] [--no-llama] [--no-full]\n" +
+                                      "       [--full-steps 2] [--formats fp32,int4[,int4-g128]] [--accuracy-levels 0,4] [--llama-kv f16,f32] [--no-llama] [--no-full]\n" +
                                       "  without --model a mid-size DeepSeek-V3 checkpoint is synthesized into <work>/ckpt (hidden 2048, 16 heads,\n" +
                                       "  q_lora 768, kv_lora 512 + rope 64 (the 576-value latent), 4 layers (1 dense), 16 experts top-4 of 512, vocab 256:\n" +
                                       "  byte-level, so GGUF needs no tokenizer.json and the head is a small share, as at full scale)");
@@ -92,10 +91,21 @@ public static class DecodeBench
                 {
                     if (level == 0) variants.Add(new Variant("int4 (MatMulNBits accuracy_level 0)", "int4 g32 / Q4_0", kv, fullDir, gguf));
                     else variants.Add(new Variant($"int4 (MatMulNBits accuracy_level {level})", "int4 g32 / Q4_0",
-                        AccuracyLevel(kv, level), fullDir == null ? null : AccuracyLevel(fullDir, level), null));
+                        Convert(work, $"onnx-int4-kv-acc{level}", "export", "onnx", q, "-o", "{out}", "--weights", "int4", "--kv-cache", "--int4-accuracy-level", level.ToString()),
+                        full ? Convert(work, $"onnx-int4-acc{level}", "export", "onnx", q, "-o", "{out}", "--weights", "int4", "--int4-accuracy-level", level.ToString()) : null,
+                        null));
                 }
             }
-            else throw new ArgumentException($"--formats: unknown '{f}' (fp32, int4)");
+            else if (f == "int4-g128")
+            {
+                // QMoE and MatMulNBits at block 128 (ONNX only: Q4_0 has 32-value blocks)
+                string q = Convert(work, "int4-g128-ckpt", "quantize", model, "-o", "{out}", "--scheme", "int4", "--group-size", "128", "--targets", "all-linear");
+                foreach (int level in accuracyLevels)
+                    variants.Add(new Variant($"int4 g128 (MatMulNBits accuracy_level {level})", "int4 g128",
+                        Convert(work, $"onnx-int4-g128-kv-acc{level}", "export", "onnx", q, "-o", "{out}", "--weights", "int4", "--kv-cache", "--int4-accuracy-level", level.ToString()),
+                        null, null));
+            }
+            else throw new ArgumentException($"--formats: unknown '{f}' (fp32, int4, int4-g128)");
         }
 
         Console.WriteLine($"machine: {Environment.ProcessorCount} logical cores, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at start; " +
@@ -173,28 +183,5 @@ public static class DecodeBench
         if (m.ExitCode != 0) throw new InvalidOperationException($"converter {string.Join(' ', a)} failed: {m.StdErr}");
         Log($"  {m.Seconds:F0} s, peak RSS {m.PeakRssBytes / 1e9:F2} GB");
         return output;
-    }
-
-    /// <summary>A folder beside <paramref name="dir"/> whose model.onnx sets accuracy_level on every MatMulNBits (the
-    /// graph's and its functions'); the data and side files are copied (ONNX Runtime refuses external data behind a link).</summary>
-    private static string AccuracyLevel(string dir, int level)
-    {
-        string copy = dir + $"-acc{level}";
-        if (Directory.Exists(copy)) return copy;
-        Directory.CreateDirectory(copy);
-        foreach (var f in Directory.GetFiles(dir))
-            if (Path.GetFileName(f) != "model.onnx") File.Copy(f, Path.Combine(copy, Path.GetFileName(f)));
-        var proto = ModelProto.Parser.ParseFrom(File.ReadAllBytes(Path.Combine(dir, "model.onnx")));
-        int patched = 0;
-        void Patch(IEnumerable<NodeProto> nodes)
-        {
-            foreach (var n in nodes.Where(n => n.OpType == "MatMulNBits"))
-                foreach (var a in n.Attribute.Where(a => a.Name == "accuracy_level")) { a.I = level; patched++; }
-        }
-        Patch(proto.Graph.Node);
-        foreach (var fn in proto.Functions) Patch(fn.Node);
-        using (var fs = File.Create(Path.Combine(copy, "model.onnx"))) Google.Protobuf.MessageExtensions.WriteTo(proto, fs);
-        Log($"{copy}: accuracy_level {level} on {patched} MatMulNBits nodes");
-        return copy;
     }
 }

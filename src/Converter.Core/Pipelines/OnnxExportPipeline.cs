@@ -39,6 +39,10 @@ public sealed record OnnxExportOptions(
     /// names) that runs prefill and single-token decode in one graph.</summary>
     public bool KvCache { get; init; }
 
+    /// <summary>int4: MatMulNBits accuracy_level of every INT4 projection (0: float32 activations, the default; 4: int8
+    /// activations, faster decode on CPU; see <see cref="OnnxInt4Tuning"/>).</summary>
+    public int Int4AccuracyLevel { get; init; }
+
     /// <summary>An export of the same checkpoint with the same weight options (another expert-parallel rank's): its
     /// initializers that no routed expert feeds are copied from it file to file instead of being converted again.</summary>
     public string? ReuseFrom { get; init; }
@@ -87,6 +91,12 @@ public static class OnnxExportPipeline
         var export = OnnxDecoderGraph.Build(arch, new OnnxDecoderOptions(options.Weights, options.AttentionMaskInput,
             options.PositionIdsInput, options.DiagnosticOutputs, options.Fp8CastDequantize, scheme, denseInt4, options.Comm, options.Rank, options.Slice)
         { KvCache = options.KvCache, FullAttentionBaseline = options.FullAttentionBaseline });
+        if (options.Int4AccuracyLevel != 0)
+        {
+            if (options.Weights != OnnxWeightFormat.Int4) throw new ArgumentException("--int4-accuracy-level applies to --weights int4 only");
+            int n = OnnxInt4Tuning.SetAccuracyLevel(export.Model, options.Int4AccuracyLevel);
+            logger.LogInformation("MatMulNBits accuracy_level {Level} on {Count} node(s)", options.Int4AccuracyLevel, n);
+        }
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
         var weights = new OnnxWeightWriter(ckpt, scheme, options.SlabElements);
