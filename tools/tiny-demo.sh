@@ -24,7 +24,11 @@ converter verify "$out/onnx-fp32" --golden golden/tiny-dsv3/eval.safetensors
 
 echo "== export ONNX fp8 (from our FP8 checkpoint) and verify against the FP8 golden"
 converter export onnx "$out/fp8" -o "$out/onnx-fp8" --weights fp8 --overwrite -q
-converter verify "$out/onnx-fp8" --golden golden/tiny-dsv3-fp8/eval.safetensors --format-preset fp8
+converter verify "$out/onnx-fp8" --golden golden/tiny-dsv3-fp8/eval.safetensors --format-preset fp8-exact
+
+echo "== a golden of our own from the checkpoint (fp32 ONNX, layer by layer), and the fp32 export against it"
+converter golden golden/models/tiny-dsv3 --tokens golden/tiny-dsv3/eval.safetensors -o "$out/golden.safetensors" --overwrite -q
+converter verify "$out/onnx-fp32" --golden "$out/golden.safetensors"
 
 echo "== export GGUF (F32 and Q8_0) and verify through llama.cpp"
 if command -v node >/dev/null 2>&1; then

@@ -31,10 +31,11 @@ public static class CommandRunner
         "Exit codes: 0 success, 1 a failed check, 2 bad input (usage, missing/corrupt/unsupported files, another model's golden), " +
         "3 internal error (stack trace with -v), 130 cancelled.";
 
-    public static int Run(ParseResult parse, Func<ILoggerFactory, int> body)
+    /// <param name="logToStandardError">Log to stderr: for commands whose stdout is their result (golden prints the file written).</param>
+    public static int Run(ParseResult parse, Func<ILoggerFactory, int> body, bool logToStandardError = false)
     {
         var error = parse.InvocationConfiguration.Error;
-        using var loggers = GlobalOptions.CreateLoggerFactory(parse);
+        using var loggers = GlobalOptions.CreateLoggerFactory(parse, logToStandardError);
         try
         {
             if (Environment.GetEnvironmentVariable(FaultInjectionVariable) == "internal")

@@ -73,7 +73,7 @@ public static class GoldenCommand
                 r.Sequences, r.SequenceLength, r.Slices, r.FileBytes, r.Form, r.Elapsed.TotalSeconds, ProcessStats.PeakRssText());
             parse.InvocationConfiguration.Output.WriteLine(r.Path);
             return CommandRunner.Ok;
-        }));
+        }, logToStandardError: true));
         return cmd;
     }
 }

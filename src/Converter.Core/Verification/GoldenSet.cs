@@ -370,9 +370,9 @@ public sealed class GoldenSet
         if (Identity.ConfigFingerprint is { } gfp && gfp != fp)
             throw new InvalidDataException($"{Path}: the golden was computed from {Identity}, whose config fingerprint {gfp} is not this model's {fp}; " +
                                            "make a golden of this model with `converter golden`");
-        CheckShapes(arch.VocabSize, arch.HiddenSize, arch.NumLayers, arch.NumRoutedExperts, arch.NumExpertsPerToken);
         CheckModel(arch.VocabSize, arch.Config.IntOrNull("max_position_embeddings"), arch.HiddenSize, arch.NumLayers,
             moe, arch.NumExpertsPerToken);
+        CheckShapes(arch.VocabSize, arch.HiddenSize, arch.NumLayers, arch.NumRoutedExperts, arch.NumExpertsPerToken);
     }
 
     /// <summary>
