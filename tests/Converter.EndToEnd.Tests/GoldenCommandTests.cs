@@ -77,15 +77,6 @@ public sealed class GoldenCommandTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
-    public void DeepSeekV4IsRefusedUntilItHasAnOnnxExport()
-    {
-        var r = Converter.Tests.Cli.Run("golden", TestData.Model("tiny-dsv4"), "--tokens", TestData.Golden("tiny-dsv4", "eval.safetensors"), "-o", _tmp["v4.safetensors"]);
-        r.ExitCode.Should().Be(2, r.ToString());
-        r.StdErr.Should().Contain("deepseek_v4");
-        File.Exists(_tmp["v4.safetensors"]).Should().BeFalse();
-    }
-
-    [Fact]
     public void TextIsTokenizedAsBytesForAByteLevelModel()
     {
         string text = _tmp["text.txt"];
