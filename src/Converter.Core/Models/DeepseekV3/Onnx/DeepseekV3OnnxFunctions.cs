@@ -23,54 +23,19 @@ internal static class DeepseekV3OnnxFunctions
     public static void Mla(OnnxModelBuilder model, DeepseekV3Config c, string name = MlaName, Int4Scheme? int4Scheme = null, bool[]? int4 = null)
     {
         var f = model.Function(OnnxDecoderNames.Domain, name);
-        int slot = 0;
-        bool Q(int i) => int4 != null && int4[i];
         f.DocString = "DeepSeek-V3 multi-head latent attention (expanded), causal, interleaved rope on the rope slice";
-        int nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, rope = c.QkRopeHeadDim, vd = c.VHeadDim, kvr = c.KvLoraRank, h = c.HiddenSize;
-        float eps = (float)c.RmsNormEps;
-        string x = f.Input("x"), mask = f.Input("mask"), pos = f.Input("position_ids"), cos = f.Input("cos"), sin = f.Input("sin");
-        long qk = nh * (nope + rope);
-        Proj? qa = null, qb = null, qw = null;
-        string? qaNorm = null;
-        if (c.QLoraRank is { } ql)
-        {
-            qa = Proj.In(f, "q_a_proj", Q(slot++), int4Scheme, ql, h); qaNorm = f.Input("q_a_layernorm"); qb = Proj.In(f, "q_b_proj", Q(slot++), int4Scheme, qk, ql);
-        }
-        else
-        {
-            qw = Proj.In(f, "q_proj", Q(slot++), int4Scheme, qk, h);
-        }
-        var kva = Proj.In(f, "kv_a_proj_with_mqa", Q(slot++), int4Scheme, kvr + rope, h);
-        string kvaNorm = f.Input("kv_a_layernorm");
-        var kvb = Proj.In(f, "kv_b_proj", Q(slot++), int4Scheme, nh * (nope + vd), kvr);
-        var o = Proj.In(f, "o_proj", Q(slot++), int4Scheme, h, nh * vd);
-
-        string bs = f.Shape(x, 0, 2);
-        string x2 = f.Reshape(x, -1, h);
-        string q = qw != null
-            ? qw.Apply(f, x2)
-            : qb!.Apply(f, f.Op("RMSNormalization", [qa!.Apply(f, x2), qaNorm!], Float("epsilon", eps), Int("axis", -1)));
-        string q4 = f.Transpose(f.Reshape(q, f.Concat(0, bs, f.ConstInt64(nh, nope + rope))), 0, 2, 1, 3); // [b, nh, s, qk]
-        var qParts = f.Split(q4, 3, nope, rope);
-        string qPe = f.Op("RotaryEmbedding", [qParts[1], cos, sin, pos], Int("interleaved", 1));
-
-        string ckv = kva.Apply(f, x2);
-        var kvParts = f.Split(ckv, 1, kvr, rope);
-        string cNorm = f.Op("RMSNormalization", [kvParts[0], kvaNorm], Float("epsilon", eps), Int("axis", -1));
-        string kv = kvb.Apply(f, cNorm);
-        string kv4 = f.Transpose(f.Reshape(kv, f.Concat(0, bs, f.ConstInt64(nh, nope + vd))), 0, 2, 1, 3); // [b, nh, s, nope+v]
+        var m = Common(f, c, int4Scheme, int4, floatKvB: false);
+        int nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, vd = c.VHeadDim;
+        string kv4 = f.Transpose(f.Reshape(m.KvB.Apply(f, m.CNorm), f.Concat(0, m.Bs, f.ConstInt64(nh, nope + vd))), 0, 2, 1, 3); // [b, nh, s, nope+v]
         var kvSplit = f.Split(kv4, 3, nope, vd);
-        string kPe = f.Transpose(f.Reshape(kvParts[1], f.Concat(0, bs, f.ConstInt64(1, rope))), 0, 2, 1, 3); // [b, 1, s, rope]
-        kPe = f.Op("RotaryEmbedding", [kPe, cos, sin, pos], Int("interleaved", 1));
-        string kPeAll = f.Op("Expand", [kPe, f.ConstInt64(1, nh, 1, 1)]);
+        string kPeAll = f.Op("Expand", [m.KPe, f.ConstInt64(1, nh, 1, 1)]);
 
-        string qFull = f.Concat(3, qParts[0], qPe);
+        string qFull = f.Concat(3, m.QNope, m.QPe);
         string kFull = f.Concat(3, kvSplit[0], kPeAll);
         // The 4-D (batch, heads, seq, head) layout: the 3-D one loses V's width inside a function body.
-        string attn = f.Op("Attention", [qFull, kFull, kvSplit[1], mask], Float("scale", (float)c.SoftmaxScale));
+        string attn = f.Op("Attention", [qFull, kFull, kvSplit[1], m.Mask], Float("scale", (float)c.SoftmaxScale));
         string merged = f.Reshape(f.Transpose(attn, 0, 2, 1, 3), -1, nh * vd);
-        string y = f.Reshape(o.Apply(f, merged), f.Shape(x));
-        f.Output(y);
+        f.Output(f.Reshape(m.O.Apply(f, merged), f.Shape(m.X)));
     }
 
     /// <summary>
@@ -83,45 +48,13 @@ internal static class DeepseekV3OnnxFunctions
     public static void MlaCached(OnnxModelBuilder model, DeepseekV3Config c, string name, long half, Int4Scheme? int4Scheme = null, bool[]? int4 = null)
     {
         var f = model.Function(OnnxDecoderNames.Domain, name);
-        int slot = 0;
-        bool Q(int i) => int4 != null && int4[i];
         f.DocString = "DeepSeek multi-head latent attention over the latent KV cache (absorbed), causal, interleaved rope";
-        int nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, rope = c.QkRopeHeadDim, vd = c.VHeadDim, kvr = c.KvLoraRank, h = c.HiddenSize;
-        float eps = (float)c.RmsNormEps;
-        string x = f.Input("x"), mask = f.Input("mask"), pos = f.Input("position_ids"), cos = f.Input("cos"), sin = f.Input("sin");
-        long qk = nh * (nope + rope);
-        Proj? qa = null, qb = null, qw = null;
-        string? qaNorm = null;
-        if (c.QLoraRank is { } ql)
-        {
-            qa = Proj.In(f, "q_a_proj", Q(slot++), int4Scheme, ql, h); qaNorm = f.Input("q_a_layernorm"); qb = Proj.In(f, "q_b_proj", Q(slot++), int4Scheme, qk, ql);
-        }
-        else
-        {
-            qw = Proj.In(f, "q_proj", Q(slot++), int4Scheme, qk, h);
-        }
-        var kva = Proj.In(f, "kv_a_proj_with_mqa", Q(slot++), int4Scheme, kvr + rope, h);
-        string kvaNorm = f.Input("kv_a_layernorm");
-        slot++; // kv_b is always float here
-        string kvb = f.Input("kv_b_proj");
-        var o = Proj.In(f, "o_proj", Q(slot++), int4Scheme, h, nh * vd);
+        var m = Common(f, c, int4Scheme, int4, floatKvB: true);
+        int nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, rope = c.QkRopeHeadDim, vd = c.VHeadDim, kvr = c.KvLoraRank;
         string pastKey = f.Input("past_key"), pastValue = f.Input("past_value");
-
-        string bs = f.Shape(x, 0, 2);
-        string x2 = f.Reshape(x, -1, h);
-        string q = qw != null
-            ? qw.Apply(f, x2)
-            : qb!.Apply(f, f.Op("RMSNormalization", [qa!.Apply(f, x2), qaNorm!], Float("epsilon", eps), Int("axis", -1)));
-        string q4 = f.Transpose(f.Reshape(q, f.Concat(0, bs, f.ConstInt64(nh, nope + rope))), 0, 2, 1, 3); // [b, nh, s, qk]
-        var qParts = f.Split(q4, 3, nope, rope);
-        string qPe = f.Op("RotaryEmbedding", [qParts[1], cos, sin, pos], Int("interleaved", 1));
-
-        string ckv = kva.Apply(f, x2);
-        var kvParts = f.Split(ckv, 1, kvr, rope);
-        string cNorm = f.Op("RMSNormalization", [kvParts[0], kvaNorm], Float("epsilon", eps), Int("axis", -1));
+        string x = m.X, mask = m.Mask, bs = m.Bs, cNorm = m.CNorm, qPe = m.QPe, kPe = m.KPe, kvb = m.KvB.Weight;
+        var o = m.O;
         string c4 = f.Transpose(f.Reshape(cNorm, f.Concat(0, bs, f.ConstInt64(1, kvr))), 0, 2, 1, 3);           // [b, 1, s, kvr]
-        string kPe = f.Transpose(f.Reshape(kvParts[1], f.Concat(0, bs, f.ConstInt64(1, rope))), 0, 2, 1, 3);   // [b, 1, s, rope]
-        kPe = f.Op("RotaryEmbedding", [kPe, cos, sin, pos], Int("interleaved", 1));
         string latent = f.Concat(3, c4, kPe);
         if (2 * half > kvr + rope)
             latent = f.Concat(3, latent, f.Mul(f.Op("Slice", [kPe, f.ConstInt64(0), f.ConstInt64(1), f.ConstInt64(3)]), f.ScalarFloat(0f)));
@@ -131,7 +64,7 @@ internal static class DeepseekV3OnnxFunctions
         string presentValue = f.Concat(2, pastValue, Cols(latent, half, 2 * half));
 
         var w = f.Split(f.Reshape(kvb, nh, nope + vd, kvr), 1, nope, vd);                                    // [nh, nope|v, kvr]
-        string qLat = f.Op("MatMul", [qParts[0], w[0]]);                                                       // [b, nh, s, kvr]
+        string qLat = f.Op("MatMul", [m.QNope, w[0]]);                                                       // [b, nh, s, kvr]
         string qCat = f.Concat(3, qLat, qPe);                                                                 // [b, nh, s, kvr + rope]
         if (2 * half > kvr + rope) qCat = f.Concat(3, qCat, f.Mul(Cols(qPe, 0, 1), f.ScalarFloat(0f)));
         // One latent "head" serves every query head: fold the heads into the query rows ([b, 1, nh s, 2 half]) so each
@@ -152,5 +85,51 @@ internal static class DeepseekV3OnnxFunctions
         f.Output(f.Reshape(o.Apply(f, merged), f.Shape(x)));
         f.Output(presentKey);
         f.Output(presentValue);
+    }
+
+    /// <summary>What both MLA forms declare and compute first: every input up to o_proj (in the function's input
+    /// order), the query split into its nope part and its roped rope part [b, nh, s, .], the normalised c_kv
+    /// [tokens, kv_lora_rank] and the roped shared k_pe [b, 1, s, rope].</summary>
+    private sealed record MlaCommon(string X, string Mask, string Bs, string QNope, string QPe, string CNorm, string KPe, Proj KvB, Proj O);
+
+    /// <param name="floatKvB">kv_b as a plain float input (the absorbed form reshapes it) whatever the INT4 mask says.</param>
+    private static MlaCommon Common(OnnxFunctionBuilder f, DeepseekV3Config c, Int4Scheme? int4Scheme, bool[]? int4, bool floatKvB)
+    {
+        int slot = 0;
+        bool Q(int i) => int4 != null && int4[i];
+        int nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, rope = c.QkRopeHeadDim, vd = c.VHeadDim, kvr = c.KvLoraRank, h = c.HiddenSize;
+        float eps = (float)c.RmsNormEps;
+        string x = f.Input("x"), mask = f.Input("mask"), pos = f.Input("position_ids"), cos = f.Input("cos"), sin = f.Input("sin");
+        long qk = nh * (nope + rope);
+        Proj? qa = null, qb = null, qw = null;
+        string? qaNorm = null;
+        if (c.QLoraRank is { } ql)
+        {
+            qa = Proj.In(f, "q_a_proj", Q(slot++), int4Scheme, ql, h); qaNorm = f.Input("q_a_layernorm"); qb = Proj.In(f, "q_b_proj", Q(slot++), int4Scheme, qk, ql);
+        }
+        else
+        {
+            qw = Proj.In(f, "q_proj", Q(slot++), int4Scheme, qk, h);
+        }
+        var kva = Proj.In(f, "kv_a_proj_with_mqa", Q(slot++), int4Scheme, kvr + rope, h);
+        string kvaNorm = f.Input("kv_a_layernorm");
+        bool kvbInt4 = Q(slot++) && !floatKvB;
+        var kvb = Proj.In(f, "kv_b_proj", kvbInt4, int4Scheme, nh * (nope + vd), kvr);
+        var o = Proj.In(f, "o_proj", Q(slot++), int4Scheme, h, nh * vd);
+
+        string bs = f.Shape(x, 0, 2);
+        string x2 = f.Reshape(x, -1, h);
+        string q = qw != null
+            ? qw.Apply(f, x2)
+            : qb!.Apply(f, f.Op("RMSNormalization", [qa!.Apply(f, x2), qaNorm!], Float("epsilon", eps), Int("axis", -1)));
+        string q4 = f.Transpose(f.Reshape(q, f.Concat(0, bs, f.ConstInt64(nh, nope + rope))), 0, 2, 1, 3); // [b, nh, s, qk]
+        var qParts = f.Split(q4, 3, nope, rope);
+        string qPe = f.Op("RotaryEmbedding", [qParts[1], cos, sin, pos], Int("interleaved", 1));
+
+        var kvParts = f.Split(kva.Apply(f, x2), 1, kvr, rope);
+        string cNorm = f.Op("RMSNormalization", [kvParts[0], kvaNorm], Float("epsilon", eps), Int("axis", -1));
+        string kPe = f.Transpose(f.Reshape(kvParts[1], f.Concat(0, bs, f.ConstInt64(1, rope))), 0, 2, 1, 3); // [b, 1, s, rope]
+        kPe = f.Op("RotaryEmbedding", [kPe, cos, sin, pos], Int("interleaved", 1));
+        return new MlaCommon(x, mask, bs, qParts[0], qPe, cNorm, kPe, kvb, o);
     }
 }
