@@ -83,22 +83,7 @@ public class OnnxExportVariationTests(ITestOutputHelper log)
         using var ckpt = ModelCheckpoint.Open(dir);
         var (refLogits, refRouting, margin) = new ReferenceForward(ckpt).Run(tokens, Batch, Seq);
 
-        var stable = margin.Select(m => m >= 1e-4).ToArray();
-        var stats = LogitStats.Compare(outs.Logits, refLogits, golden.Vocab, stable);
-        log.WriteLine($"{variant}: ONNX vs float64 reference on stable positions: {stats}");
-        int k = ckpt.Architecture.NumExpertsPerToken, differ = 0, compared = 0;
-        for (int l = 0; l < refRouting.Length; l++)
-            for (int p = 0; p < Batch * Seq; p++)
-            {
-                if (!stable[p]) continue;
-                compared++;
-                if (!refRouting[l].AsSpan(p * k, k).ToArray().Order().SequenceEqual(outs.RoutingTopK![l].AsSpan(p * k, k).ToArray().Order())) differ++;
-            }
-        log.WriteLine($"{variant}: routing {compared} choices, {differ} differ");
-        stats.Positions.Should().BeGreaterThan(Batch * Seq / 2);
-        stats.MaxAbs.Should().BeLessThanOrEqualTo(1e-3);
-        stats.Top1.Should().Be(1.0);
-        differ.Should().Be(0);
+        ReferenceAgreement.Check(outs, refLogits, refRouting, margin, golden.Vocab, ckpt.Architecture.NumExpertsPerToken, log, variant);
     }
 }
 
