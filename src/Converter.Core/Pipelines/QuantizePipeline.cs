@@ -265,15 +265,8 @@ public static partial class QuantizePipeline
     {
         try
         {
-            if (info.DType == DType.BF16)
-                Fp8Pow2BlockQuantizer.Quantize(view.As<ushort>(), n, cols, codes, scales);
-            else
-            {
-                int count = n * cols;
-                if (widened == null || widened.Length < count) widened = new float[count];
-                TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
-                Fp8Pow2BlockQuantizer.Quantize(widened.AsSpan(0, count), n, cols, codes, scales);
-            }
+            if (info.DType == DType.BF16) Fp8Pow2BlockQuantizer.Quantize(view.As<ushort>(), n, cols, codes, scales);
+            else Fp8Pow2BlockQuantizer.Quantize(Widen(info, view, n * cols, ref widened), n, cols, codes, scales);
         }
         catch (ArgumentException e) { throw new InvalidDataException($"{info.File}: '{name}' rows from {r0}: {e.Message}"); }
     }
@@ -320,15 +313,8 @@ public static partial class QuantizePipeline
     {
         try
         {
-            if (info.DType == DType.BF16)
-                Fp4BlockQuantizer.Quantize(view.As<ushort>(), n, cols, packed, scales);
-            else
-            {
-                int count = n * cols;
-                if (widened == null || widened.Length < count) widened = new float[count];
-                TensorConvert.ToFloat32(info, view.Bytes, widened.AsSpan(0, count));
-                Fp4BlockQuantizer.Quantize(widened.AsSpan(0, count), n, cols, packed, scales);
-            }
+            if (info.DType == DType.BF16) Fp4BlockQuantizer.Quantize(view.As<ushort>(), n, cols, packed, scales);
+            else Fp4BlockQuantizer.Quantize(Widen(info, view, n * cols, ref widened), n, cols, packed, scales);
         }
         catch (ArgumentException e) { throw new InvalidDataException($"{info.File}: '{name}' rows from {r0}: {e.Message}"); }
     }
