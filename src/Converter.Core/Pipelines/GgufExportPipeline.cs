@@ -17,6 +17,10 @@ public sealed record GgufExportOptions(string Output, GgmlType WeightType = Ggml
     /// <summary>Export even where llama.cpp cannot represent the checkpoint exactly (the reasons are logged as warnings).</summary>
     public bool Force { get; init; }
 
+    /// <summary>An importance matrix (llama-imatrix's or calibrate's) and the path it was read from: each quantized
+    /// tensor it has an entry for is quantized with that entry's weights, as llama-quantize does (<see cref="GgufImatrix"/>).</summary>
+    public (ImatrixFile File, string Path)? Imatrix { get; init; }
+
     /// <summary>Values read per slab of a large 2-D tensor (whole 128-row blocks, at least one).</summary>
     public long SlabValues { get; init; } = 1L << 24;
 }
@@ -82,10 +86,13 @@ public static class GgufExportPipeline
         log.LogInformation("GGUF {Arch}: {Count} tensors from {Dir} to {Out} ({Types})", plan.Architecture, types.Length,
             src.Directory, options.Output, string.Join(", ", counts.Select(kv => $"{kv.Value} {kv.Key}")));
 
+        var importance = options.Imatrix is { } im ? new GgufImatrix(im.File, im.Path, plan.Tensors, types, log) : null;
+
         using var writer = new GgufWriter(options.Output);
         foreach (var (key, value) in plan.Metadata) writer.Add(key, value);
         writer.Add("general.quantization_version", GgufValue.UInt32(2));
         writer.Add("general.file_type", GgufValue.UInt32((uint)GgufTypePolicy.FileType(options.Scheme, options.WeightType)));
+        importance?.AddKeys(writer);
         for (int i = 0; i < types.Length; i++) writer.AddTensor(plan.Tensors[i].Name, plan.Tensors[i].Dimensions, types[i]);
         writer.WriteHeader();
 
@@ -112,12 +119,29 @@ public static class GgufExportPipeline
                 long rowLength = t.Dimensions[0];
                 // whole rows, at most ~32M values per encode call: bounds the encode buffer whatever the tensor
                 int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
+                var weights = importance?.For(i);
+                // rows per importance slice: an expert's (or head's) rows, ne1; a piece never crosses a slice
+                long sliceRows = t.Dimensions.Count > 1 ? t.Dimensions[1] : 1, row = 0;
                 t.Produce(source, chunk =>
                 {
                     if (chunk.Length % rowLength != 0)
                         throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {rowLength}");
-                    for (int at = 0; at < chunk.Length; at += piece)
-                        writer.WriteTensorValues(chunk.Slice(at, Math.Min(piece, chunk.Length - at)));
+                    for (int at = 0; at < chunk.Length;)
+                    {
+                        int n = Math.Min(piece, chunk.Length - at);
+                        if (weights == null)
+                        {
+                            writer.WriteTensorValues(chunk.Slice(at, n));
+                        }
+                        else
+                        {
+                            long slice = row / sliceRows, left = (slice + 1) * sliceRows - row;
+                            n = (int)Math.Min(n, left * rowLength);
+                            writer.WriteTensorValues(chunk.Slice(at, n), weights.AsSpan(checked((int)(slice * rowLength)), (int)rowLength));
+                        }
+                        at += n;
+                        row += n / rowLength;
+                    }
                 });
             }
             writer.EndTensor();

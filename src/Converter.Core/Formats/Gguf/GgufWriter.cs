@@ -151,6 +151,20 @@ public sealed class GgufWriter : IDisposable
         WriteTensorData(dst);
     }
 
+    /// <summary>As <see cref="WriteTensorValues(ReadOnlySpan{float})"/>, quantized with per-column importance weights
+    /// (one per value of a row, llama-quantize's imatrix slice for these rows; ggml types without an importance-weighted
+    /// quantizer ignore them).</summary>
+    public void WriteTensorValues(ReadOnlySpan<float> values, ReadOnlySpan<float> importance)
+    {
+        var t = CurrentTensor();
+        long bytes = GgmlTypeInfo.ByteSize(t.Type, values.Length);
+        if (bytes > int.MaxValue) throw new ArgumentException("write at most 2 GiB of encoded data per call", nameof(values));
+        if (_quantBuffer == null || _quantBuffer.Length < bytes) _quantBuffer = new byte[Math.Max(bytes, 1 << 20)];
+        var dst = _quantBuffer.AsSpan(0, (int)bytes);
+        GgmlQuantizer.Quantize(t.Type, values, dst, importance, -1);
+        WriteTensorData(dst);
+    }
+
     /// <summary>Finishes the current tensor: checks its byte count and pads to the alignment.</summary>
     public void EndTensor()
     {

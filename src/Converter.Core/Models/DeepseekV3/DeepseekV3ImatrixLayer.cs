@@ -70,23 +70,27 @@ public sealed class DeepseekV3ImatrixLayer : IImatrixLayer
         if (hidden.Length != (long)sequences * length * h) throw new ArgumentException($"layer {Layer}: {hidden.Length} hidden values are not {sequences} x {length} x {h}");
         var (cos, sin) = RotaryTables.Tables(_c.QkRopeHeadDim, _c.RopeTheta, _c.RopeScaling, length);
         var all = hidden.ToArray();
-        Parallel.For(0, sequences, s => Sequence(all.AsSpan(s * length * h, length * h), length, cos, sin, acc));
+        // sequences run in parallel, their rows are summed in sequence order (float32 sums depend on the order)
+        var rows = new List<(string, int, float[])>[sequences];
+        Parallel.For(0, sequences, s => Sequence(all.AsSpan(s * length * h, length * h), length, cos, sin, rows[s] = []));
+        foreach (var list in rows)
+            foreach (var (name, matrix, values) in list) acc.Add(name, matrix, values, length);
     }
 
-    private void Sequence(ReadOnlySpan<float> x, int t, float[] cos, float[] sin, ImatrixAccumulator acc)
+    private void Sequence(ReadOnlySpan<float> x, int t, float[] cos, float[] sin, List<(string Name, int Matrix, float[] Rows)> acc)
     {
         var c = _c;
         int h = c.HiddenSize, nh = c.NumAttentionHeads, nope = c.QkNopeHeadDim, rope = c.QkRopeHeadDim, vd = c.VHeadDim, kvr = c.KvLoraRank;
         int qk = nope + rope;
         float eps = (float)c.RmsNormEps;
         var xn = RmsNorm(x, t, h, _inNorm, eps);
-        acc.Add(Q, 0, xn, t);
-        acc.Add(_p + "attn_kv_a_mqa.weight", 0, xn, t);
+        acc.Add((Q, 0, xn));
+        acc.Add((_p + "attn_kv_a_mqa.weight", 0, xn));
         float[] q;
         if (c.QLoraRank is { } ql)
         {
             var qan = RmsNorm(Linear(xn, t, h, _qa!, ql), t, ql, _qaNorm!, eps);
-            acc.Add(_p + "attn_q_b.weight", 0, qan, t);
+            acc.Add((_p + "attn_q_b.weight", 0, qan));
             q = Linear(qan, t, ql, _qb!, nh * qk);
         }
         else q = Linear(xn, t, h, _q!, nh * qk);
@@ -115,7 +119,7 @@ public sealed class DeepseekV3ImatrixLayer : IImatrixLayer
                 q.AsSpan(i * nh * qk + hd * qk, nope).CopyTo(qNope.AsSpan(i * nope));
                 q.AsSpan(i * nh * qk + hd * qk + nope, rope).CopyTo(qPe.AsSpan(i * rope));
             }
-            acc.Add(_p + "attn_k_b.weight", hd, qNope, t);
+            acc.Add((_p + "attn_k_b.weight", hd, (float[])qNope.Clone()));
             RopeInterleaved(qPe, t, rope, cos, sin);
             // kv_b rows of this head: nope key rows, then v rows, each kv_lora_rank wide
             int row0 = hd * (nope + vd);
@@ -154,20 +158,20 @@ public sealed class DeepseekV3ImatrixLayer : IImatrixLayer
                 for (int j = 0; j < vd; j++)
                     merged[i * nh * vd + hd * vd + j] = Calibration.ExpertForward.Dot(li, _kvb.AsSpan((row0 + nope + j) * kvr, kvr));
             }
-            acc.Add(_p + "attn_v_b.weight", hd, lat, t);
+            acc.Add((_p + "attn_v_b.weight", hd, (float[])lat.Clone()));
         }
-        acc.Add(_p + "attn_output.weight", 0, merged, t);
+        acc.Add((_p + "attn_output.weight", 0, merged));
         if (!_dense) return;
         var attn = Linear(merged, t, nh * vd, _o, h);
         for (int i = 0; i < attn.Length; i++) attn[i] += x[i];
         var yn = RmsNorm(attn, t, h, _postNorm, eps);
-        acc.Add(_p + "ffn_gate.weight", 0, yn, t);
-        acc.Add(_p + "ffn_up.weight", 0, yn, t);
+        acc.Add((_p + "ffn_gate.weight", 0, yn));
+        acc.Add((_p + "ffn_up.weight", 0, yn));
         int ff = c.IntermediateSize;
         var g = Linear(yn, t, h, _gate!, ff);
         var u2 = Linear(yn, t, h, _up!, ff);
         for (int i = 0; i < g.Length; i++) g[i] = g[i] / (1f + MathF.Exp(-g[i])) * u2[i];
-        acc.Add(_p + "ffn_down.weight", 0, g, t);
+        acc.Add((_p + "ffn_down.weight", 0, g));
     }
 
     /// <summary>x [rows, in] times w^T (PyTorch [out, in]) -> [rows, out], float32 dot products.</summary>
