@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Converter.Formats.Gguf;
 using Converter.Models;
 using Converter.Numerics.Ggml;
 using Converter.Pipelines;
@@ -32,10 +33,15 @@ public static class GgufCommand
         outputType.AcceptOnlyFromAmong([.. Types.Keys]);
         var name = new Option<string?>("--name") { Description = "general.name (default: the folder name)" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output file if it exists" };
+        var imatrix = new Option<string?>("--imatrix")
+        {
+            Description = "Importance matrix (llama-imatrix's GGUF or legacy .dat, or calibrate --imatrix's): every quantized tensor with an entry is " +
+                          "quantized with its weights (per expert for 3-D expert tensors), as llama-quantize --imatrix; tensors without one are quantized without",
+        };
         var force = new Option<bool>("--force") { Description = "Export even where llama.cpp cannot represent the checkpoint exactly" };
         var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (the family's llama.cpp architecture: deepseek2, qwen3moe, deepseek4; ggml-exact quantizers; streaming, atomic)")
         {
-            dir, output, type, outputType, name, overwrite, force,
+            dir, output, type, outputType, name, overwrite, force, imatrix,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
         {
@@ -50,6 +56,7 @@ public static class GgufCommand
             {
                 Scheme = typeName.ToLowerInvariant() switch { "q4_k_m" => GgufTypeScheme.Q4_K_M, "mxfp4_moe" => GgufTypeScheme.Mxfp4Moe, _ => GgufTypeScheme.Uniform },
                 Force = parse.GetValue(force),
+                Imatrix = parse.GetValue(imatrix) is { } im ? (ImatrixFile.Read(im), im) : null,
             };
             using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);
             var result = GgufExportPipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse));

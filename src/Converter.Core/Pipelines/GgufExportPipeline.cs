@@ -121,7 +121,7 @@ public static class GgufExportPipeline
                 int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
                 var weights = importance?.For(i);
                 // rows per importance slice: an expert's (or head's) rows, ne1; a piece never crosses a slice
-                long sliceRows = t.Dimensions.Count > 1 ? t.Dimensions[1] : 1, row = 0;
+                long sliceRows = t.Dimensions.Length > 1 ? t.Dimensions[1] : 1, row = 0;
                 t.Produce(source, chunk =>
                 {
                     if (chunk.Length % rowLength != 0)

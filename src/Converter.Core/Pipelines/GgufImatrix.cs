@@ -29,13 +29,13 @@ public sealed class GgufImatrix
         for (int i = 0; i < tensors.Count; i++)
         {
             var t = tensors[i];
-            if (types[i] == GgmlType.F32 || t.Dimensions.Count < 2) continue; // kept as read: llama-quantize does not quantize (nor look up) it
+            if (types[i] == GgmlType.F32 || t.Dimensions.Length < 2) continue; // kept as read: llama-quantize does not quantize (nor look up) it
             if (!file.Entries.TryGetValue(t.Name, out var e))
             {
                 missing.Add(t.Name);
                 continue;
             }
-            long expected = t.Dimensions[0] * (t.Dimensions.Count > 2 ? t.Dimensions[2] : 1);
+            long expected = t.Dimensions[0] * (t.Dimensions.Length > 2 ? t.Dimensions[2] : 1);
             if (e.Sums.Length != expected)
             {
                 if (t.Name == "token_embd.weight")
@@ -44,7 +44,7 @@ public sealed class GgufImatrix
                     continue;
                 }
                 throw new InvalidDataException($"{path}: entry '{t.Name}' has {e.Sums.Length} values, tensor '{t.Name}' needs {expected} " +
-                                               $"({t.Dimensions[0]} columns x {(t.Dimensions.Count > 2 ? t.Dimensions[2] : 1)} matrices): the imatrix is of another model");
+                                               $"({t.Dimensions[0]} columns x {(t.Dimensions.Length > 2 ? t.Dimensions[2] : 1)} matrices): the imatrix is of another model");
             }
             _weights[i] = e.Importance(file.IsLegacy);
             used++;
