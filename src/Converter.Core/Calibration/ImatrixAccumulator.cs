@@ -92,6 +92,25 @@ public sealed class ImatrixAccumulator
         }
     }
 
+    /// <summary>
+    /// The fallback for a routed expert no calibration token was routed to: its gate/up slices take the layer's pooled
+    /// MoE input (the router's entry: every token's input, the distribution the expert would see), its down slice keeps
+    /// count 0, for which llama-quantize (and export gguf --imatrix) use importance 1, i.e. no weighting: the down_proj
+    /// input depends on the expert's own weights, which no token exercised. Returns the experts filled.
+    /// </summary>
+    public int FillUnroutedExperts(ImatrixMoeNames names, int experts)
+    {
+        int filled = 0;
+        for (int ex = 0; ex < experts; ex++)
+        {
+            if (Count(names.ExpertsGate, ex) > 0) continue;
+            CopyMatrix(names.Router, 0, names.ExpertsGate, ex);
+            CopyMatrix(names.Router, 0, names.ExpertsUp, ex);
+            filled++;
+        }
+        return filled;
+    }
+
     public IReadOnlyCollection<string> Names
     {
         get { lock (_entries) return _entries.Keys.ToArray(); }

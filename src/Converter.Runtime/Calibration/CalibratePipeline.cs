@@ -298,7 +298,7 @@ public static class CalibratePipeline
             data.Extra["tokens_file"] = Path.GetFileName(tokensPath);
             if (imatrix != null)
             {
-                foreach (int l in moeLayers) FillUnroutedExperts(imatrix, arch.ImatrixMoe(l)!, e);
+                foreach (int l in moeLayers) imatrix.FillUnroutedExperts(arch.ImatrixMoe(l)!, e);
                 // llama-imatrix's keys: the dataset, chunks of one sequence each (its -c equal to the sequence length)
                 imatrix.ToFile([Path.GetFileName(tokensPath)], sequences, seqLen).Write(imatrixPath!, o.Overwrite);
                 logger.LogInformation("Wrote importance matrix {Path} ({Count} entries)", imatrixPath, imatrix.Names.Count);
@@ -324,22 +324,6 @@ public static class CalibratePipeline
         {
             if (Directory.Exists(staging)) Directory.Delete(staging, true);
             if (Directory.Exists(work)) Directory.Delete(work, true);
-        }
-    }
-
-    /// <summary>
-    /// The fallback for a routed expert no calibration token was routed to: its gate/up slices take the layer's pooled
-    /// MoE input (the router's entry: every token's input, the distribution the expert would see), its down slice keeps
-    /// count 0, for which llama-quantize (and export gguf --imatrix) use importance 1, i.e. no weighting: the down_proj
-    /// input depends on the expert's own weights, which no token exercised.
-    /// </summary>
-    internal static void FillUnroutedExperts(ImatrixAccumulator acc, Converter.Calibration.ImatrixMoeNames n, int experts)
-    {
-        for (int ex = 0; ex < experts; ex++)
-        {
-            if (acc.Count(n.ExpertsGate, ex) > 0) continue;
-            acc.CopyMatrix(n.Router, 0, n.ExpertsGate, ex);
-            acc.CopyMatrix(n.Router, 0, n.ExpertsUp, ex);
         }
     }
 
