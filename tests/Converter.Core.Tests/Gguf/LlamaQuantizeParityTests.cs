@@ -1,0 +1,85 @@
+using System.Security.Cryptography;
+using Converter.Formats.Gguf;
+using Converter.Models;
+using Converter.Tests;
+using Converter.Numerics.Ggml;
+using Converter.Pipelines;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Converter.Core.Tests.Gguf;
+
+/// <summary>
+/// tiny-dsv3 exported with each of llama-quantize's file types against what llama-quantize itself wrote from the F32
+/// export of the same checkpoint (golden/peer/llama-quantize-tiny-dsv3/manifest.tsv: every tensor's ggml type, ggml
+/// shape, byte count and sha256, llama.cpp v0.5.0; /work/shared's reference/peer/llama-quantize-tiny-dsv3/README.md
+/// says how the files were made).
+/// </summary>
+public class LlamaQuantizeParityTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("lq-parity-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    private sealed record Row(string Tensor, GgmlType Type, string Shape, long Bytes, string Sha256);
+
+    private static Dictionary<string, Row> Manifest(string file)
+    {
+        var rows = new Dictionary<string, Row>();
+        foreach (var line in File.ReadLines(TestData.Golden("peer", "llama-quantize-tiny-dsv3", "manifest.tsv")).Skip(1))
+        {
+            var f = line.Split('\t');
+            if (f[0] != file) continue;
+            rows[f[1]] = new Row(f[1], GgufFileTypes.ParseGgmlType(f[2]) ?? throw new InvalidDataException(line), f[3], long.Parse(f[4]), f[5]);
+        }
+        return rows;
+    }
+
+    public static TheoryData<string> Types() =>
+        new("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_XS", "IQ4_NL", "Q5_0", "Q5_1");
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void EveryTensorsTypeAndShapeEqualLlamaQuantizes(string type)
+    {
+        var expected = Manifest(type + ".gguf");
+        expected.Should().HaveCount(70);
+        using var src = ModelCheckpoint.Open(TestData.Model("tiny-dsv3"));
+        var options = new GgufExportOptions(Path.Combine(_dir, "x.gguf"), GgufQuantization.Parse(type));
+        var typed = GgufExportPipeline.PlanTypes(src, GgufExportPipeline.Plan(src), options);
+        typed.Select(t => t.Tensor.Name).Should().BeEquivalentTo(expected.Keys);
+        foreach (var (t, ggml) in typed)
+        {
+            ggml.Should().Be(expected[t.Name].Type, t.Name);
+            string.Join("x", t.Dimensions).Should().Be(expected[t.Name].Shape, t.Name);
+        }
+    }
+
+    /// <summary>The bytes too, for the file types whose every tensor type this exporter can write.</summary>
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void EveryTensorsBytesEqualLlamaQuantizesWhereTheTypesCanBeWritten(string type)
+    {
+        var expected = Manifest(type + ".gguf");
+        if (expected.Values.Any(r => !GgmlTypeInfo.CanQuantize(r.Type)))
+        {
+            // not yet: the export must then refuse, naming the tensor and the type, and leave nothing behind
+            using var ckpt = ModelCheckpoint.Open(TestData.Model("tiny-dsv3"));
+            var path = Path.Combine(_dir, type + ".gguf");
+            FluentActions.Invoking(() => GgufExportPipeline.Run(ckpt, new GgufExportOptions(path, GgufQuantization.Parse(type)), NullLogger.Instance))
+                .Should().Throw<NotSupportedException>().WithMessage("tensor '*': * asks for ggml type *, which this exporter cannot write yet");
+            Directory.GetFiles(_dir).Should().BeEmpty();
+            return;
+        }
+        var output = Path.Combine(_dir, type + ".gguf");
+        using (var src = ModelCheckpoint.Open(TestData.Model("tiny-dsv3")))
+            GgufExportPipeline.Run(src, new GgufExportOptions(output, GgufQuantization.Parse(type)), NullLogger.Instance);
+        using var r = GgufReader.Open(output);
+        r.Tensors.Should().HaveCount(expected.Count);
+        foreach (var t in r.Tensors)
+        {
+            var data = r.GetTensorData(t);
+            data.Length.Should().Be((int)expected[t.Name].Bytes, t.Name);
+            Convert.ToHexStringLower(SHA256.HashData(data)).Should().Be(expected[t.Name].Sha256, $"{type} {t.Name} ({t.Type})");
+        }
+    }
+}
