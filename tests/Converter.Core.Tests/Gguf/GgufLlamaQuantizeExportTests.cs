@@ -72,4 +72,39 @@ public class GgufLlamaQuantizeExportTests : IDisposable
             Convert.ToHexStringLower(SHA256.HashData(data)).Should().Be(expected[t.Name].Sha256, $"{type} {t.Name} ({t.Type})");
         }
     }
+
+    /// <summary>qwen3moe and deepseek4 (8 experts: llama.cpp's 8-expert rules apply) against llama-quantize --dry-run
+    /// on their F32 exports (golden/peer/llama-quantize-dry-run). One deliberate difference: Q8_0 is also what
+    /// llama.cpp's converter writes (<c>--outtype q8_0</c>), and like it keeps DeepSeek-V4's hyper-connection mixing
+    /// weights F32, where llama-quantize would quantize them.</summary>
+    [Theory]
+    [InlineData("tiny-qwen3moe-norm")]
+    [InlineData("tiny-dsv4-hc4")]
+    public void Qwen3MoeAndDeepseek4TypesEqualLlamaQuantizesDryRun(string model)
+    {
+        var rows = File.ReadLines(TestData.Golden("peer", "llama-quantize-dry-run", model + ".tsv")).Skip(1).Select(l => l.Split('\t')).ToList();
+        using var src = ModelCheckpoint.Open(TestData.Model(model));
+        var plan = GgufExportPipeline.Plan(src);
+        int compared = 0, keptF32 = 0;
+        foreach (var fileType in rows.Select(r => r[0]).Distinct())
+        {
+            var expected = rows.Where(r => r[0] == fileType).ToDictionary(r => r[1], r => (Type: r[2], Shape: r[3]));
+            var typed = GgufExportPipeline.PlanTypes(src, plan, new GgufExportOptions(Path.Combine(_dir, "x.gguf"), GgufQuantization.Parse(fileType)));
+            typed.Select(t => t.Tensor.Name).Should().BeEquivalentTo(expected.Keys, fileType);
+            foreach (var (t, type) in typed)
+            {
+                string.Join("x", t.Dimensions).Should().Be(expected[t.Name].Shape, t.Name);
+                if (fileType == "Q8_0" && t.KeepF32 && expected[t.Name].Type != "F32")
+                {
+                    type.Should().Be(GgmlType.F32, t.Name);
+                    keptF32++;
+                    continue;
+                }
+                type.ToString().Should().Be(expected[t.Name].Type, $"{fileType} {t.Name}");
+                compared++;
+            }
+        }
+        compared.Should().BeGreaterThan(500);
+        keptF32.Should().Be(model == "tiny-dsv4-hc4" ? 16 : 0);
+    }
 }
