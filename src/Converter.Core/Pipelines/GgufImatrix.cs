@@ -59,7 +59,7 @@ public sealed class GgufImatrix
     public float[]? For(int index) => _weights[index];
 
     /// <summary>llama-quantize's keys: quantize.imatrix.file (the path as given), .dataset (the first), .entries_count, .chunks_count (when positive).</summary>
-    public void AddKeys(GgufWriter w)
+    public void AddKeys(IGgufWriter w)
     {
         w.Add("quantize.imatrix.file", GgufValue.String(Truncate(_path)));
         if (_file.Datasets.Count > 0) w.Add("quantize.imatrix.dataset", GgufValue.String(Truncate(_file.Datasets[0])));
