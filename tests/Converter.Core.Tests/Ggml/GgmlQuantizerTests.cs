@@ -44,6 +44,7 @@ public class GgmlQuantizerTests
     [InlineData(GgmlType.Q5_K)]
     [InlineData(GgmlType.Q6_K)]
     [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q5_0)]
     public void FastEqualsScalarReferenceOnStressAndRandomData(GgmlType type)
     {
         var x = StressInput(240, 1234);
@@ -63,6 +64,7 @@ public class GgmlQuantizerTests
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.Q4_0)]
     [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q5_0)]
     public void EveryKernelPathEqualsScalarReference(GgmlType type)
     {
         // an odd block count so the Vector512 path also runs its single-block remainder

@@ -216,6 +216,9 @@ public static unsafe class GgmlQuantizer
             case GgmlType.Q4_0:
                 for (int b = 0; b < count; b++) LegacyKernels.Q4_0(x + 32 * b, y + 18 * b);
                 break;
+            case GgmlType.Q5_0:
+                for (int b = 0; b < count; b++) LegacyKernels.Q5_0(x + 32 * b, y + 22 * b);
+                break;
             case GgmlType.Q4_K:
                 KQuantKernel.QuantizeBlocks(x, y, count, q5: false, allow512);
                 break;
@@ -232,7 +235,7 @@ public static unsafe class GgmlQuantizer
                 for (int b = 0; b < count; b++)
                     KQuantLowBits.Q2K(new ReadOnlySpan<float>(x + 256 * b, 256), new Span<byte>(y + 84 * b, 84), vector: true);
                 break;
-            case GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q3_K
+            case GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q3_K
                 or GgmlType.IQ4_NL or GgmlType.IQ4_XS:
             {
                 int block = GgmlTypeInfo.BlockSize(type), bytes = GgmlTypeInfo.BytesPerBlock(type);
