@@ -189,6 +189,10 @@ public class GgmlQuantizerTests
     [InlineData(GgmlType.Q2_K, 768)]
     [InlineData(GgmlType.Q4_K, 768)]
     [InlineData(GgmlType.Q5_K, 768)]
+    [InlineData(GgmlType.Q4_0, 27 * 32)]
+    [InlineData(GgmlType.Q5_0, 27 * 32)]
+    [InlineData(GgmlType.Q3_K, 768)]
+    [InlineData(GgmlType.Q6_K, 768)]
     public void VectorImportanceSearchEqualsScalar(GgmlType type, int cols)
     {
         // stress blocks (zeros, constants, outliers, signed zeros) with weights that include zeros and huge spreads

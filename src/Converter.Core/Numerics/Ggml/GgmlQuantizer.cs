@@ -109,10 +109,10 @@ public static unsafe class GgmlQuantizer
             switch (type)
             {
                 case GgmlType.Q2_K: KQuantLowBits.Q2KImportance(xb, yb, wb, vector); break;
-                case GgmlType.Q3_K: KQuantLowBits.Q3KImportance(xb, yb, wb); break;
+                case GgmlType.Q3_K: KQuantLowBits.Q3KImportance(xb, yb, wb, vector); break;
                 case GgmlType.Q4_K: KQuantImportance.Q4KOrQ5K(xb, yb, wb, q5: false, vector); break;
                 case GgmlType.Q5_K: KQuantImportance.Q4KOrQ5K(xb, yb, wb, q5: true, vector); break;
-                case GgmlType.Q6_K: KQuantImportance.Q6K(xb, yb, wb); break;
+                case GgmlType.Q6_K: KQuantImportance.Q6K(xb, yb, wb, vector); break;
                 case GgmlType.IQ4_NL: Iq4Quants.Block(xb, yb, wb, nl: true); break;
                 case GgmlType.IQ4_XS: Iq4Quants.Block(xb, yb, wb, nl: false); break;
                 default: throw new NotSupportedException($"{type} has no importance-weighted quantizer");

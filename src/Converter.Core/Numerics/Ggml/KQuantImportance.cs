@@ -94,7 +94,7 @@ internal static class KQuantImportance
         else PackQ4K(L, y);
     }
 
-    public static void Q6K(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
+    public static void Q6K(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool vector)
     {
         Span<sbyte> L = stackalloc sbyte[QK_K];
         Span<float> scales = stackalloc float[16];
@@ -102,7 +102,9 @@ internal static class KQuantImportance
         for (int ib = 0; ib < 16; ib++)
         {
             // ggml passes the raw importance here (its sigma2 weighting is commented out)
-            float scale = GgmlSearch.MakeQx(32, x.Slice(16 * ib, 16), L.Slice(16 * ib, 16), qw.Slice(16 * ib, 16));
+            float scale = vector
+                ? QxSearchSteps.MakeQx(32, x.Slice(16 * ib, 16), L.Slice(16 * ib, 16), qw.Slice(16 * ib, 16))
+                : GgmlSearch.MakeQx(32, x.Slice(16 * ib, 16), L.Slice(16 * ib, 16), qw.Slice(16 * ib, 16));
             scales[ib] = scale;
             float abs = MathF.Abs(scale);
             if (abs > maxAbsScale) { maxAbsScale = abs; maxScale = scale; }

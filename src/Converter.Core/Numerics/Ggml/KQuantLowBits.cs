@@ -156,7 +156,7 @@ internal static class KQuantLowBits
         Q3KCodes(x, y, L);
     }
 
-    public static void Q3KImportance(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
+    public static void Q3KImportance(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool vector)
     {
         Span<sbyte> L = stackalloc sbyte[QK_K];
         Span<float> scales = stackalloc float[16];
@@ -174,11 +174,11 @@ internal static class KQuantLowBits
             float sumw = 0;
             for (int l = 0; l < 16; l++) sumw += weight[l];
             sw[j] = sumw;
-            scales[j] = GgmlSearch.MakeQx(4, xs, L.Slice(16 * j, 16), weight);
+            scales[j] = vector ? QxSearchSteps.MakeQx(4, xs, L.Slice(16 * j, 16), weight) : GgmlSearch.MakeQx(4, xs, L.Slice(16 * j, 16), weight);
         }
         var sc = y.Slice(96, 12);
         sc.Clear();
-        float dBlock = GgmlSearch.MakeQx(32, scales, Ls, sw);
+        float dBlock = vector ? QxSearchSteps.MakeQx(32, scales, Ls, sw) : GgmlSearch.MakeQx(32, scales, Ls, sw);
         for (int j = 0; j < 16; j++) PackQ3Scale(sc, j, Ls[j]);
         WriteHalf(y.Slice(108), dBlock);
         Q3KCodes(x, y, L);

@@ -81,7 +81,8 @@ internal static class LegacyQuants
     }
 
     /// <summary>One row of Q4_0 / Q4_1 / Q5_0 / Q5_1 with importance weights (one per column).</summary>
-    /// <param name="vector">Q4_1/Q5_1: search 8 blocks at a time as lanes of <see cref="QkxSearch8"/> (same bytes)</param>
+    /// <param name="vector">Q4_1/Q5_1: search 8 blocks at a time as lanes of <see cref="QkxSearch8"/>; Q4_0/Q5_0: the
+    /// trial scales as lanes of <see cref="QxSearchSteps"/> (same bytes either way)</param>
     public static unsafe void ImportanceRow(GgmlType type, ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool vector)
     {
         if (vector && type is GgmlType.Q4_1 or GgmlType.Q5_1)
@@ -106,14 +107,14 @@ internal static class LegacyQuants
             {
                 case GgmlType.Q4_0:
                 {
-                    float d = GgmlSearch.MakeQx(8, xb, Ls, weight);
+                    float d = vector ? QxSearchSteps.MakeQx(8, xb, Ls, weight) : GgmlSearch.MakeQx(8, xb, Ls, weight);
                     WriteHalf(yb, d);
                     for (int j = 0; j < 16; j++) yb[2 + j] = (byte)((byte)Ls[j] | ((byte)Ls[j + 16] << 4));
                     break;
                 }
                 case GgmlType.Q5_0:
                 {
-                    float d = GgmlSearch.MakeQx(16, xb, Ls, weight);
+                    float d = vector ? QxSearchSteps.MakeQx(16, xb, Ls, weight) : GgmlSearch.MakeQx(16, xb, Ls, weight);
                     WriteHalf(yb, d);
                     for (int j = 0; j < QK; j++) Lu[j] = (byte)Ls[j];
                     Pack5(Lu, yb.Slice(2));
