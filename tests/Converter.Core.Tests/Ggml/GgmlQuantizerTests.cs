@@ -43,6 +43,8 @@ public class GgmlQuantizerTests
     [InlineData(GgmlType.Q4_K)]
     [InlineData(GgmlType.Q5_K)]
     [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q5_0)]
     public void FastEqualsScalarReferenceOnStressAndRandomData(GgmlType type)
     {
         var x = StressInput(240, 1234);
@@ -61,6 +63,8 @@ public class GgmlQuantizerTests
     [InlineData(GgmlType.Q6_K)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q5_0)]
     public void EveryKernelPathEqualsScalarReference(GgmlType type)
     {
         // an odd block count so the Vector512 path also runs its single-block remainder
@@ -176,6 +180,36 @@ public class GgmlQuantizerTests
             return e;
         }
         Weighted(w).Should().BeLessThan(0.9 * Weighted(default), $"{type}");
+    }
+
+    [Theory]
+    [InlineData(GgmlType.Q4_1, 27 * 32)]
+    [InlineData(GgmlType.Q5_1, 27 * 32)]
+    [InlineData(GgmlType.Q4_1, 5 * 32)]
+    [InlineData(GgmlType.Q2_K, 768)]
+    [InlineData(GgmlType.Q4_K, 768)]
+    [InlineData(GgmlType.Q5_K, 768)]
+    [InlineData(GgmlType.Q4_0, 27 * 32)]
+    [InlineData(GgmlType.Q5_0, 27 * 32)]
+    [InlineData(GgmlType.Q3_K, 768)]
+    [InlineData(GgmlType.Q6_K, 768)]
+    public void VectorImportanceSearchEqualsScalar(GgmlType type, int cols)
+    {
+        // stress blocks (zeros, constants, outliers, signed zeros) with weights that include zeros and huge spreads
+        var x = StressInput(48, 77);
+        var rng = new Random(3);
+        var w = new float[cols];
+        for (int i = 0; i < cols; i++) w[i] = i % 29 == 0 ? 0f : (float)Math.Pow(10, rng.NextDouble() * 8 - 4);
+        int rowBytes = (int)GgmlTypeInfo.ByteSize(type, cols);
+        for (int r = 0; r + cols <= x.Length; r += cols)
+        {
+            var vec = new byte[rowBytes];
+            var scalar = new byte[rowBytes];
+            GgmlQuantizer.QuantizeRowWithImportance(type, x.AsSpan(r, cols), vec, w, vector: true);
+            GgmlQuantizer.QuantizeRowWithImportance(type, x.AsSpan(r, cols), scalar, w, vector: false);
+            int at = GgmlGolden.FirstDifference<byte>(vec, scalar);
+            at.Should().Be(-1, $"{type} row at value {r}: first differing byte {at}");
+        }
     }
 
     [Fact]

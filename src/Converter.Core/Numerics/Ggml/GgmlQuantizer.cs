@@ -81,7 +81,7 @@ public static unsafe class GgmlQuantizer
                 var qw = new ReadOnlySpan<float>((float*)w, rowLength);
                 for (int r = 0; r < count; r++)
                     QuantizeRowWithImportance(type, new ReadOnlySpan<float>(x + (long)r * rowLength, rowLength),
-                        new Span<byte>((byte*)d + (long)(first + r) * rowBytes, rowBytes), qw);
+                        new Span<byte>((byte*)d + (long)(first + r) * rowBytes, rowBytes), qw, Vector256.IsHardwareAccelerated);
             });
         }
     }
@@ -92,12 +92,13 @@ public static unsafe class GgmlQuantizer
         or GgmlType.IQ4_NL or GgmlType.IQ4_XS;
 
     /// <summary>One row through ggml's quantize_row_*_impl (or quantize_iq4_* with weights).</summary>
-    internal static void QuantizeRowWithImportance(GgmlType type, ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
+    /// <param name="vector">use the Vector256 searches (tests pin both; the bytes are the same)</param>
+    internal static void QuantizeRowWithImportance(GgmlType type, ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool vector)
     {
         int block = GgmlTypeInfo.BlockSize(type), bytes = GgmlTypeInfo.BytesPerBlock(type);
         if (type is GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1)
         {
-            LegacyQuants.ImportanceRow(type, x, y, qw);
+            LegacyQuants.ImportanceRow(type, x, y, qw, vector);
             return;
         }
         for (int b = 0; b < x.Length / block; b++)
@@ -107,11 +108,11 @@ public static unsafe class GgmlQuantizer
             var wb = qw.Slice(b * block, block);
             switch (type)
             {
-                case GgmlType.Q2_K: KQuantLowBits.Q2KImportance(xb, yb, wb); break;
-                case GgmlType.Q3_K: KQuantLowBits.Q3KImportance(xb, yb, wb); break;
-                case GgmlType.Q4_K: KQuantImportance.Q4KOrQ5K(xb, yb, wb, q5: false); break;
-                case GgmlType.Q5_K: KQuantImportance.Q4KOrQ5K(xb, yb, wb, q5: true); break;
-                case GgmlType.Q6_K: KQuantImportance.Q6K(xb, yb, wb); break;
+                case GgmlType.Q2_K: KQuantLowBits.Q2KImportance(xb, yb, wb, vector); break;
+                case GgmlType.Q3_K: KQuantLowBits.Q3KImportance(xb, yb, wb, vector); break;
+                case GgmlType.Q4_K: KQuantImportance.Q4KOrQ5K(xb, yb, wb, q5: false, vector); break;
+                case GgmlType.Q5_K: KQuantImportance.Q4KOrQ5K(xb, yb, wb, q5: true, vector); break;
+                case GgmlType.Q6_K: KQuantImportance.Q6K(xb, yb, wb, vector); break;
                 case GgmlType.IQ4_NL: Iq4Quants.Block(xb, yb, wb, nl: true); break;
                 case GgmlType.IQ4_XS: Iq4Quants.Block(xb, yb, wb, nl: false); break;
                 default: throw new NotSupportedException($"{type} has no importance-weighted quantizer");
@@ -215,6 +216,9 @@ public static unsafe class GgmlQuantizer
             case GgmlType.Q4_0:
                 for (int b = 0; b < count; b++) LegacyKernels.Q4_0(x + 32 * b, y + 18 * b);
                 break;
+            case GgmlType.Q5_0:
+                for (int b = 0; b < count; b++) LegacyKernels.Q5_0(x + 32 * b, y + 22 * b);
+                break;
             case GgmlType.Q4_K:
                 KQuantKernel.QuantizeBlocks(x, y, count, q5: false, allow512);
                 break;
@@ -227,7 +231,11 @@ public static unsafe class GgmlQuantizer
             case GgmlType.MXFP4:
                 for (int b = 0; b < count; b++) Mxfp4.QuantizeBlock(x + 32 * b, y + 17 * b);
                 break;
-            case GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q2_K or GgmlType.Q3_K
+            case GgmlType.Q2_K:
+                for (int b = 0; b < count; b++)
+                    KQuantLowBits.Q2K(new ReadOnlySpan<float>(x + 256 * b, 256), new Span<byte>(y + 84 * b, 84), vector: true);
+                break;
+            case GgmlType.Q4_1 or GgmlType.Q5_1 or GgmlType.Q3_K
                 or GgmlType.IQ4_NL or GgmlType.IQ4_XS:
             {
                 int block = GgmlTypeInfo.BlockSize(type), bytes = GgmlTypeInfo.BytesPerBlock(type);

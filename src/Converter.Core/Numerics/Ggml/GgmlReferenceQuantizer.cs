@@ -32,7 +32,7 @@ public static class GgmlReferenceQuantizer
                 case GgmlType.Q4_K: Q4K(xb, yb); break;
                 case GgmlType.Q5_K: Q5K(xb, yb); break;
                 case GgmlType.Q6_K: Q6K(xb, yb); break;
-                case GgmlType.Q2_K: KQuantLowBits.Q2K(xb, yb); break;
+                case GgmlType.Q2_K: KQuantLowBits.Q2K(xb, yb, vector: false); break;
                 case GgmlType.Q3_K: KQuantLowBits.Q3K(xb, yb); break;
                 case GgmlType.Q4_1: LegacyQuants.Q4_1(xb, yb); break;
                 case GgmlType.Q5_0: LegacyQuants.Q5_0(xb, yb); break;

@@ -12,11 +12,12 @@ internal static class KQuantImportance
 {
     private const int QK_K = GgmlTypeInfo.QK_K;
 
-    public static void Q4KOrQ5K(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool q5)
+    /// <param name="vector">run the 8 sub-block searches as lanes of one <see cref="QkxSearch8"/> (same bytes)</param>
+    public static unsafe void Q4KOrQ5K(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool q5, bool vector)
     {
         int nmax = q5 ? 31 : 15;
         Span<byte> L = stackalloc byte[QK_K];
-        Span<float> weights = stackalloc float[32];
+        Span<float> weights = stackalloc float[QK_K];
         Span<float> sw = stackalloc float[8];
         Span<float> mins = stackalloc float[8];
         Span<float> scales = stackalloc float[8];
@@ -29,11 +30,22 @@ internal static class KQuantImportance
         {
             var xs = x.Slice(32 * j, 32);
             var q = qw.Slice(32 * j, 32);
-            for (int l = 0; l < 32; l++) weights[l] = q[l] * MathF.Sqrt(sigma2 + xs[l] * xs[l]);
+            var wj = weights.Slice(32 * j, 32);
+            for (int l = 0; l < 32; l++) wj[l] = q[l] * MathF.Sqrt(sigma2 + xs[l] * xs[l]);
             float sumw = 0;
-            for (int l = 0; l < 32; l++) sumw += weights[l];
+            for (int l = 0; l < 32; l++) sumw += wj[l];
             sw[j] = sumw;
-            scales[j] = GgmlSearch.MakeQkx(nmax, xs, weights, L.Slice(32 * j, 32), out mins[j], -0.9f, 0.05f, 36, useMad: false);
+            if (!vector)
+                scales[j] = GgmlSearch.MakeQkx(nmax, xs, wj, L.Slice(32 * j, 32), out mins[j], -0.9f, 0.05f, 36, useMad: false);
+        }
+        if (vector)
+        {
+            fixed (float* px = x)
+            fixed (float* pw = weights)
+            fixed (byte* pl = L)
+            fixed (float* ps = scales)
+            fixed (float* pm = mins)
+                QkxSearch8.Search(32, nmax, px, pw, pl, ps, pm, -0.9f, 0.05f, 36, useMad: false);
         }
         float dBlock = GgmlSearch.MakeQp(63, scales, Ls, sw);
         float mBlock = GgmlSearch.MakeQp(63, mins, Lm, sw);
@@ -82,7 +94,7 @@ internal static class KQuantImportance
         else PackQ4K(L, y);
     }
 
-    public static void Q6K(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
+    public static void Q6K(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool vector)
     {
         Span<sbyte> L = stackalloc sbyte[QK_K];
         Span<float> scales = stackalloc float[16];
@@ -90,7 +102,9 @@ internal static class KQuantImportance
         for (int ib = 0; ib < 16; ib++)
         {
             // ggml passes the raw importance here (its sigma2 weighting is commented out)
-            float scale = GgmlSearch.MakeQx(32, x.Slice(16 * ib, 16), L.Slice(16 * ib, 16), qw.Slice(16 * ib, 16));
+            float scale = vector
+                ? QxSearchSteps.MakeQx(32, x.Slice(16 * ib, 16), L.Slice(16 * ib, 16), qw.Slice(16 * ib, 16))
+                : GgmlSearch.MakeQx(32, x.Slice(16 * ib, 16), L.Slice(16 * ib, 16), qw.Slice(16 * ib, 16));
             scales[ib] = scale;
             float abs = MathF.Abs(scale);
             if (abs > maxAbsScale) { maxAbsScale = abs; maxScale = scale; }

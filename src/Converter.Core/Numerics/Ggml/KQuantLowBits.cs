@@ -14,20 +14,20 @@ internal static class KQuantLowBits
 {
     private const int QK_K = GgmlTypeInfo.QK_K;
 
-    public static void Q2K(ReadOnlySpan<float> x, Span<byte> y)
+    /// <param name="vector">run the 16 sub-block searches 8 at a time (<see cref="QkxSearch8"/>, same bytes)</param>
+    public static void Q2K(ReadOnlySpan<float> x, Span<byte> y, bool vector)
     {
         Span<byte> L = stackalloc byte[QK_K];
-        Span<float> weights = stackalloc float[16];
+        Span<float> weights = stackalloc float[QK_K];
         Span<float> mins = stackalloc float[16];
         Span<float> scales = stackalloc float[16];
         const float q4scale = 15f;
         var sc = y.Slice(0, 16);
+        for (int l = 0; l < QK_K; l++) weights[l] = MathF.Abs(x[l]);
+        SubBlockSearch(x, weights, L, scales, mins, -0.5f, 0.1f, 15, useMad: true, vector);
         float maxScale = 0, maxMin = 0;
         for (int j = 0; j < 16; j++)
         {
-            var xs = x.Slice(16 * j, 16);
-            for (int l = 0; l < 16; l++) weights[l] = MathF.Abs(xs[l]);
-            scales[j] = GgmlSearch.MakeQkx(3, xs, weights, L.Slice(16 * j, 16), out mins[j], -0.5f, 0.1f, 15, useMad: true);
             if (scales[j] > maxScale) maxScale = scales[j];
             if (mins[j] > maxMin) maxMin = mins[j];
         }
@@ -55,10 +55,10 @@ internal static class KQuantLowBits
         Q2KCodes(x, y, L);
     }
 
-    public static void Q2KImportance(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
+    public static void Q2KImportance(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool vector)
     {
         Span<byte> L = stackalloc byte[QK_K];
-        Span<float> weight = stackalloc float[16];
+        Span<float> weight = stackalloc float[QK_K];
         Span<float> mins = stackalloc float[16];
         Span<float> scales = stackalloc float[16];
         Span<float> sw = stackalloc float[16];
@@ -71,18 +71,38 @@ internal static class KQuantLowBits
         {
             var xs = x.Slice(16 * j, 16);
             var q = qw.Slice(16 * j, 16);
-            for (int l = 0; l < 16; l++) weight[l] = q[l] * MathF.Sqrt(sigma2 + xs[l] * xs[l]);
+            var wj = weight.Slice(16 * j, 16);
+            for (int l = 0; l < 16; l++) wj[l] = q[l] * MathF.Sqrt(sigma2 + xs[l] * xs[l]);
             float sumw = 0;
-            for (int l = 0; l < 16; l++) sumw += weight[l];
+            for (int l = 0; l < 16; l++) sumw += wj[l];
             sw[j] = sumw;
-            scales[j] = GgmlSearch.MakeQkx(3, xs, weight, L.Slice(16 * j, 16), out mins[j], -0.9f, 0.05f, 36, useMad: false);
         }
+        SubBlockSearch(x, weight, L, scales, mins, -0.9f, 0.05f, 36, useMad: false, vector);
         float dm = GgmlSearch.MakeQp(15, scales, Ls, sw);
         float mm = GgmlSearch.MakeQp(15, mins, Lm, sw);
         WriteHalf(y.Slice(80), dm);
         WriteHalf(y.Slice(82), mm);
         for (int j = 0; j < 16; j++) y[j] = (byte)(Ls[j] | (Lm[j] << 4));
         Q2KCodes(x, y, L);
+    }
+
+    /// <summary>make_qkx2/3_quants on each of the 16 sub-blocks of 16 (codes 0..3), 8 lanes at a time when <paramref name="vector"/>.</summary>
+    private static unsafe void SubBlockSearch(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<byte> L, Span<float> scales,
+        Span<float> mins, float rmin, float rdelta, int nstep, bool useMad, bool vector)
+    {
+        if (vector)
+        {
+            fixed (float* px = x)
+            fixed (float* pw = w)
+            fixed (byte* pl = L)
+            fixed (float* ps = scales)
+            fixed (float* pm = mins)
+                for (int g = 0; g < 16; g += QkxSearch8.Lanes)
+                    QkxSearch8.Search(16, 3, px + 16 * g, pw + 16 * g, pl + 16 * g, ps + g, pm + g, rmin, rdelta, nstep, useMad);
+            return;
+        }
+        for (int j = 0; j < 16; j++)
+            scales[j] = GgmlSearch.MakeQkx(3, x.Slice(16 * j, 16), w.Slice(16 * j, 16), L.Slice(16 * j, 16), out mins[j], rmin, rdelta, nstep, useMad);
     }
 
     /// <summary>Requantizes every value against its stored (half-rounded) scale and min, then packs the codes.</summary>
@@ -136,7 +156,7 @@ internal static class KQuantLowBits
         Q3KCodes(x, y, L);
     }
 
-    public static void Q3KImportance(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
+    public static void Q3KImportance(ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool vector)
     {
         Span<sbyte> L = stackalloc sbyte[QK_K];
         Span<float> scales = stackalloc float[16];
@@ -154,11 +174,11 @@ internal static class KQuantLowBits
             float sumw = 0;
             for (int l = 0; l < 16; l++) sumw += weight[l];
             sw[j] = sumw;
-            scales[j] = GgmlSearch.MakeQx(4, xs, L.Slice(16 * j, 16), weight);
+            scales[j] = vector ? QxSearchSteps.MakeQx(4, xs, L.Slice(16 * j, 16), weight) : GgmlSearch.MakeQx(4, xs, L.Slice(16 * j, 16), weight);
         }
         var sc = y.Slice(96, 12);
         sc.Clear();
-        float dBlock = GgmlSearch.MakeQx(32, scales, Ls, sw);
+        float dBlock = vector ? QxSearchSteps.MakeQx(32, scales, Ls, sw) : GgmlSearch.MakeQx(32, scales, Ls, sw);
         for (int j = 0; j < 16; j++) PackQ3Scale(sc, j, Ls[j]);
         WriteHalf(y.Slice(108), dBlock);
         Q3KCodes(x, y, L);

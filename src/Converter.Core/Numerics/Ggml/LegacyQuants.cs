@@ -81,8 +81,15 @@ internal static class LegacyQuants
     }
 
     /// <summary>One row of Q4_0 / Q4_1 / Q5_0 / Q5_1 with importance weights (one per column).</summary>
-    public static void ImportanceRow(GgmlType type, ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
+    /// <param name="vector">Q4_1/Q5_1: search 8 blocks at a time as lanes of <see cref="QkxSearch8"/>; Q4_0/Q5_0: the
+    /// trial scales as lanes of <see cref="QxSearchSteps"/> (same bytes either way)</param>
+    public static unsafe void ImportanceRow(GgmlType type, ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw, bool vector)
     {
+        if (vector && type is GgmlType.Q4_1 or GgmlType.Q5_1)
+        {
+            ImportanceRowWithMin8(type, x, y, qw);
+            return;
+        }
         float sumX2 = 0;
         for (int j = 0; j < x.Length; j++) sumX2 += x[j] * x[j];
         float sigma2 = sumX2 / x.Length;
@@ -100,14 +107,14 @@ internal static class LegacyQuants
             {
                 case GgmlType.Q4_0:
                 {
-                    float d = GgmlSearch.MakeQx(8, xb, Ls, weight);
+                    float d = vector ? QxSearchSteps.MakeQx(8, xb, Ls, weight) : GgmlSearch.MakeQx(8, xb, Ls, weight);
                     WriteHalf(yb, d);
                     for (int j = 0; j < 16; j++) yb[2 + j] = (byte)((byte)Ls[j] | ((byte)Ls[j + 16] << 4));
                     break;
                 }
                 case GgmlType.Q5_0:
                 {
-                    float d = GgmlSearch.MakeQx(16, xb, Ls, weight);
+                    float d = vector ? QxSearchSteps.MakeQx(16, xb, Ls, weight) : GgmlSearch.MakeQx(16, xb, Ls, weight);
                     WriteHalf(yb, d);
                     for (int j = 0; j < QK; j++) Lu[j] = (byte)Ls[j];
                     Pack5(Lu, yb.Slice(2));
@@ -131,6 +138,54 @@ internal static class LegacyQuants
                 }
                 default:
                     throw new NotSupportedException($"no importance quantizer for {type}");
+            }
+        }
+    }
+
+    /// <summary>Q4_1 / Q5_1 rows with importance, the make_qkx3_quants of 8 blocks at a time (scalar for a tail of fewer).</summary>
+    private static unsafe void ImportanceRowWithMin8(GgmlType type, ReadOnlySpan<float> x, Span<byte> y, ReadOnlySpan<float> qw)
+    {
+        float sumX2 = 0;
+        for (int j = 0; j < x.Length; j++) sumX2 += x[j] * x[j];
+        float sigma2 = sumX2 / x.Length;
+        bool q5 = type == GgmlType.Q5_1;
+        int nmax = q5 ? 31 : 15, bytes = q5 ? 24 : 20;
+        const int G = QkxSearch8.Lanes;
+        float* weight = stackalloc float[G * QK];
+        byte* L = stackalloc byte[G * QK];
+        float* scales = stackalloc float[G];
+        float* mins = stackalloc float[G];
+        int blocks = x.Length / QK;
+        fixed (float* px = x)
+        {
+            for (int ib0 = 0; ib0 < blocks; ib0 += G)
+            {
+                int n = Math.Min(G, blocks - ib0);
+                for (int g = 0; g < n; g++)
+                    for (int j = 0; j < QK; j++)
+                    {
+                        int i = QK * (ib0 + g) + j;
+                        weight[QK * g + j] = qw[i] * MathF.Sqrt(sigma2 + x[i] * x[i]);
+                    }
+                if (n == G)
+                {
+                    QkxSearch8.Search(QK, nmax, px + QK * ib0, weight, L, scales, mins, -0.9f, 0.05f, 36, useMad: false);
+                }
+                else
+                {
+                    for (int g = 0; g < n; g++)
+                        scales[g] = GgmlSearch.MakeQkx(nmax, x.Slice(QK * (ib0 + g), QK), new ReadOnlySpan<float>(weight + QK * g, QK),
+                            new Span<byte>(L + QK * g, QK), out mins[g], -0.9f, 0.05f, 36, useMad: false);
+                }
+                for (int g = 0; g < n; g++)
+                {
+                    var yb = y.Slice(bytes * (ib0 + g), bytes);
+                    var Lb = new ReadOnlySpan<byte>(L + QK * g, QK);
+                    WriteHalf(yb, scales[g]);
+                    WriteHalf(yb.Slice(2), -mins[g]);
+                    if (q5) Pack5(Lb, yb.Slice(4));
+                    else for (int j = 0; j < 16; j++) yb[4 + j] = (byte)(Lb[j] | (Lb[j + 16] << 4));
+                }
             }
         }
     }
