@@ -82,16 +82,8 @@ public sealed record ArtifactModelInfo(string Preset, string PresetReason, int? 
 
     private static ArtifactModelInfo FromGguf(string path)
     {
-        GgufReader reader;
-        try
-        {
-            reader = GgufReader.Open(path);
-        }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or ArgumentException)
-        {
-            return new("gguf-f32", "the GGUF file does not parse; running it will say why");
-        }
-        using (reader)
+        // A file this reader refuses is refused here, with the key or tensor at fault, before llama.cpp is started on it.
+        using (var reader = GgufReader.Open(path))
         {
             int? U(string key) => reader.TryGetValue(key, out var v) ? IntegerKey(path, key, v) : null;
             string? arch = reader.TryGetValue("general.architecture", out var a) ? a.Value as string : null;
