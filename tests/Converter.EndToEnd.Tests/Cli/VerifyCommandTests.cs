@@ -20,7 +20,13 @@ public class VerifyCommandTests : IDisposable
     {
         Directory.CreateDirectory(_dir);
         File.WriteAllBytes(_onnx = Path.Combine(_dir, "model.onnx"), []);
-        File.WriteAllBytes(_gguf = Path.Combine(_dir, "model.gguf"), []);
+        // a valid header-only GGUF (file type F32): verify reads it before handing it to the (fake) runner
+        using (var w = new Converter.Formats.Gguf.GgufWriter(_gguf = Path.Combine(_dir, "model.gguf")))
+        {
+            w.Add("general.file_type", Converter.Formats.Gguf.GgufValue.UInt32(0));
+            w.WriteHeader();
+            w.Commit();
+        }
     }
 
     public void Dispose()
