@@ -31,13 +31,13 @@ public static class CalibrateCommand
         {
             dir, tokens, output, batch, threads, hessians, noHessians, noComm, target, onnx, minTokens, budget, routingWeighted, overwrite,
         };
-        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var log = loggers.CreateLogger("calibrate");
             var o = new CalibrateOptions(parse.GetValue(batch), parse.GetValue(threads), parse.GetValue(hessians) && !parse.GetValue(noHessians),
                 !parse.GetValue(noComm), parse.GetValue(overwrite), parse.GetValue(onnx), parse.GetValue(target), parse.GetValue(minTokens),
-                SizeParser.Parse(parse.GetValue(budget)!)) { RoutingWeighted = parse.GetValue(routingWeighted) };
-            var r = CalibratePipeline.Run(parse.GetValue(dir)!, parse.GetValue(tokens)!, parse.GetValue(output)!, o, log, GlobalOptions.CreateProgress(parse));
+                SizeParser.Parse(parse.GetValue(budget)!)) { RoutingWeighted = parse.GetValue(routingWeighted), Fault = CommandRunner.UnitFault };
+            var r = CalibratePipeline.Run(parse.GetValue(dir)!, parse.GetValue(tokens)!, parse.GetValue(output)!, o, log, GlobalOptions.CreateProgress(parse), cancellation);
             log.LogInformation("{Tokens} tokens, {Layers} MoE layers, {Passes} pass(es), {Secs:F1} s, peak RSS {Rss}",
                 r.Data.Tokens, r.Data.TopK.Count, r.Passes, r.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture), ProcessStats.PeakRssText());
             Console.WriteLine(Path.Combine(r.OutputDirectory, CalibratePipeline.SummaryName));

@@ -33,11 +33,12 @@ public static class GgufCommand
         var name = new Option<string?>("--name") { Description = "general.name (default: the folder name)" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output file if it exists" };
         var force = new Option<bool>("--force") { Description = "Export even where llama.cpp cannot represent the checkpoint exactly" };
+        var resume = new Option<bool>("--resume") { Description = ResumeHelp.Text };
         var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (the family's llama.cpp architecture: deepseek2, qwen3moe, deepseek4; ggml-exact quantizers; streaming, atomic)")
         {
-            dir, output, type, outputType, name, overwrite, force,
+            dir, output, type, outputType, name, overwrite, force, resume,
         };
-        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var log = loggers.CreateLogger("gguf");
             string typeName = parse.GetValue(type)!;
@@ -50,9 +51,11 @@ public static class GgufCommand
             {
                 Scheme = typeName.ToLowerInvariant() switch { "q4_k_m" => GgufTypeScheme.Q4_K_M, "mxfp4_moe" => GgufTypeScheme.Mxfp4Moe, _ => GgufTypeScheme.Uniform },
                 Force = parse.GetValue(force),
+                Resume = parse.GetValue(resume),
+                Fault = CommandRunner.UnitFault,
             };
             using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);
-            var result = GgufExportPipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse));
+            var result = GgufExportPipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse), cancellation);
             log.LogInformation("done: {Tensors} tensors, {GB:F3} GB, {Secs:F2} s, peak RSS {Rss}",
                 result.Tensors, result.BytesWritten / 1e9, result.Elapsed.TotalSeconds, ProcessStats.PeakRssText());
             return CommandRunner.Ok;

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Converter.Formats.Gguf;
 using Converter.Models;
 using Converter.Numerics.Ggml;
+using Converter.Staging;
 using Microsoft.Extensions.Logging;
 
 namespace Converter.Pipelines;
@@ -19,6 +20,11 @@ public sealed record GgufExportOptions(string Output, GgmlType WeightType = Ggml
 
     /// <summary>Values read per slab of a large 2-D tensor (whole 128-row blocks, at least one).</summary>
     public long SlabValues { get; init; } = 1L << 24;
+
+    /// <summary>Continue an interrupted export to the same file from its last finished tensor (see <see cref="StagingArea"/>).</summary>
+    public bool Resume { get; init; }
+
+    public TestFault? Fault { get; init; }
 }
 
 public sealed record GgufExportResult(string Output, int Tensors, long BytesWritten, TimeSpan Elapsed,
@@ -48,11 +54,22 @@ public static class GgufExportPipeline
         return GgmlType.F32;
     }
 
-    public static GgufExportResult Run(ModelCheckpoint src, GgufExportOptions options, ILogger log, IProgress<PipelineProgress>? progress = null)
+    public static GgufExportResult Run(ModelCheckpoint src, GgufExportOptions options, ILogger log, IProgress<PipelineProgress>? progress = null,
+        CancellationToken cancellation = default)
+    {
+        using var staging = StagingArea.Begin(options.Output, new StagingOptions("export gguf", IsFile: true, Overwrite: options.Overwrite)
+        {
+            Resume = options.Resume, Fault = options.Fault,
+            Fingerprint = RunFingerprint.Of("export gguf", (options with { Output = "", Overwrite = false, Resume = false, Fault = null }).ToString(), src.Directory),
+        }, log);
+        try { return Export(src, options, staging, log, progress, cancellation); }
+        catch (Exception e) when (staging.Explain(e) is var better && better != e) { throw better; }
+    }
+
+    private static GgufExportResult Export(ModelCheckpoint src, GgufExportOptions options, StagingArea staging, ILogger log, IProgress<PipelineProgress>? progress,
+        CancellationToken cancellation)
     {
         var clock = Stopwatch.StartNew();
-        if (File.Exists(options.Output) && !options.Overwrite)
-            throw new IOException($"{options.Output}: already exists (use overwrite)");
         var plan = Plan(src, options.ModelName);
         if (plan.Inexact.Count > 0)
         {
@@ -82,17 +99,22 @@ public static class GgufExportPipeline
         log.LogInformation("GGUF {Arch}: {Count} tensors from {Dir} to {Out} ({Types})", plan.Architecture, types.Length,
             src.Directory, options.Output, string.Join(", ", counts.Select(kv => $"{kv.Value} {kv.Key}")));
 
-        using var writer = new GgufWriter(options.Output);
+        using var writer = new GgufWriter(staging.Output, inPlace: true) { Journal = staging.Journal };
         foreach (var (key, value) in plan.Metadata) writer.Add(key, value);
         writer.Add("general.quantization_version", GgufValue.UInt32(2));
         writer.Add("general.file_type", GgufValue.UInt32((uint)GgufTypePolicy.FileType(options.Scheme, options.WeightType)));
         for (int i = 0; i < types.Length; i++) writer.AddTensor(plan.Tensors[i].Name, plan.Tensors[i].Dimensions, types[i]);
-        writer.WriteHeader();
+        int first = staging.Resumed ? writer.Resume() : 0;
+        if (!staging.Resumed) writer.WriteHeader();
+        else log.LogInformation("resume: {Kept} of {Count} tensors kept", first, types.Length);
+        staging.Plan(writer.Tensors.Count == 0 ? 0 : writer.Tensors[^1].Offset + writer.Tensors[^1].ByteSize);
 
         var source = new CheckpointSource(src, options.SlabValues);
         long bytes = 0;
-        for (int i = 0; i < types.Length; i++)
+        for (int i = 0; i < first; i++) bytes += writer.Tensors[i].ByteSize;
+        for (int i = first; i < types.Length; i++)
         {
+            staging.Step(cancellation);
             var t = plan.Tensors[i];
             writer.BeginTensor(t.Name);
             if (t.FixedType != null)
@@ -114,6 +136,7 @@ public static class GgufExportPipeline
                 int piece = (int)Math.Max(rowLength, (1L << 25) / rowLength * rowLength);
                 t.Produce(source, chunk =>
                 {
+                    cancellation.ThrowIfCancellationRequested();
                     if (chunk.Length % rowLength != 0)
                         throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {rowLength}");
                     for (int at = 0; at < chunk.Length; at += piece)
@@ -125,6 +148,7 @@ public static class GgufExportPipeline
             progress?.Report(new PipelineProgress(i + 1, types.Length, bytes, t.Name));
         }
         writer.Commit();
+        staging.Commit(cancellation);
         log.LogInformation("wrote {Bytes:F3} GB in {Secs:F1} s", bytes / 1e9, clock.Elapsed.TotalSeconds);
         return new GgufExportResult(options.Output, types.Length, bytes, clock.Elapsed, counts);
     }
