@@ -71,6 +71,7 @@ public static class OsErrors
     /// </summary>
     public static IOException? Describe(Exception e, string path, long neededMore)
     {
+        if (e is DiskFullException) return null;
         int errno = Errno(e);
         string? message = errno switch
         {
@@ -80,6 +81,7 @@ public static class OsErrors
             EACCES or EPERM => $"{path}: permission denied: cannot write the output there",
             _ => null,
         };
-        return message == null ? null : new IOException(message, e) { HResult = errno };
+        if (message == null) return null;
+        return errno is ENOSPC or EDQUOT ? new DiskFullException(message, e) : new IOException(message, e) { HResult = errno };
     }
 }

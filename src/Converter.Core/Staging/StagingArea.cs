@@ -32,7 +32,7 @@ public sealed class StagingArea : IDisposable
     private FileStream? _lock;
     private readonly long _freeAtStart;
     private int _steps;
-    private bool _committed;
+    private bool _committed, _abandoned;
 
     public string Destination { get; }
     public string Root { get; }
@@ -134,8 +134,8 @@ public sealed class StagingArea : IDisposable
         PlannedBytes = bytes;
         long needed = bytes - (Resumed ? Leftovers.SizeOf(Root) : 0);
         if (_freeAtStart >= 0 && needed > _freeAtStart)
-            throw new IOException($"no space left on device on {OsErrors.MountOf(Root)}: needs about {OsErrors.Size(needed - _freeAtStart)} more " +
-                                  $"(the output takes about {OsErrors.Size(bytes)}, {OsErrors.Size(_freeAtStart)} free)", OsErrors.ENOSPC) { HResult = OsErrors.ENOSPC };
+            throw new DiskFullException($"no space left on device on {OsErrors.MountOf(Root)}: needs about {OsErrors.Size(needed - _freeAtStart)} more " +
+                                        $"(the output takes about {OsErrors.Size(bytes)}, {OsErrors.Size(_freeAtStart)} free)");
     }
 
     /// <summary>Between units (tensors, files, batches): stops here when cancelled, and fires the test fault when one is set.</summary>
@@ -145,7 +145,8 @@ public sealed class StagingArea : IDisposable
         if (_o.Fault is { } f)
         {
             if (f.Kind == TestFaultKind.Cancel && _steps == f.After) throw new OperationCanceledException($"cancelled after {_steps} units (test hook)");
-            f.Fire(_steps, Output, null);
+            try { f.Fire(_steps, Output, null); }
+            catch (SimulatedKillException) { _abandoned = true; throw; }
         }
         _steps++;
     }
@@ -153,6 +154,7 @@ public sealed class StagingArea : IDisposable
     /// <summary>The exception to report for a failure while staging: errors of the system in words (see <see cref="OsErrors"/>).</summary>
     public Exception Explain(Exception e)
     {
+        if (e is DiskFullException) return e; // already in words
         if (!OsErrors.IsDiskFull(e)) return OsErrors.Describe(e, Output, 0) ?? e;
         long staged = Leftovers.SizeOf(Root);
         long more = PlannedBytes <= 0 ? 0 : Math.Max(PlannedBytes - Math.Max(_freeAtStart, 0), PlannedBytes - staged);
@@ -214,6 +216,13 @@ public sealed class StagingArea : IDisposable
     public void Dispose()
     {
         if (_lock == null) return;
+        if (_abandoned)
+        {
+            Journal.Dispose(); // as a kill leaves it: folder and journal on disk, the lock no longer held
+            _lock.Dispose();
+            _lock = null;
+            return;
+        }
         if (!_committed)
         {
             long size = Leftovers.SizeOf(Root);
@@ -221,4 +230,10 @@ public sealed class StagingArea : IDisposable
             _log.LogDebug("removed the staging folder {Root} ({Size})", Root, OsErrors.Size(size));
         }
     }
+}
+
+/// <summary>A full disk, already said in words (with how much more the output needs).</summary>
+public sealed class DiskFullException : IOException
+{
+    public DiskFullException(string message, Exception? inner = null) : base(message, inner) => HResult = OsErrors.ENOSPC;
 }

@@ -3,12 +3,13 @@ using System.Globalization;
 
 namespace Converter.Staging;
 
-public enum TestFaultKind { None, Throw, Kill, DiskFull, Cancel }
+public enum TestFaultKind { None, Throw, Kill, DiskFull, Cancel, Abandon }
 
 /// <summary>
 /// Test hook (the CLI reads it from <c>CONVERTER_TEST_FAULT</c>, documented in the README): after <see cref="After"/>
 /// completed units (tensors or files) a run throws (<c>after:N</c>), kills itself with SIGKILL (<c>kill-after:N</c>),
-/// fails as on a full disk (<c>enospc-after:N</c>) or is cancelled as by Ctrl-C (<c>cancel-after:N</c>).
+/// fails as on a full disk (<c>enospc-after:N</c>) or is cancelled as by Ctrl-C (<c>cancel-after:N</c>); in process, tests
+/// simulate a kill with <see cref="TestFaultKind.Abandon"/>: the run throws and leaves its staging folder as a kill would.
 /// </summary>
 public sealed record TestFault(TestFaultKind Kind, int After)
 {
@@ -23,7 +24,7 @@ public sealed record TestFault(TestFaultKind Kind, int After)
         var kind = text[..colon] switch
         {
             "after" => TestFaultKind.Throw, "kill-after" => TestFaultKind.Kill, "enospc-after" => TestFaultKind.DiskFull,
-            "cancel-after" => TestFaultKind.Cancel, _ => TestFaultKind.None,
+            "cancel-after" => TestFaultKind.Cancel, "abandon-after" => TestFaultKind.Abandon, _ => TestFaultKind.None,
         };
         return kind == TestFaultKind.None ? null : new TestFault(kind, n);
     }
@@ -33,6 +34,7 @@ public sealed record TestFault(TestFaultKind Kind, int After)
         if (Kind == TestFaultKind.None || completed != After) return;
         switch (Kind)
         {
+            case TestFaultKind.Abandon: throw new SimulatedKillException(completed);
             case TestFaultKind.Throw: throw new InvalidOperationException($"fault injected after {completed} units (test hook)");
             case TestFaultKind.DiskFull: throw new IOException($"{path}: No space left on device (injected after {completed} units, test hook)", OsErrors.ENOSPC);
             case TestFaultKind.Cancel:
@@ -43,3 +45,6 @@ public sealed record TestFault(TestFaultKind Kind, int After)
         }
     }
 }
+
+/// <summary>Thrown by <see cref="TestFaultKind.Abandon"/>: the staging folder stays (its lock released), as after kill -9.</summary>
+public sealed class SimulatedKillException(int completed) : Exception($"simulated kill after {completed} units (test hook)");
