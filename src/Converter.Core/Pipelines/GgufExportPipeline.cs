@@ -99,7 +99,7 @@ public static class GgufExportPipeline
         log.LogInformation("GGUF {Arch}: {Count} tensors from {Dir} to {Out} ({Types})", plan.Architecture, types.Length,
             src.Directory, options.Output, string.Join(", ", counts.Select(kv => $"{kv.Value} {kv.Key}")));
 
-        using var writer = new GgufWriter(staging.Output, inPlace: true) { Journal = staging.Journal };
+        using var writer = new GgufWriter(staging.Output, inPlace: true) { Journal = staging.Journal, Cancellation = cancellation };
         foreach (var (key, value) in plan.Metadata) writer.Add(key, value);
         writer.Add("general.quantization_version", GgufValue.UInt32(2));
         writer.Add("general.file_type", GgufValue.UInt32((uint)GgufTypePolicy.FileType(options.Scheme, options.WeightType)));

@@ -122,7 +122,7 @@ public static class OnnxExportPipeline
         }
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
         using var writer = staging == null ? new OnnxExternalDataWriter(outputDir, options.Overwrite)
-            : new OnnxExternalDataWriter(staging.Output, overwrite: true, inPlace: true) { Journal = staging.Journal };
+            : new OnnxExternalDataWriter(staging.Output, overwrite: true, inPlace: true) { Journal = staging.Journal, Cancellation = cancellation };
         int done = 0, reused = 0;
         if (staging != null)
         {

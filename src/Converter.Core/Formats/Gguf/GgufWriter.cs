@@ -43,6 +43,9 @@ public sealed class GgufWriter : IDisposable
     /// <summary>Records each finished tensor (in place only).</summary>
     public ResumeJournal? Journal { get; init; }
 
+    /// <summary>Checked at every piece written: a stack of expert tensors stops within a piece of Ctrl-C.</summary>
+    public CancellationToken Cancellation { get; init; }
+
     public GgufWriter(string path, uint alignment = GgufFormat.DefaultAlignment, bool inPlace = false)
     {
         if (!GgufFormat.IsValidAlignment(alignment)) throw new ArgumentException($"alignment {alignment} is not a power of two", nameof(alignment));
@@ -180,6 +183,7 @@ public sealed class GgufWriter : IDisposable
     /// <summary>Appends raw ggml bytes to the current tensor.</summary>
     public void WriteTensorData(ReadOnlySpan<byte> data)
     {
+        Cancellation.ThrowIfCancellationRequested();
         var t = CurrentTensor();
         if (_currentWritten + data.Length > t.ByteSize)
             throw new InvalidOperationException($"tensor '{t.Name}': {_currentWritten + data.Length} bytes written, declared {t.ByteSize}");

@@ -39,6 +39,9 @@ public sealed class OnnxExternalDataWriter : IDisposable
     /// <summary>Records each finished initializer (in place only).</summary>
     public ResumeJournal? Journal { get; init; }
 
+    /// <summary>Checked at every piece written: a multi-GB initializer (stacked experts) stops within a slab of Ctrl-C.</summary>
+    public CancellationToken Cancellation { get; init; }
+
     public string Destination => _destination;
     /// <summary>The folder being written; side files (config copies, notes) may be put here before commit.</summary>
     public string StagingDirectory => _tempDir;
@@ -221,6 +224,7 @@ public sealed class OnnxExternalDataWriter : IDisposable
 
         private void CheckAppend(long length)
         {
+            _owner.Cancellation.ThrowIfCancellationRequested();
             if (_done != null) throw new InvalidOperationException($"initializer '{Name}' already completed");
             if (Written + length > ByteLength)
                 throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
