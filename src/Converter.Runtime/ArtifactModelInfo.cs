@@ -45,7 +45,7 @@ public sealed record ArtifactModelInfo(string Preset, string PresetReason, int? 
                     : new("fp8", "ONNX converter.weights = fp8, golden not computed from the same FP8 weights");
             case "int4":
                 var m = Regex.Match(Meta("converter.int4") ?? "", @"(\d+) dense projection");
-                bool allLinear = m.Success && int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) > 0;
+                bool allLinear = m.Success && m.Groups[1].Value.TrimStart('0').Length > 0; // a count > 0, however many digits
                 return allLinear
                     ? new("int4-all-linear", $"ONNX converter.weights = int4 with dense projections in INT4 ({Meta("converter.int4")})")
                     : new("int4", $"ONNX converter.weights = int4, routed experts only ({Meta("converter.int4")})");
@@ -61,24 +61,31 @@ public sealed record ArtifactModelInfo(string Preset, string PresetReason, int? 
     {
         0 => "gguf-f32", 1 => "f16", 32 => "bf16", 7 => "q8_0", 2 => "q4_0", 3 => "q4_1", 8 => "q5_0", 9 => "q5_1",
         14 => "q4_k", 15 => "q4_k_m", 16 or 17 => "q5_k", 18 => "q6_k",
-        10 or 11 or 12 or 13 => "report", // Q2_K, Q3_K_S/M/L: not written or measured here
+        10 or 11 or 12 or 13 or 25 or 30 => "report", // Q2_K, Q3_K_S/M/L, IQ4_NL, IQ4_XS: no measured limits (README table)
         _ => null,
     };
 
+    /// <summary>A model-shape key as an int: any integer type in range, else the file is corrupt (named with the key).</summary>
+    private static int IntegerKey(string path, string key, GgufValue v)
+    {
+        long? n = v.Type switch
+        {
+            GgufValueType.UInt8 => v.AsUInt8(), GgufValueType.Int8 => v.AsInt8(), GgufValueType.UInt16 => v.AsUInt16(),
+            GgufValueType.Int16 => v.AsInt16(), GgufValueType.UInt32 => v.AsUInt32(), GgufValueType.Int32 => v.AsInt32(),
+            GgufValueType.Int64 => v.AsInt64(), GgufValueType.UInt64 => v.AsUInt64() <= int.MaxValue ? (long)v.AsUInt64() : -1,
+            _ => null,
+        };
+        if (n == null) throw new InvalidDataException($"{path}: key '{key}' is {v}, expected an integer");
+        if (n < 0 || n > int.MaxValue) throw new InvalidDataException($"{path}: key '{key}' = {v.Value} is out of range");
+        return (int)n;
+    }
+
     private static ArtifactModelInfo FromGguf(string path)
     {
-        GgufReader reader;
-        try
+        // A file this reader refuses is refused here, with the key or tensor at fault, before llama.cpp is started on it.
+        using (var reader = GgufReader.Open(path))
         {
-            reader = GgufReader.Open(path);
-        }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or ArgumentException)
-        {
-            return new("gguf-f32", "the GGUF file does not parse; running it will say why");
-        }
-        using (reader)
-        {
-            int? U(string key) => reader.TryGetValue(key, out var v) && !v.IsArray ? Convert.ToInt32(v.Value, CultureInfo.InvariantCulture) : null;
+            int? U(string key) => reader.TryGetValue(key, out var v) ? IntegerKey(path, key, v) : null;
             string? arch = reader.TryGetValue("general.architecture", out var a) ? a.Value as string : null;
             int? vocab = reader.TryGetTensor("token_embd.weight", out var emb) && emb.Dimensions.Count == 2 ? (int)emb.Dimensions[1]
                 : reader.TryGetValue("tokenizer.ggml.tokens", out var toks) && toks.IsArray ? toks.ArrayLength : null;

@@ -273,7 +273,7 @@ public sealed class DeepseekV4CliTests : IDisposable
         k.GetTensor("blk.0.ffn_down_exps.weight").Type.Should().Be(GgmlType.Q8_0); // Q6_K asked (first eighth), 128-wide rows fall back
         k.GetTensor("blk.1.ffn_gate_exps.weight").Type.Should().Be(GgmlType.Q4_K);
         k.GetTensor("blk.1.attn_q_a.weight").Type.Should().Be(GgmlType.Q4_K);
-        k.GetTensor("blk.1.attn_q_b.weight").Type.Should().Be(GgmlType.Q8_0); // 128-wide rows are not whole 256-blocks
+        k.GetTensor("blk.1.attn_q_b.weight").Type.Should().Be(GgmlType.Q5_0); // 128-wide rows are not whole 256-blocks: llama.cpp's fallback
         k["general.file_type"].AsUInt32().Should().Be(15);
     }
 
@@ -374,5 +374,26 @@ public sealed class DeepseekV4CliTests : IDisposable
             using var doc = JsonDocument.Parse(output.Trim());
             doc.RootElement.GetProperty("architecture").GetString().Should().Be("deepseek4", type);
         }
+    }
+
+    /// <summary>
+    /// Issue #21: an f32 GGUF of the official layout (FP8 and FP4 dequantized exactly), run by llama.cpp's own deepseek4
+    /// graph (F32 KV cache), against transformers' fp8 golden. tiny-dsv4-hc4i64 is the 4-stream twin with a 64-wide
+    /// indexer head: llama.cpp v0.5.0 aborts on the 32-wide one of tiny-dsv4-hc4 (its indexer Hadamard rotation).
+    /// </summary>
+    [Fact]
+    public void GgufF32RunsInLlamaCppAsTransformersComputesTheFp8Golden()
+    {
+        var gguf = _tmp["f32.gguf"];
+        var e = Cli.Run("export", "gguf", TestData.Model("tiny-dsv4-hc4i64-fp8"), "-o", gguf, "--type", "f32", "-q");
+        e.ExitCode.Should().Be(0, e.ToString());
+        var r = Cli.Run("verify", gguf, "--golden", TestData.Golden("tiny-dsv4-hc4i64-fp8", "eval.safetensors"), "--json", "--format-preset", "report");
+        r.ExitCode.Should().Be(0, r.ToString());
+        var m = JsonDocument.Parse(r.StdOut).RootElement;
+        double kl = m.GetProperty("kl_mean").GetDouble(), top1 = m.GetProperty("top1_agreement_stable").GetDouble();
+        Console.WriteLine($"tiny-dsv4-hc4i64-fp8 f32 GGUF in llama.cpp: kl_mean {kl:E3}, top-1 (stable) {top1}, " +
+                          $"max |logit diff| (stable) {m.GetProperty("max_abs_logit_diff_stable").GetDouble():E3}");
+        kl.Should().BeLessThanOrEqualTo(1e-5);
+        top1.Should().Be(1);
     }
 }

@@ -89,6 +89,72 @@ public sealed unsafe class GgmlNativeParityTests
         }
     }
 
+    /// <summary>
+    /// ggml_quantize_chunk is what llama-quantize calls per tensor: with a null importance matrix the reference
+    /// quantizers (quantize_iq4_* for IQ4), with one the weighted quantize_row_*_impl. Rows of 512 so the
+    /// row-wide sigma2 of the 32-value types spans several blocks; the weights are random and span 1e-6 to 1e3.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q4_0, false)]
+    [InlineData(GgmlType.Q4_0, true)]
+    [InlineData(GgmlType.Q4_1, false)]
+    [InlineData(GgmlType.Q4_1, true)]
+    [InlineData(GgmlType.Q5_0, false)]
+    [InlineData(GgmlType.Q5_0, true)]
+    [InlineData(GgmlType.Q5_1, false)]
+    [InlineData(GgmlType.Q5_1, true)]
+    [InlineData(GgmlType.Q8_0, true)]
+    [InlineData(GgmlType.Q2_K, false)]
+    [InlineData(GgmlType.Q2_K, true)]
+    [InlineData(GgmlType.Q3_K, false)]
+    [InlineData(GgmlType.Q3_K, true)]
+    [InlineData(GgmlType.Q4_K, true)]
+    [InlineData(GgmlType.Q5_K, true)]
+    [InlineData(GgmlType.Q6_K, true)]
+    [InlineData(GgmlType.IQ4_NL, false)]
+    [InlineData(GgmlType.IQ4_NL, true)]
+    [InlineData(GgmlType.IQ4_XS, false)]
+    [InlineData(GgmlType.IQ4_XS, true)]
+    public void QuantizeChunkWithAndWithoutImportanceEqualsGgmlItself(GgmlType type, bool withImportance)
+    {
+        File.Exists(LibraryPath).Should().BeTrue("tests/interop needs its packages: run `npm ci` there (.ci/run does)");
+        nint lib = NativeLibrary.Load(LibraryPath);
+        try
+        {
+            var chunk = (delegate* unmanaged<int, float*, byte*, long, long, long, float*, nuint>)NativeLibrary.GetExport(lib, "ggml_quantize_chunk");
+            var dequantize = (delegate* unmanaged<byte*, float*, long, void>)NativeLibrary.GetExport(lib,
+                "dequantize_row_" + type.ToString().ToLowerInvariant().Replace("_k", "_K"));
+            const int cols = 512;
+            var x = Input(1024);
+            int rows = x.Length / cols;
+            var rng = new Random(5);
+            var w = new float[cols];
+            for (int i = 0; i < cols; i++) w[i] = i % 61 == 0 ? 0f : (float)Math.Pow(10, rng.NextDouble() * 9 - 6);
+            long size = GgmlTypeInfo.ByteSize(type, x.Length);
+            var expected = new byte[size];
+            var actual = new byte[size];
+            fixed (float* px = x)
+            fixed (byte* py = expected)
+            fixed (float* pw = w)
+                chunk((int)type, px, py, 0, rows, cols, withImportance ? pw : null);
+            GgmlQuantizer.Quantize(type, x, actual, withImportance ? w : default, -1);
+            int at = actual.AsSpan().SequenceEqual(expected) ? -1 : Enumerable.Range(0, actual.Length).First(i => actual[i] != expected[i]);
+            at.Should().Be(-1, $"{type}: first differing byte {at}, block {at / GgmlTypeInfo.BytesPerBlock(type)}");
+
+            var decodedByGgml = new float[x.Length];
+            var decoded = new float[x.Length];
+            fixed (byte* py = expected)
+            fixed (float* pd = decodedByGgml)
+                dequantize(py, pd, x.Length);
+            GgmlQuantizer.Dequantize(type, expected, decoded);
+            MemoryMarshal.Cast<float, int>(decoded).SequenceEqual(MemoryMarshal.Cast<float, int>(decodedByGgml)).Should().BeTrue($"{type} decode");
+        }
+        finally
+        {
+            NativeLibrary.Free(lib);
+        }
+    }
+
     /// <summary>FP4 e2m1 + E8M0 rows repacked into MXFP4 decode, in ggml's own decoder, to exactly e2m1 x 2^(e-127).</summary>
     [Fact]
     public void RepackedFp4DecodesInGgmlToTheFp4Values()

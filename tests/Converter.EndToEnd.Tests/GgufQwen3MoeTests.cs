@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Converter.Formats.Gguf;
+using Converter.Models;
 using Converter.Numerics.Ggml;
 using Converter.Tests;
 
@@ -90,12 +91,12 @@ public sealed class GgufQwen3MoeTests : IDisposable
         using var r = GgufReader.Open(Export(TestData.Model(Norm), "q4_k_m"));
         int experts = (int)r["qwen3moe.expert_count"].AsUInt32();
         long hidden = r["qwen3moe.embedding_length"].AsUInt32();
-        // rows of the tiny model are not whole 256-blocks: K-quants fall back to Q8_0 (llama.cpp: Q5_0 / Q8_0)
-        GgmlType K(GgmlType t) => hidden % 256 == 0 ? t : GgmlType.Q8_0;
+        // rows of the tiny model are not whole 256-blocks: K-quants fall back as llama.cpp (Q4_K to Q5_0, Q6_K to Q8_0)
+        GgmlType K(GgmlType t) => GgufTypePolicy.Fallback(t, hidden);
         r.GetTensor("blk.0.attn_q.weight").Type.Should().Be(K(GgmlType.Q4_K));
         r.GetTensor("blk.0.attn_k.weight").Type.Should().Be(experts == 8 ? GgmlType.Q8_0 : K(GgmlType.Q4_K));
         r.GetTensor("blk.0.attn_v.weight").Type.Should().Be(experts == 8 ? GgmlType.Q8_0 : K(GgmlType.Q6_K)); // layer 0: use_more_bits
-        r.GetTensor("output.weight").Type.Should().Be(K(GgmlType.Q6_K));
+        r.GetTensor("output.weight").Type.Should().Be(hidden % 256 == 0 ? GgmlType.Q6_K : GgmlType.Q8_0);
         r["general.file_type"].AsUInt32().Should().Be(15);
     }
 

@@ -182,8 +182,9 @@ public sealed class GgufVerifyTests(GgufVerifyTests.Exports exports, ITestOutput
         reader["general.file_type"].AsUInt32().Should().Be(15); // LLAMA_FTYPE_MOSTLY_Q4_K_M
         reader.GetTensor("output.weight").Type.Should().Be(GgmlType.Q6_K);
         reader.GetTensor("token_embd.weight").Type.Should().Be(GgmlType.Q4_K);
-        // 128-wide rows are not whole 256-blocks: Q8_0, as for q4_k (llama.cpp would pick Q5_0, which is not written)
+        // layer 3 of 4 gets Q6_K (use_more_bits); its 128-wide rows are not whole 256-blocks: Q8_0, as llama.cpp
         reader.GetTensor("blk.3.ffn_down_exps.weight").Type.Should().Be(GgmlType.Q8_0);
+        reader.GetTensor("blk.1.ffn_down_exps.weight").Type.Should().Be(GgmlType.Q5_0); // Q4_K asked: llama.cpp's fallback
         reader.GetTensor("blk.0.ffn_down.weight").Type.Should().Be(GgmlType.Q4_K); // layer 0 of 4 gets no extra bits
         reader.GetTensor("blk.1.ffn_gate_inp.weight").Type.Should().Be(GgmlType.F32);
     }

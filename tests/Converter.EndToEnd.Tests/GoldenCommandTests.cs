@@ -30,6 +30,72 @@ public sealed class GoldenCommandTests(ITestOutputHelper output) : IDisposable
         return m;
     }
 
+    private static double MaxAbsAt(float[] a, float[] b, bool[] stable, int perPosition)
+    {
+        a.Length.Should().Be(b.Length);
+        double m = 0;
+        for (int p = 0; p < stable.Length; p++)
+            if (stable[p])
+                for (int i = p * perPosition; i < (p + 1) * perPosition; i++) m = Math.Max(m, Math.Abs((double)a[i] - b[i]));
+        return m;
+    }
+
+    /// <summary>Largest |a - b| relative to the largest |b| of each entry (a layer's streams).</summary>
+    private static double MaxRelativePerEntry(float[] a, float[] b, int entries)
+    {
+        a.Length.Should().Be(b.Length);
+        int per = b.Length / entries;
+        double worst = 0;
+        for (int e = 0; e < entries; e++)
+        {
+            double diff = 0, scale = 0;
+            for (int i = e * per; i < (e + 1) * per; i++)
+            {
+                diff = Math.Max(diff, Math.Abs((double)a[i] - b[i]));
+                scale = Math.Max(scale, Math.Abs((double)b[i]));
+            }
+            worst = Math.Max(worst, diff / scale);
+        }
+        return worst;
+    }
+
+    /// <summary>DeepSeek-V4 (hyper-connection streams, compressed sparse attention, hash routing) through the same
+    /// sliced reference: logits at positions whose routing and indexer choices are not near-ties, the residual
+    /// streams, and the routing.</summary>
+    [Fact]
+    public void ReproducesTransformersForDeepSeekV4()
+    {
+        const string model = "tiny-dsv4";
+        string path = _tmp[model + ".golden.safetensors"], eval = TestData.Golden(model, "eval.safetensors");
+        var r = Converter.Tests.Cli.Run("golden", TestData.Model(model), "--tokens", eval, "--full-logits", "-o", path);
+        r.ExitCode.Should().Be(0, r.ToString());
+        var ours = GoldenSet.Load(path);
+        var hf = GoldenSet.Load(eval);
+        ours.Tokens.Should().Equal(hf.Tokens);
+        var stable = hf.StableMask(1e-4, 1e-5);
+        int stableCount = stable.Count(x => x);
+        double logits = MaxAbsAt(ours.Logits!, hf.Logits!, stable, hf.Vocab), all = MaxAbs(ours.Logits!, hf.Logits!);
+        // the goldens keep sequence 0's streams for its first positions: compare those
+        ours.ResidualPositions.Should().Be(hf.ResidualPositions);
+        double streams = MaxRelativePerEntry(ours.ResidualStates!, hf.ResidualStates!, hf.ResidualStateCount);
+        double final = MaxRelativePerEntry(ours.FinalHidden!, hf.FinalHidden!, 1);
+        int k = hf.TopK, n = hf.Positions, same = 0, total = 0;
+        for (int m = 0; m < hf.MoeLayers; m++)
+            for (int p = 0; p < n; p++)
+            {
+                if (!stable[p]) continue;
+                total++;
+                if (GoldenComparer.SameSet(ours.RouteTopK.AsSpan((m * n + p) * k, k), hf.RouteTopK.AsSpan((m * n + p) * k, k))) same++;
+            }
+        output.WriteLine($"{model}: {stableCount}/{n} stable positions; max |logit diff| {logits:E2} there ({all:E2} over all), " +
+                         $"streams {streams:E2} and final hidden {final:E2} relative, routing {same}/{total} the same");
+        logits.Should().BeLessThanOrEqualTo(1e-4);
+        streams.Should().BeLessThanOrEqualTo(1e-4);
+        final.Should().BeLessThanOrEqualTo(1e-4);
+        same.Should().Be(total);
+        ours.Identity.ModelType.Should().Be("deepseek_v4");
+    }
+
     [Theory]
     [InlineData("tiny-dsv3")]
     [InlineData("tiny-qwen3moe")]

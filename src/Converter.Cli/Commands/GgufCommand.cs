@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Converter.Formats.Gguf;
 using Converter.Models;
 using Converter.Numerics.Ggml;
 using Converter.Pipelines;
@@ -8,58 +9,111 @@ namespace Converter.Cli.Commands;
 
 public static class GgufCommand
 {
-    private static readonly Dictionary<string, GgmlType> Types = new(StringComparer.OrdinalIgnoreCase)
-    {
-        ["f32"] = GgmlType.F32, ["f16"] = GgmlType.F16, ["bf16"] = GgmlType.BF16, ["q8_0"] = GgmlType.Q8_0,
-        ["q4_0"] = GgmlType.Q4_0, ["q4_k"] = GgmlType.Q4_K, ["q5_k"] = GgmlType.Q5_K, ["q6_k"] = GgmlType.Q6_K,
-        ["q4_k_m"] = GgmlType.Q4_K, // the mix: see GgufTypeScheme.Q4_K_M
-        ["mxfp4_moe"] = GgmlType.MXFP4, // types as stored: see GgufTypeScheme.Mxfp4Moe
-    };
-
     public static Command Create()
     {
         var dir = new Argument<string>("model-dir") { Description = "Source model folder (BF16, F16, F32 or DeepSeek FP8 safetensors)" };
-        var output = new Option<string>("--output", "-o") { Description = "Output .gguf file (must not exist unless --overwrite)", Required = true };
+        var output = new Option<string>("--output", "-o")
+        {
+            Description = "Output .gguf file (must not exist unless --overwrite); with --split-max-size/--split-max-tensors the parts are NAME-00001-of-0000N.gguf",
+            Required = true,
+        };
         var type = new Option<string>("--type")
         {
-            Description = "ggml type of the weights (rows that are not whole blocks fall back to q8_0, then f16); norms, router and biases stay f32; " +
-                          "q4_k_m: llama.cpp's Q4_K_M mix (output and ffn_down of some layers q6_k, the rest q4_k); " +
-                          "mxfp4_moe: what llama.cpp's converter writes from block-scaled checkpoints (routed experts mxfp4, FP8 weights q8_0, the rest as stored)",
+            Description = "llama.cpp file type, any case: f32, f16, bf16, q8_0, and llama-quantize's q6_k, q5_k_m, q5_k_s, q5_1, q5_0, q4_k_m, q4_k_s, " +
+                          "iq4_nl, q4_0, iq4_xs, q3_k_l, q3_k_m, q3_k_s, q2_k with its per-tensor rules (output, attention V, ffn_down by layer, " +
+                          "8-expert rules) and its fallbacks for rows that are not whole blocks (q4_k -> q5_0, q5_k -> q5_1, q6_k -> q8_0, " +
+                          "q2_k/q3_k -> q4_0, iq4_xs -> iq4_nl, then f16); q4_k, q5_k: every quantizable weight that type (llama-quantize " +
+                          "Q4_K_S/Q5_K_S --pure; llama-quantize's own Q4_K/Q5_K mean the _M mixes); mxfp4_moe: what llama.cpp's converter " +
+                          "writes from block-scaled checkpoints (routed experts mxfp4, FP8 weights q8_0, the rest as stored). Norms, routers and " +
+                          "biases stay f32",
             DefaultValueFactory = _ => "f16",
         };
-        type.AcceptOnlyFromAmong([.. Types.Keys]);
-        var outputType = new Option<string?>("--output-type") { Description = "Type of output.weight (default: --type)" };
-        outputType.AcceptOnlyFromAmong([.. Types.Keys]);
-        var name = new Option<string?>("--name") { Description = "general.name (default: the folder name)" };
-        var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output file if it exists" };
-        var force = new Option<bool>("--force") { Description = "Export even where llama.cpp cannot represent the checkpoint exactly" };
-        var resume = new Option<bool>("--resume") { Description = ResumeHelp.Text };
-        var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (the family's llama.cpp architecture: deepseek2, qwen3moe, deepseek4; ggml-exact quantizers; streaming, atomic)")
+        var tensorType = new Option<string[]>("--tensor-type")
         {
-            dir, output, type, outputType, name, overwrite, force, resume,
+            Description = "REGEX=TYPE, repeatable: tensors whose GGUF name the regex matches anywhere get TYPE instead of the file type's rules " +
+                          "(first match wins; the fallback for rows that are not whole blocks still applies; ignored for f32/f16/bf16, as llama-quantize)",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var outputType = new Option<string?>("--output-type") { Description = "ggml type of output.weight (llama-quantize --output-tensor-type)" };
+        var embeddingType = new Option<string?>("--token-embedding-type") { Description = "ggml type of token_embd.weight (llama-quantize --token-embedding-type)" };
+        var pure = new Option<bool>("--pure") { Description = "No per-tensor rules: every quantizable weight the file type's default type (llama-quantize --pure)" };
+        var splitSize = new Option<string?>("--split-max-size")
+        {
+            Description = "Write llama.cpp's split files (llama-gguf-split's format, loaded from the first part) of at most this many tensor bytes each: " +
+                          "50G, 300M (decimal, as llama-gguf-split), 2GiB, or bytes",
+        };
+        var splitTensors = new Option<int?>("--split-max-tensors") { Description = "Write split files of at most N tensors each (with or without --split-max-size)" };
+        var dryRun = new Option<bool>("--dry-run") { Description = "Print every tensor's ggml type and shape and the total size; write nothing" };
+        var name = new Option<string?>("--name") { Description = "general.name (default: the folder name)" };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output file(s) if they exist" };
+        var imatrix = new Option<string?>("--imatrix")
+        {
+            Description = "Importance matrix (llama-imatrix's GGUF or legacy .dat, or calibrate --imatrix's): every quantized tensor with an entry is " +
+                          "quantized with its weights (per expert for 3-D expert tensors), as llama-quantize --imatrix; tensors without one are quantized without",
+        };
+        var force = new Option<bool>("--force") { Description = "Export even where llama.cpp cannot represent the checkpoint exactly" };
+        var resume = new Option<bool>("--resume") { Description = ResumeHelp.Text + " (not with --split-max-size/--split-max-tensors)" };
+        var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (the family's llama.cpp architecture: deepseek2, qwen3moe, deepseek4; " +
+                                      "llama-quantize's type mixes; ggml-exact quantizers; streaming, atomic)")
+        {
+            dir, output, type, tensorType, outputType, embeddingType, pure, splitSize, splitTensors, dryRun, name, overwrite, force, imatrix, resume,
         };
         cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var log = loggers.CreateLogger("gguf");
-            string typeName = parse.GetValue(type)!;
-            var options = new GgufExportOptions(
-                parse.GetValue(output)!,
-                Types[typeName],
-                parse.GetValue(outputType) is { } o ? Types[o] : null,
-                parse.GetValue(name),
-                parse.GetValue(overwrite))
+            var q = GgufQuantization.Parse(parse.GetValue(type)!);
+            q = q with
             {
-                Scheme = typeName.ToLowerInvariant() switch { "q4_k_m" => GgufTypeScheme.Q4_K_M, "mxfp4_moe" => GgufTypeScheme.Mxfp4Moe, _ => GgufTypeScheme.Uniform },
+                Pure = q.Pure || parse.GetValue(pure),
+                OutputType = GgmlTypeOption(parse.GetValue(outputType), "--output-type"),
+                TokenEmbeddingType = GgmlTypeOption(parse.GetValue(embeddingType), "--token-embedding-type"),
+                Overrides = (parse.GetValue(tensorType) ?? []).Select(GgufTensorTypeOverride.Parse).ToArray(),
+            };
+            int? maxTensors = parse.GetValue(splitTensors);
+            if (maxTensors is <= 0) throw new ArgumentException($"--split-max-tensors {maxTensors}: must be at least 1");
+            var options = new GgufExportOptions(parse.GetValue(output)!, q, parse.GetValue(name), parse.GetValue(overwrite))
+            {
                 Force = parse.GetValue(force),
+                SplitMaxBytes = parse.GetValue(splitSize) is { } s ? SizeParser.Parse(s) : 0,
+                SplitMaxTensors = maxTensors ?? 0,
+                Imatrix = parse.GetValue(imatrix) is { } im ? (ImatrixFile.Read(im), im) : null,
                 Resume = parse.GetValue(resume),
                 Fault = CommandRunner.UnitFault,
             };
+            if (options.Resume && options.Split) throw new ArgumentException(GgufExportPipeline.ResumeWithSplitError);
             using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);
+            if (parse.GetValue(dryRun))
+            {
+                PrintTypes(src, options, parse.InvocationConfiguration.Output);
+                return CommandRunner.Ok;
+            }
             var result = GgufExportPipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse), cancellation);
-            log.LogInformation("done: {Tensors} tensors, {GB:F3} GB, {Secs:F2} s, peak RSS {Rss}",
-                result.Tensors, result.BytesWritten / 1e9, result.Elapsed.TotalSeconds, ProcessStats.PeakRssText());
+            log.LogInformation("done: {Tensors} tensors in {Files} file(s), {GB:F3} GB, {Secs:F2} s, peak RSS {Rss}",
+                result.Tensors, result.Files.Count, result.BytesWritten / 1e9, result.Elapsed.TotalSeconds, ProcessStats.PeakRssText());
             return CommandRunner.Ok;
         }));
         return cmd;
+    }
+
+    private static GgmlType? GgmlTypeOption(string? value, string option) => value == null ? null
+        : GgufFileTypes.ParseGgmlType(value) ?? throw new ArgumentException($"{option} '{value}': unknown ggml type");
+
+    /// <summary>One line per tensor (name, type, ggml shape, bytes) in llama.cpp's order, then the totals.</summary>
+    private static void PrintTypes(ModelCheckpoint src, GgufExportOptions options, TextWriter output)
+    {
+        var plan = GgufExportPipeline.Plan(src, options.ModelName);
+        var typed = GgufExportPipeline.PlanTypes(src, plan, options).ToList();
+        typed.Sort((a, b) => GgufTypePolicy.LlamaOrder(a.Tensor.Name, b.Tensor.Name));
+        long bytes = 0, values = 0;
+        foreach (var (t, type) in typed)
+        {
+            long n = 1;
+            foreach (var d in t.Dimensions) n *= d;
+            long size = GgmlTypeInfo.ByteSize(type, n);
+            bytes += size;
+            values += n;
+            output.WriteLine($"{t.Name,-40} {type,-7} {string.Join("x", t.Dimensions),-16} {size,12}");
+        }
+        output.WriteLine($"{typed.Count} tensors, {bytes} bytes, {bytes * 8.0 / values:F2} bits per weight ({options.Quantization.FileType})");
     }
 }

@@ -31,8 +31,25 @@ public static class ArchitectureRegistry
     public static ModelArchitecture FromConfig(ConfigJson config)
     {
         var type = config.ModelType ?? throw config.Missing("model_type");
-        return Factories.TryGetValue(type, out var f)
+        var arch = Factories.TryGetValue(type, out var f)
             ? f(config)
             : throw config.Invalid("model_type", $"'{type}' is not supported (supported: {string.Join(", ", Factories.Keys)})");
+        CheckScale(arch, config);
+        return arch;
+    }
+
+    /// <summary>At most this many (layer, routed expert) pairs: DeepSeek-V3 has 62 x 256 = 15,872, Kimi K2 62 x 384.</summary>
+    public const long MaxExpertBlocks = 1 << 22;
+
+    /// <summary>
+    /// The tensor map lists every expert of every layer: a config claiming billions of them would exhaust memory before
+    /// any tensor is compared, so such a config is refused up front (the sizes are still free to grow 250-fold).
+    /// </summary>
+    private static void CheckScale(ModelArchitecture arch, ConfigJson config)
+    {
+        long layers = (long)arch.NumLayers + arch.NumMtpLayers;
+        if (layers * Math.Max(1, arch.NumRoutedExperts) > MaxExpertBlocks)
+            throw new InvalidDataException($"{config.Path}: {arch.NumLayers} layers (+{arch.NumMtpLayers} MTP) x {arch.NumRoutedExperts} routed experts " +
+                $"is more than {MaxExpertBlocks:N0} expert blocks (a corrupt config?)");
     }
 }

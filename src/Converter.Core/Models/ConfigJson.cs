@@ -21,7 +21,7 @@ public sealed class ConfigJson
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: config.json not found in the model folder", path);
         try
         {
-            return JsonNode.Parse(File.ReadAllText(path)) is JsonObject o
+            return Parse(File.ReadAllText(path)) is JsonObject o
                 ? new ConfigJson(path, o)
                 : throw new InvalidDataException($"{path}: not a JSON object");
         }
@@ -30,6 +30,13 @@ public sealed class ConfigJson
             throw new InvalidDataException($"{path}: not valid JSON ({e.Message})");
         }
     }
+
+    /// <summary>
+    /// Parses JSON text refusing duplicate keys at parse time (a JsonException): JsonNode otherwise accepts them and throws
+    /// an ArgumentException at the first lookup, far from the file.
+    /// </summary>
+    public static JsonNode? Parse(string text) =>
+        JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 });
 
     public string? ModelType => Root["model_type"]?.GetValueKind() == JsonValueKind.String ? Root["model_type"]!.GetValue<string>() : null;
 

@@ -102,6 +102,13 @@ public abstract class ModelArchitecture
     public virtual GgufModelPlan Gguf(string directory, string modelName) =>
         throw new NotSupportedException($"{directory}: no GGUF mapping for model_type '{ModelType}'");
 
+    /// <summary>The importance-matrix forward of layer <paramref name="layer"/>'s weights before its MoE block (attention, a
+    /// dense MLP), under llama.cpp's GGUF names; null where the family has none (calibrate --imatrix refuses it).</summary>
+    public virtual Calibration.IImatrixLayer? ImatrixLayer(ModelCheckpoint checkpoint, int layer) => null;
+
+    /// <summary>llama.cpp's names of MoE layer <paramref name="layer"/>'s router and experts; null without <see cref="ImatrixLayer"/>.</summary>
+    public virtual Calibration.ImatrixMoeNames? ImatrixMoe(int layer) => null;
+
     /// <summary>Family-specific lines of <c>inspect</c> (attention kind, routing, ...).</summary>
     public virtual IReadOnlyList<ArchitectureFact> Facts() => [];
 

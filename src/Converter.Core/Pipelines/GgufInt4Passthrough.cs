@@ -32,7 +32,7 @@ public static class GgufInt4Passthrough
     }
 
     /// <summary>Writes the current tensor's Q4_0 blocks, source by source; returns how many blocks had a BF16 scale not exact in fp16 (written with the nearest fp16 scale).</summary>
-    public static long Write(ModelCheckpoint src, GgufTensorPlan t, GgufWriter writer, ILogger log)
+    public static long Write(ModelCheckpoint src, GgufTensorPlan t, IGgufWriter writer, ILogger log)
     {
         long inexact = 0;
         var scheme = src.Int4Config!.Scheme;

@@ -83,7 +83,7 @@ public static class PlacementJson
         if (Directory.Exists(path)) path = Path.Combine(path, FileName);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: placement file not found", path);
         JsonObject root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"); }
+        try { root = ConfigJson.Parse(File.ReadAllText(path)) as JsonObject ?? throw new InvalidDataException($"{path}: not a JSON object"); }
         catch (JsonException ex) { throw new InvalidDataException($"{path}: not valid JSON ({ex.Message})"); }
         var c = new ConfigJson(path, root);
         if (c.String("format", "") != Format) throw c.Invalid("format", $"must be '{Format}'");

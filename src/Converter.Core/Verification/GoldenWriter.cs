@@ -26,6 +26,10 @@ public sealed record GoldenLogitsForm(bool FullLogits, int TopK = 256, int TailS
 /// the destination under a temporary name and renamed into place by <see cref="Commit"/>; disposing without committing
 /// deletes it.
 /// </summary>
+/// <summary>A model whose residual is <paramref name="Streams"/> streams: its golden keeps them for the first
+/// <paramref name="Positions"/> positions of sequence 0 (as hc_states_seq0), and the final norm's output at every position.</summary>
+public sealed record GoldenResidualStreams(int Streams, int Positions);
+
 public sealed class GoldenWriter : IDisposable
 {
     private readonly string _path, _temp;
@@ -42,7 +46,7 @@ public sealed class GoldenWriter : IDisposable
     private bool _committed;
 
     public GoldenWriter(string path, int[] tokens, int batch, int seq, int vocab, GoldenLogitsForm form, GoldenIdentity identity,
-        int hiddenStates, int hiddenSize, int moeLayers, int topK, bool overwrite)
+        int hiddenStates, int hiddenSize, int moeLayers, int topK, bool overwrite, GoldenResidualStreams? streams = null)
     {
         if (tokens.Length != (long)batch * seq) throw new ArgumentException($"{tokens.Length} tokens for [{batch}, {seq}]");
         if (seq < 2) throw new ArgumentException($"sequences of {seq} token(s): a golden needs at least 2 tokens per sequence");
@@ -80,7 +84,13 @@ public sealed class GoldenWriter : IDisposable
             entries.Add((GoldenSet.LogSumExpName, DType.F32, [batch, seq]));
         }
         entries.Add((GoldenSet.NllName, DType.F32, [batch, seq - 1]));
-        if (hiddenStates > 0) entries.Add((GoldenSet.HiddenStatesName, DType.F32, [hiddenStates, seq, hiddenSize]));
+        if (streams is { } st)
+        {
+            // several residual streams (hyper-connections): the states as the transformers goldens keep them
+            entries.Add((GoldenSet.ResidualStatesName, DType.F32, [hiddenStates, st.Positions, st.Streams, hiddenSize]));
+            entries.Add((GoldenSet.FinalHiddenName, DType.F32, [seq, hiddenSize]));
+        }
+        else if (hiddenStates > 0) entries.Add((GoldenSet.HiddenStatesName, DType.F32, [hiddenStates, seq, hiddenSize]));
         if (moeLayers > 0)
         {
             entries.Add((GoldenSet.RouteTopKName, DType.I32, [moeLayers, batch, seq, topK]));
@@ -163,6 +173,14 @@ public sealed class GoldenWriter : IDisposable
 
     /// <summary>Sequence 0's hidden states [count, seq, hidden].</summary>
     public void SetHiddenStates(float[] hidden) => Write(GoldenSet.HiddenStatesName, 0, MemoryMarshal.AsBytes(hidden.AsSpan()));
+
+    /// <summary>Sequence 0's residual streams [count, positions, streams, hidden] and its hidden state after the final
+    /// norm [seq, hidden] (a golden made with <see cref="GoldenResidualStreams"/>).</summary>
+    public void SetResidualStates(float[] states, float[] finalHidden)
+    {
+        Write(GoldenSet.ResidualStatesName, 0, MemoryMarshal.AsBytes(states.AsSpan()));
+        Write(GoldenSet.FinalHiddenName, 0, MemoryMarshal.AsBytes(finalHidden.AsSpan()));
+    }
 
     /// <summary>Routing [moe layers, batch, seq, k] and margins [moe layers, batch, seq].</summary>
     public void SetRouting(int[] topk, float[] margin)

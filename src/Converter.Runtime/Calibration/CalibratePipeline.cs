@@ -37,9 +37,18 @@ public sealed record CalibrateOptions(int Batch = 8, int Threads = 0, bool Hessi
     /// output enters the layer output as g_t * y): GPTQ then minimises the error of the expert's contribution. Off by default:
     /// on tiny-dsv3's validation split it did not lower GPTQ's kl_mean (README, "INT4 accuracy").</summary>
     public bool RoutingWeighted { get; init; }
+
+    /// <summary>Also write llama.cpp's importance matrix (GGUF imatrix, <see cref="Formats.Gguf.ImatrixFile"/>) to this
+    /// file: the input squares of every weight llama-quantize looks up, from the same forward. Layer by layer only.</summary>
+    public string? ImatrixPath { get; init; }
 }
 
-public sealed record CalibrateResult(string OutputDirectory, CalibrationData Data, int Passes, IReadOnlyList<CommTrafficStats> Comm, TimeSpan Elapsed);
+/// <param name="OutputDirectory">The calibration folder; null where only an importance matrix was asked for.</param>
+/// <param name="Imatrix">The importance matrix written (<see cref="CalibrateOptions.ImatrixPath"/>), or null.</param>
+public sealed record CalibrateResult(string? OutputDirectory, CalibrationData Data, int Passes, IReadOnlyList<CommTrafficStats> Comm, TimeSpan Elapsed)
+{
+    public string? Imatrix { get; init; }
+}
 
 /// <summary>
 /// <c>converter calibrate</c>: runs the model on ONNX Runtime over calibration tokens and writes a calibration folder
@@ -65,7 +74,8 @@ public static class CalibratePipeline
     public const string AbsmaxFolder = HessianStats.Folder;
     public static string AbsmaxFileName(int layer) => $"absmax.layer{layer}.safetensors";
 
-    public static CalibrateResult Run(string modelDir, string tokensPath, string outputDir, CalibrateOptions o,
+    /// <param name="outputDir">The calibration folder to write; null with <see cref="CalibrateOptions.ImatrixPath"/>: only the imatrix.</param>
+    public static CalibrateResult Run(string modelDir, string tokensPath, string? outputDir, CalibrateOptions o,
         ILogger? logger = null, IProgress<PipelineProgress>? progress = null, CancellationToken cancellation = default)
     {
         logger ??= NullLogger.Instance;
@@ -79,8 +89,19 @@ public static class CalibratePipeline
         var moeLayers = Enumerable.Range(0, arch.NumLayers).Where(arch.IsMoeLayer).ToArray();
         if (moeLayers.Length == 0) throw new NotSupportedException($"{modelDir}: the model has no MoE layer");
         var block0 = arch.Moe(moeLayers[0]);
-        string dest = Path.GetFullPath(outputDir);
-        if (Directory.Exists(dest) && !o.Overwrite) throw new IOException($"{dest} exists (use --overwrite)");
+        if (outputDir == null && o.ImatrixPath == null) throw new ArgumentException("calibrate needs an output folder or an imatrix file");
+        string? imatrixPath = o.ImatrixPath == null ? null : Path.GetFullPath(o.ImatrixPath);
+        if (imatrixPath != null)
+        {
+            if (o.OnnxDir != null) throw new NotSupportedException("--imatrix runs the model layer by layer; it does not take --onnx");
+            if (arch.ImatrixLayer(ckpt, moeLayers[0]) == null)
+                throw new NotSupportedException($"{modelDir}: --imatrix is not implemented for model_type '{arch.ModelType}' (its attention is not recomputed for the importance matrix)");
+            if (File.Exists(imatrixPath) && !o.Overwrite) throw new IOException($"{imatrixPath} exists (use --overwrite)");
+        }
+        // without a folder to keep, the folder is staged beside the imatrix and dropped
+        string dest = Path.GetFullPath(outputDir ?? imatrixPath + $".calibration-{Environment.ProcessId}");
+        if (Directory.Exists(dest) && !o.Overwrite && outputDir != null) throw new IOException($"{dest} exists (use --overwrite)");
+        var imatrix = imatrixPath != null ? new ImatrixAccumulator() : null;
 
         using var area = StagingArea.Begin(dest, new StagingOptions("calibrate", Overwrite: o.Overwrite) { Fault = o.Fault }, logger);
         string staging = area.Output;
@@ -91,8 +112,9 @@ public static class CalibratePipeline
             Directory.CreateDirectory(staging);
 
             int k = block0.TopK, e = block0.Experts, h = arch.HiddenSize, mi = checked((int)block0.ExpertIntermediate);
-            var plan = o.Hessians || o.CommReport
-                ? CalibrationPassPlan.Create(moeLayers, e, CalibrationPassPlan.ExpertBytesFor(h, mi, o.Hessians, o.CommReport),
+            bool weights = o.CommReport || imatrix != null; // expert weights loaded (the imatrix needs the down_proj inputs)
+            var plan = o.Hessians || weights
+                ? CalibrationPassPlan.Create(moeLayers, e, CalibrationPassPlan.ExpertBytesFor(h, mi, o.Hessians, weights),
                     CalibrationPassPlan.LayerBytesFor(h, mi, e, o.Hessians), o.MemoryBudgetBytes)
                 : CalibrationPassPlan.Create(moeLayers, e, 0, 0, long.MaxValue); // routing only: one pass
             if (plan.ExpertBytes + plan.LayerBytes > o.MemoryBudgetBytes)
@@ -121,7 +143,8 @@ public static class CalibratePipeline
             {
                 foreach (var r in ranges)
                 {
-                    if (r.First == 0) state[r.Layer] = new LayerState(ckpt, arch.Moe(r.Layer), arch.HiddenSize, o.Hessians, o.CommReport, o.Threads, o.RoutingWeighted);
+                    if (r.First == 0) state[r.Layer] = new LayerState(ckpt, arch.Moe(r.Layer), arch.HiddenSize, o.Hessians, o.CommReport, o.Threads, o.RoutingWeighted,
+                        imatrix, imatrix != null ? arch.ImatrixMoe(r.Layer) : null);
                     state[r.Layer].BeginRange(r.First, r.End);
                 }
             }
@@ -209,14 +232,33 @@ public static class CalibratePipeline
                         OnnxExportPipeline.Run(ckpt, sliceDir, new OnnxExportOptions(Slice: slice) { Scratch = true }, NullLogger.Instance, null, cancellation);
                         hout = layer == moeLayers[^1] ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{layer}.f32"), tokenCount, h);
                         using var moeIn = new HiddenStateFile(Path.Combine(work, $"moe-input.layer{layer}.f32"), tokenCount, h);
-                        using (var tap = new MoeTap(sliceDir, o.Threads))
+                        // the imatrix's attention (and dense MLP) inputs, recomputed from each layer's input hidden state
+                        var imLayers = new List<Converter.Calibration.IImatrixLayer>();
+                        var layerInputs = new List<string>();
+                        if (imatrix != null)
+                            for (int l = slice.First; l <= layer; l++)
+                            {
+                                var il = arch.ImatrixLayer(ckpt, l)!;
+                                il.Declare(imatrix);
+                                imLayers.Add(il);
+                                if (l > 0 && l == slice.First) continue; // the slice's input: hin
+                                layerInputs.Add(l == 0 ? OnnxDecoderNames.Embedding : OnnxDecoderNames.Layer(l - 1));
+                            }
+                        using (var tap = new MoeTap(sliceDir, o.Threads, layerInputs))
                         {
                             for (int b0 = 0; b0 < sequences; b0 += o.Batch)
                             {
                                 area.Step(cancellation);
                                 int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
-                                var (outs, next) = tap.Run(tokens.AsSpan(b0 * seqLen, rows), hin?.Read((long)b0 * seqLen, rows), nb, seqLen, [layer],
-                                    wantHidden: hout != null);
+                                var hb = hin?.Read((long)b0 * seqLen, rows);
+                                var (outs, next) = tap.Run(tokens.AsSpan(b0 * seqLen, rows), hb, nb, seqLen, [layer],
+                                    hout != null, layerInputs, out var inputs);
+                                foreach (var il in imLayers)
+                                {
+                                    var input = il.Layer > 0 && il.Layer == slice.First ? hb! : inputs[il.Layer == 0 ? OnnxDecoderNames.Embedding : OnnxDecoderNames.Layer(il.Layer - 1)];
+                                    LayerState.ThrowIfNonFinite(input, $"layer {il.Layer} input (sequences {b0}..{b0 + nb - 1})");
+                                    il.Add(input, nb, seqLen, imatrix!);
+                                }
                                 if (next != null) hout!.Write((long)b0 * seqLen, next);
                                 var (x, route) = outs[layer];
                                 moeIn.Write((long)b0 * seqLen, x); // LayerState.Add checks it is finite when it is read back
@@ -256,6 +298,15 @@ public static class CalibratePipeline
             data.Extra["min_expert_tokens"] = o.MinExpertTokens;
             if (o.Hessians) data.Extra["hessian_weighting"] = o.RoutingWeighted ? "routing_weight_squared" : "uniform";
             data.Extra["tokens_file"] = Path.GetFileName(tokensPath);
+            if (imatrix != null)
+            {
+                foreach (int l in moeLayers) imatrix.FillUnroutedExperts(arch.ImatrixMoe(l)!, e);
+                // llama-imatrix's keys: the dataset, chunks of one sequence each (its -c equal to the sequence length)
+                imatrix.ToFile([Path.GetFileName(tokensPath)], sequences, seqLen).Write(imatrixPath!, o.Overwrite);
+                logger.LogInformation("Wrote importance matrix {Path} ({Count} entries)", imatrixPath, imatrix.Names.Count);
+            }
+            if (outputDir == null)
+                return new CalibrateResult(null, data, runs, comm, clock.Elapsed) { Imatrix = imatrixPath };
             data.Save(staging);
             comm.Sort((a, b) => a.Layer.CompareTo(b.Layer));
             string modelName = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDir)));
@@ -269,7 +320,7 @@ public static class CalibratePipeline
             if (Directory.Exists(work)) Directory.Delete(work, true); // freed before the manifest reads the output
             area.Commit(cancellation);
             logger.LogInformation("Wrote {Dir} in {Secs:F1} s", dest, clock.Elapsed.TotalSeconds);
-            return new CalibrateResult(dest, data, runs, comm, clock.Elapsed);
+            return new CalibrateResult(dest, data, runs, comm, clock.Elapsed) { Imatrix = imatrixPath };
         }
         catch (Exception e) when (area.Explain(e) is var better && better != e) { throw better; }
     }

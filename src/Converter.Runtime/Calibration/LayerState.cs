@@ -27,6 +27,9 @@ internal sealed class LayerState : IDisposable
     private readonly float[][]? _absGateUp, _absDown;
     private readonly float[]? _absPooled;
     private readonly RoutingWeights? _routing;
+    private readonly ImatrixAccumulator? _imatrix;
+    private readonly ImatrixMoeNames? _names;
+    private readonly ExpertForward? _shared;
     private HessianStats.LayerWriter? _writer;
     private long[]? _counts;
     // the open range [_first, _end): weights and Hessians indexed by expert - _first
@@ -35,12 +38,31 @@ internal sealed class LayerState : IDisposable
     private HessianAccumulator?[]? _gateUp, _down;
 
     /// <param name="routingWeighted">Weight each token's row in an expert's Hessians by its squared routing weight.</param>
-    public LayerState(ModelCheckpoint ckpt, MoeBlock block, int hidden, bool hessians, bool comm, int threads = 0, bool routingWeighted = false)
+    /// <param name="imatrix">Where the router's, shared and routed experts' input squares go (llama.cpp's names in
+    /// <paramref name="names"/>); null: no importance matrix.</param>
+    public LayerState(ModelCheckpoint ckpt, MoeBlock block, int hidden, bool hessians, bool comm, int threads = 0, bool routingWeighted = false,
+        ImatrixAccumulator? imatrix = null, ImatrixMoeNames? names = null)
     {
         int layer = Layer = block.Layer;
         (_ckpt, _block) = (ckpt, block);
         (_h, _mi, _k, _e, _threads) = (hidden, checked((int)block.ExpertIntermediate), block.TopK, block.Experts, threads);
-        (_hessians, _loadExperts) = (hessians, hessians || comm);
+        (_hessians, _loadExperts) = (hessians, hessians || comm || imatrix != null);
+        if (imatrix != null)
+        {
+            (_imatrix, _names) = (imatrix, names ?? throw new ArgumentNullException(nameof(names)));
+            imatrix.Declare(names.Router, _h);
+            imatrix.Declare(names.ExpertsGate, _h, _e, countPerMatrix: true);
+            imatrix.Declare(names.ExpertsUp, _h, _e, countPerMatrix: true);
+            imatrix.Declare(names.ExpertsDown, _mi, _e, countPerMatrix: true);
+            if (block.Shared is { } sh && names.SharedGate != null)
+            {
+                int si = checked((int)sh.Intermediate);
+                imatrix.Declare(names.SharedGate, _h);
+                imatrix.Declare(names.SharedUp!, _h);
+                imatrix.Declare(names.SharedDown!, si);
+                _shared = new ExpertForward(ckpt.ReadFloat32(sh.Gate), ckpt.ReadFloat32(sh.Up), ckpt.ReadFloat32(sh.Down), _h, si) { MaxThreads = threads };
+            }
+        }
         if (comm) Comm = new CommTrafficStats(layer, _h, combineSlots: _e);
         if (hessians)
         {
@@ -86,6 +108,20 @@ internal sealed class LayerState : IDisposable
             _pooled?.Add(x, rows);
             if (_absPooled != null) AbsMax(x, rows, _h, _absPooled);
             Comm?.Add(CommSide.Dispatch, x, rows, name);
+            if (_imatrix != null)
+            {
+                var xs = x.AsSpan(0, rows * _h);
+                _imatrix.Add(_names!.Router, 0, xs, rows);
+                if (_shared != null)
+                {
+                    _imatrix.Add(_names.SharedGate!, 0, xs, rows);
+                    _imatrix.Add(_names.SharedUp!, 0, xs, rows);
+                    var act = new float[rows * _shared.Intermediate];
+                    _shared.Run(xs, rows, act, new float[rows * _h]);
+                    ThrowIfNonFinite(act, $"layer {Layer} shared experts' down_proj input, computed from {name}");
+                    _imatrix.Add(_names.SharedDown!, 0, act, rows);
+                }
+            }
         }
         var byExpert = new List<int>[_end - _first];
         for (int r = 0; r < rows; r++)
@@ -121,6 +157,12 @@ internal sealed class LayerState : IDisposable
                 (_down![i] ??= new HessianAccumulator(_mi) { MaxThreads = _threads }).Add(act, n, w2);
                 AbsMax(xs, n, _h, _absGateUp![ex]);
                 AbsMax(act, n, _mi, _absDown![ex]);
+            }
+            if (_imatrix != null)
+            {
+                _imatrix.Add(_names!.ExpertsGate, ex, xs, n);
+                _imatrix.Add(_names.ExpertsUp, ex, xs, n);
+                _imatrix.Add(_names.ExpertsDown, ex, act, n);
             }
             Comm?.Add(CommSide.Combine, y, n, $"{what} output (combine), computed from {name}", slot: ex);
         }

@@ -22,7 +22,10 @@ internal sealed class MoeTap : IDisposable
     /// <summary>A slice's output value (its last layer's hidden state); null for a whole model.</summary>
     public string? SliceOutput { get; }
 
-    public MoeTap(string onnxDir, int threads)
+    public MoeTap(string onnxDir, int threads) : this(onnxDir, threads, []) { }
+
+    /// <param name="extraOutputs">Graph values to expose besides the MoE inputs and routing.</param>
+    public MoeTap(string onnxDir, int threads, IEnumerable<string> extraOutputs)
     {
         string path = Path.Combine(onnxDir, "model.onnx");
         if (!File.Exists(path)) throw new FileNotFoundException($"{onnxDir}: no model.onnx", path);
@@ -33,7 +36,7 @@ internal sealed class MoeTap : IDisposable
             throw new InvalidDataException($"{path}: the model does not list its MoE inputs (metadata '{OnnxDecoderNames.MoeInputsKey}'); re-export it with this converter");
         if (Meta("converter.simulate_comm").Length > 0)
             throw new InvalidDataException($"{path}: the model simulates expert traffic ({Meta("converter.simulate_comm")}); calibrate on a plain export");
-        var wanted = Meta(OnnxDecoderNames.MoeInputsKey).Split(',').Concat(Meta(OnnxDecoderNames.RoutingKey).Split(',')).ToList();
+        var wanted = Meta(OnnxDecoderNames.MoeInputsKey).Split(',').Concat(Meta(OnnxDecoderNames.RoutingKey).Split(',')).Concat(extraOutputs).ToList();
         var existing = proto.Graph.Output.Select(o => o.Name).ToHashSet();
         foreach (var n in wanted)
             if (!existing.Contains(n)) proto.Graph.Output.Add(new ValueInfoProto { Name = n });
@@ -60,7 +63,14 @@ internal sealed class MoeTap : IDisposable
     /// <paramref name="wantHidden"/>, also the slice's output [batch*seq*hidden]. The model's first input is
     /// <paramref name="tokens"/> or, for a slice after layer 0, <paramref name="hiddenIn"/> [batch*seq*hidden].</summary>
     public (Dictionary<int, (float[] X, long[] Route)> Moe, float[]? Hidden) Run(ReadOnlySpan<int> tokens, float[]? hiddenIn,
-        int batch, int seq, IReadOnlyList<int> layers, bool wantHidden = false)
+        int batch, int seq, IReadOnlyList<int> layers, bool wantHidden = false) =>
+        Run(tokens, hiddenIn, batch, seq, layers, wantHidden, [], out _);
+
+    /// <summary>As the other overload, also fetching the graph values <paramref name="extra"/> (hidden states named by
+    /// <see cref="OnnxDecoderNames.Embedding"/> / <see cref="OnnxDecoderNames.Layer"/>; each added to the outputs when
+    /// the session is created, see <see cref="MoeTap(string, int, IEnumerable{string})"/>).</summary>
+    public (Dictionary<int, (float[] X, long[] Route)> Moe, float[]? Hidden) Run(ReadOnlySpan<int> tokens, float[]? hiddenIn,
+        int batch, int seq, IReadOnlyList<int> layers, bool wantHidden, IReadOnlyList<string> extra, out Dictionary<string, float[]> extraValues)
     {
         int n = batch * seq;
         var inputs = new List<NamedOnnxValue>();
@@ -78,8 +88,10 @@ internal sealed class MoeTap : IDisposable
         foreach (var l in layers) { names.Add(OnnxDecoderNames.MoeInput(l)); names.Add(OnnxDecoderNames.Routing(l)); }
         if (wantHidden)
             names.Add(SliceOutput ?? throw new InvalidOperationException("a whole model has no slice output"));
+        foreach (var x in extra) if (!names.Contains(x)) names.Add(x);
         using var results = _session.Run(inputs, names);
         var byName = results.ToDictionary(r => r.Name, r => r);
+        extraValues = extra.ToDictionary(x => x, x => byName[x].AsTensor<float>().ToArray());
         var outs = new Dictionary<int, (float[], long[])>();
         foreach (var l in layers)
             outs[l] = (byName[OnnxDecoderNames.MoeInput(l)].AsTensor<float>().ToArray(), byName[OnnxDecoderNames.Routing(l)].AsTensor<long>().ToArray());

@@ -62,6 +62,12 @@ public static class GoldenPipeline
         var moeLayers = Enumerable.Range(0, layers).Where(arch.IsMoeLayer).ToArray();
         int k = moeLayers.Length > 0 ? arch.Moe(moeLayers[0]).TopK : 0;
         var slices = Slices(layers, moeLayers);
+        var streamDims = arch.Onnx.Residual.StreamDims;
+        int streams = 1;
+        foreach (var d in streamDims) streams = checked(streams * (int)d);
+        int width = streams * h; // floats per token between slices
+        // several streams: keep sequence 0's states for its first positions only, as the transformers goldens do
+        var residual = streams > 1 ? new GoldenResidualStreams(streams, Math.Min(seqLen, ResidualPositions)) : null;
         var form = o.Form ?? GoldenLogitsForm.Default(v);
         var identity = new GoldenIdentity
         {
@@ -83,7 +89,7 @@ public static class GoldenPipeline
         try
         {
             Directory.CreateDirectory(work);
-            using var writer = new GoldenWriter(area.Output, tokens, sequences, seqLen, v, form, identity, layers + 1, h, moeLayers.Length, k, o.Overwrite);
+            using var writer = new GoldenWriter(area.Output, tokens, sequences, seqLen, v, form, identity, layers + 1, h, moeLayers.Length, k, o.Overwrite, residual);
             HiddenStateFile? hin = null, hout = null;
             long rowsTotal = (long)sequences * seqLen;
             try
@@ -93,9 +99,9 @@ public static class GoldenPipeline
                     string sliceDir = Path.Combine(work, $"slice-{slice.First}-{slice.End - 1}");
                     logger.LogInformation("Exporting {Slice}{Head} to ONNX (fp32)", slice, slice.Head ? " with the head" : "");
                     OnnxExportPipeline.Run(ckpt, sliceDir, new OnnxExportOptions(Slice: slice) { Scratch = true }, NullLogger.Instance, null, cancellation);
-                    hout = slice.Head ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{slice.End - 1}.f32"), rowsTotal, h);
+                    hout = slice.Head ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{slice.End - 1}.f32"), rowsTotal, width);
                     var routers = new Dictionary<int, (float[] W, float[]? Bias, RoutingRule Rule)>();
-                    using (var run = new SliceSession(sliceDir, o.Threads))
+                    using (var run = new SliceSession(sliceDir, o.Threads, streamDims, h))
                     {
                         foreach (var l in run.MoeLayers)
                         {
@@ -110,7 +116,7 @@ public static class GoldenPipeline
                             if (hout != null) hout.Write((long)b0 * seqLen, outs.Output);
                             else writer.AddLogits(b0, nb, outs.Output);
                             if (b0 == 0)
-                                foreach (var (name, value) in outs.Hidden) hidden0[name] = value.AsSpan(0, seqLen * h).ToArray();
+                                foreach (var (name, value) in outs.Hidden) hidden0[name] = value.AsSpan(0, value.Length / nb).ToArray();
                             foreach (var (layer, (x, route)) in outs.Moe)
                             {
                                 int mi = Array.IndexOf(moeLayers, layer);
@@ -133,17 +139,26 @@ public static class GoldenPipeline
                 hin?.Dispose();
                 hout?.Dispose();
             }
-            var names = new List<string> { OnnxDecoderNames.Embedding };
-            for (int l = 0; l < layers - 1; l++) names.Add(OnnxDecoderNames.Layer(l));
-            names.Add(OnnxDecoderNames.FinalNorm);
-            var hs = new float[names.Count * seqLen * h];
-            for (int i = 0; i < names.Count; i++)
+            float[] Hidden0(string name) => hidden0.TryGetValue(name, out var value) ? value
+                : throw new InvalidOperationException($"the layer slices gave no '{name}' for sequence 0");
+            if (residual != null)
             {
-                if (!hidden0.TryGetValue(names[i], out var value))
-                    throw new InvalidOperationException($"the layer slices gave no '{names[i]}' for sequence 0");
-                value.CopyTo(hs.AsSpan(i * seqLen * h));
+                // the expanded embedding and every layer's streams, then the final norm's output
+                int n = residual.Positions;
+                var states = new float[(layers + 1) * n * width];
+                Hidden0(OnnxDecoderNames.Embedding).AsSpan(0, n * width).CopyTo(states);
+                for (int l = 0; l < layers; l++) Hidden0(OnnxDecoderNames.Layer(l)).AsSpan(0, n * width).CopyTo(states.AsSpan((l + 1) * n * width));
+                writer.SetResidualStates(states, Hidden0(OnnxDecoderNames.FinalNorm));
             }
-            writer.SetHiddenStates(hs);
+            else
+            {
+                var names = new List<string> { OnnxDecoderNames.Embedding };
+                for (int l = 0; l < layers - 1; l++) names.Add(OnnxDecoderNames.Layer(l));
+                names.Add(OnnxDecoderNames.FinalNorm);
+                var hs = new float[names.Count * seqLen * h];
+                for (int i = 0; i < names.Count; i++) Hidden0(names[i]).CopyTo(hs.AsSpan(i * seqLen * h));
+                writer.SetHiddenStates(hs);
+            }
             if (moeLayers.Length > 0) writer.SetRouting(topk, margin);
             writer.Commit();
             Directory.Delete(work, true);
@@ -157,6 +172,9 @@ public static class GoldenPipeline
         logger.LogInformation("Wrote {Path}: {Bytes:N0} bytes ({Form}) in {Secs:F1} s", dest, bytes, form, clock.Elapsed.TotalSeconds);
         return new GoldenResult(dest, sequences, seqLen, v, form, bytes, slices.Count, disagreements, clock.Elapsed);
     }
+
+    /// <summary>Positions of sequence 0 whose residual streams a golden keeps (the transformers V4 goldens keep 256).</summary>
+    public const int ResidualPositions = 256;
 
     /// <summary>Each MoE layer with the dense layers before it; the last slice runs to the last layer and holds the head.</summary>
     public static List<OnnxLayerSlice> Slices(int layers, int[] moeLayers)
@@ -189,6 +207,13 @@ public static class GoldenPipeline
     {
         int e = rule.Experts, k = rule.TopK;
         if (route.Length != (long)rows * k) throw new InvalidOperationException($"routing output of {route.Length} ids for {rows} rows x {k}");
+        if (rule.Hashed)
+        {
+            // a hash layer's experts are a table lookup by token id: no scores to tie, as the golden's +inf margin says
+            for (int i = 0; i < rows * k; i++) topkOut[i] = checked((int)route[i]);
+            marginOut[..rows].Fill(float.PositiveInfinity);
+            return 0;
+        }
         var margins = new float[rows];
         int differ = 0;
         var biasD = bias == null ? [] : Array.ConvertAll(bias, b => (double)b);
@@ -230,8 +255,13 @@ public static class GoldenPipeline
 
         public IEnumerable<int> MoeLayers => _moe.Select(m => m.Layer);
 
-        public SliceSession(string dir, int threads)
+        private readonly int[] _stateDims; // between sequence and hidden: [] or [streams]
+        private readonly int _hiddenSize;
+
+        public SliceSession(string dir, int threads, long[] streamDims, int hidden)
         {
+            _stateDims = Array.ConvertAll(streamDims, d => checked((int)d));
+            _hiddenSize = hidden;
             string path = Path.Combine(dir, "model.onnx");
             ModelProto proto;
             using (var fs = File.OpenRead(path)) proto = ModelProto.Parser.ParseFrom(fs);
@@ -241,7 +271,9 @@ public static class GoldenPipeline
             int end = int.Parse(slice[1], System.Globalization.CultureInfo.InvariantCulture);
             bool head = proto.Graph.Output.Any(o => o.Name == OnnxDecoderNames.Logits);
             _output = head ? OnnxDecoderNames.Logits : OnnxDecoderNames.Layer(end - 1);
-            _hidden = head ? List(OnnxDecoderNames.HiddenStatesKey) : [.. List(OnnxDecoderNames.HiddenStatesKey), _output];
+            // the residual streams too, where the family has several (each layer's output, the last layer's included)
+            string[] states = [.. List(OnnxDecoderNames.HiddenStatesKey).Union(List(OnnxDecoderNames.ResidualStatesKey))];
+            _hidden = head || states.Contains(_output) ? states : [.. states, _output];
             var inputs = List(OnnxDecoderNames.MoeInputsKey);
             var routes = List(OnnxDecoderNames.RoutingKey);
             _moe = inputs.Select((name, i) => (int.Parse(name.Split('.')[2], System.Globalization.CultureInfo.InvariantCulture), name, routes[i])).ToArray();
@@ -272,7 +304,7 @@ public static class GoldenPipeline
             if (_takesHidden)
                 inputs.Add(NamedOnnxValue.CreateFromTensor(OnnxDecoderNames.SliceInput,
                     new DenseTensor<float>(hiddenIn ?? throw new InvalidOperationException("a slice after layer 0 needs the previous slice's output"),
-                        [batch, seq, hiddenIn.Length / (batch * seq)])));
+                        [batch, seq, .. _stateDims, _hiddenSize])));
             else
                 inputs.Add(DecoderInputs.Ids(tokens, batch, seq));
             DecoderInputs.AddMaskAndPositions(inputs, batch, seq, _mask, _positions);

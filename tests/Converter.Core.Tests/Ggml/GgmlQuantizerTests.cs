@@ -43,6 +43,8 @@ public class GgmlQuantizerTests
     [InlineData(GgmlType.Q4_K)]
     [InlineData(GgmlType.Q5_K)]
     [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q5_0)]
     public void FastEqualsScalarReferenceOnStressAndRandomData(GgmlType type)
     {
         var x = StressInput(240, 1234);
@@ -61,6 +63,8 @@ public class GgmlQuantizerTests
     [InlineData(GgmlType.Q6_K)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q5_0)]
     public void EveryKernelPathEqualsScalarReference(GgmlType type)
     {
         // an odd block count so the Vector512 path also runs its single-block remainder
@@ -143,6 +147,106 @@ public class GgmlQuantizerTests
         GgmlQuantizer.Quantize(GgmlType.BF16, x, h);
     }
 
+    [Theory]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q4_1)]
+    [InlineData(GgmlType.Q5_0)]
+    [InlineData(GgmlType.Q5_1)]
+    [InlineData(GgmlType.Q2_K)]
+    [InlineData(GgmlType.Q3_K)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q5_K)]
+    [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.IQ4_NL)]
+    [InlineData(GgmlType.IQ4_XS)]
+    public void ImportanceLowersTheErrorWhereTheWeightsAre(GgmlType type)
+    {
+        // a quarter of the columns carry nearly all the importance: their error must drop
+        const int cols = 1024, rows = 64;
+        var rng = new Random(11);
+        var x = new float[rows * cols];
+        for (int i = 0; i < x.Length; i++)
+            x[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
+        var w = new float[cols];
+        for (int c = 0; c < cols; c++) w[c] = c % 4 == 0 ? 100f : 0.01f;
+        double Weighted(ReadOnlySpan<float> importance)
+        {
+            var q = new byte[GgmlTypeInfo.ByteSize(type, x.Length)];
+            GgmlQuantizer.Quantize(type, x, q, importance, -1);
+            var y = new float[x.Length];
+            GgmlQuantizer.Dequantize(type, q, y);
+            double e = 0;
+            for (int i = 0; i < x.Length; i++) e += w[i % cols] * (x[i] - y[i]) * (double)(x[i] - y[i]);
+            return e;
+        }
+        Weighted(w).Should().BeLessThan(0.9 * Weighted(default), $"{type}");
+    }
+
+    [Theory]
+    [InlineData(GgmlType.Q4_1, 27 * 32)]
+    [InlineData(GgmlType.Q5_1, 27 * 32)]
+    [InlineData(GgmlType.Q4_1, 5 * 32)]
+    [InlineData(GgmlType.Q2_K, 768)]
+    [InlineData(GgmlType.Q4_K, 768)]
+    [InlineData(GgmlType.Q5_K, 768)]
+    [InlineData(GgmlType.Q4_0, 27 * 32)]
+    [InlineData(GgmlType.Q5_0, 27 * 32)]
+    [InlineData(GgmlType.Q3_K, 768)]
+    [InlineData(GgmlType.Q6_K, 768)]
+    public void VectorImportanceSearchEqualsScalar(GgmlType type, int cols)
+    {
+        // stress blocks (zeros, constants, outliers, signed zeros) with weights that include zeros and huge spreads
+        var x = StressInput(48, 77);
+        var rng = new Random(3);
+        var w = new float[cols];
+        for (int i = 0; i < cols; i++) w[i] = i % 29 == 0 ? 0f : (float)Math.Pow(10, rng.NextDouble() * 8 - 4);
+        int rowBytes = (int)GgmlTypeInfo.ByteSize(type, cols);
+        for (int r = 0; r + cols <= x.Length; r += cols)
+        {
+            var vec = new byte[rowBytes];
+            var scalar = new byte[rowBytes];
+            GgmlQuantizer.QuantizeRowWithImportance(type, x.AsSpan(r, cols), vec, w, vector: true);
+            GgmlQuantizer.QuantizeRowWithImportance(type, x.AsSpan(r, cols), scalar, w, vector: false);
+            int at = GgmlGolden.FirstDifference<byte>(vec, scalar);
+            at.Should().Be(-1, $"{type} row at value {r}: first differing byte {at}");
+        }
+    }
+
+    [Fact]
+    public void TypesThatIgnoreImportanceGiveTheReferenceBytes()
+    {
+        var x = StressInput(8, 5);
+        var w = new float[512];
+        for (int i = 0; i < w.Length; i++) w[i] = i % 3;
+        foreach (var type in new[] { GgmlType.Q8_0, GgmlType.MXFP4, GgmlType.F16, GgmlType.BF16 })
+        {
+            GgmlQuantizer.UsesImportance(type).Should().BeFalse($"{type}");
+            var plain = new byte[GgmlTypeInfo.ByteSize(type, x.Length)];
+            var weighted = new byte[plain.Length];
+            GgmlQuantizer.Quantize(type, x, plain);
+            GgmlQuantizer.Quantize(type, x, weighted, w, -1);
+            weighted.Should().Equal(plain, $"{type}");
+        }
+    }
+
+    [Fact]
+    public void ImportanceMustBeWholeBlocksFiniteAndDivideTheInput()
+    {
+        var x = new float[1024];
+        var y = new byte[GgmlTypeInfo.ByteSize(GgmlType.Q4_K, x.Length)];
+        var partialBlock = () => GgmlQuantizer.Quantize(GgmlType.Q4_K, x, y, new float[128], -1);
+        partialBlock.Should().Throw<ArgumentException>().WithMessage("*row of 128 values*256-value blocks*");
+        var notRows = () => GgmlQuantizer.Quantize(GgmlType.Q4_K, x, y, new float[768], -1);
+        notRows.Should().Throw<ArgumentException>().WithMessage("*1024 values are not whole rows of 768*");
+        var w = new float[512];
+        w[300] = float.NaN;
+        var nan = () => GgmlQuantizer.Quantize(GgmlType.Q4_K, x, y, w, -1);
+        nan.Should().Throw<ArgumentException>().WithMessage("*importance weight 300 is NaN*");
+        x[700] = float.PositiveInfinity;
+        var inf = () => GgmlQuantizer.Quantize(GgmlType.Q4_K, x, y, new float[512], -1);
+        inf.Should().Throw<ArgumentException>().WithMessage("*value 700 (block 2)*");
+    }
+
     [Fact]
     public void RejectsPartialBlocksAndWrongDestinationSize()
     {
@@ -160,6 +264,15 @@ public class GgmlQuantizerTests
         GgmlTypeInfo.BytesPerBlock(GgmlType.Q6_K).Should().Be(210);
         GgmlTypeInfo.BytesPerBlock(GgmlType.Q8_0).Should().Be(34);
         GgmlTypeInfo.BytesPerBlock(GgmlType.Q4_0).Should().Be(18);
+        GgmlTypeInfo.BytesPerBlock(GgmlType.Q4_1).Should().Be(20);
+        GgmlTypeInfo.BytesPerBlock(GgmlType.Q5_0).Should().Be(22);
+        GgmlTypeInfo.BytesPerBlock(GgmlType.Q5_1).Should().Be(24);
+        GgmlTypeInfo.BytesPerBlock(GgmlType.Q2_K).Should().Be(84);
+        GgmlTypeInfo.BytesPerBlock(GgmlType.Q3_K).Should().Be(110);
+        GgmlTypeInfo.BytesPerBlock(GgmlType.IQ4_NL).Should().Be(18);
+        GgmlTypeInfo.BytesPerBlock(GgmlType.IQ4_XS).Should().Be(136);
+        foreach (var t in new[] { GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1, GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.IQ4_NL, GgmlType.IQ4_XS })
+            GgmlTypeInfo.CanQuantize(t).Should().BeTrue($"{t}");
         GgmlTypeInfo.ByteSize(GgmlType.BF16, 10).Should().Be(20);
         ((uint)GgmlType.BF16).Should().Be(30);
         ((uint)GgmlType.Q6_K).Should().Be(14);

@@ -117,11 +117,12 @@ public sealed class DeepseekV3GgufExportTests : IDisposable
         using var r = GgufReader.Open(path);
         using var ckpt = ModelCheckpoint.Open(Model("tiny-dsv3"));
         r.GetTensor("blk.1.ffn_gate_exps.weight").Type.Should().Be(GgmlType.Q4_K);
-        r.GetTensor("blk.1.attn_k_b.weight").Type.Should().Be(GgmlType.Q8_0);  // ne0 = 32
-        r.GetTensor("blk.1.attn_v_b.weight").Type.Should().Be(GgmlType.Q8_0);  // ne0 = 64
+        // llama.cpp's fallback for Q4_K rows that are not whole 256-blocks: Q5_0
+        r.GetTensor("blk.1.attn_k_b.weight").Type.Should().Be(GgmlType.Q5_0);  // ne0 = 32
+        r.GetTensor("blk.1.attn_v_b.weight").Type.Should().Be(GgmlType.Q5_0);  // ne0 = 64
         r.GetTensor("blk.1.ffn_gate_inp.weight").Type.Should().Be(GgmlType.F32);
         r.GetTensor("blk.1.attn_norm.weight").Type.Should().Be(GgmlType.F32);
-        r.GetTensor("blk.1.attn_output.weight").Type.Should().Be(GgmlType.Q8_0); // ne0 = 128
+        r.GetTensor("blk.1.attn_output.weight").Type.Should().Be(GgmlType.Q5_0); // ne0 = 128
         var src = ckpt.ReadFloat32("model.layers.0.mlp.gate_proj.weight");
         var expected = new byte[GgmlTypeInfo.ByteSize(GgmlType.Q4_K, src.Length)];
         GgmlReferenceQuantizer.Quantize(GgmlType.Q4_K, src, expected);

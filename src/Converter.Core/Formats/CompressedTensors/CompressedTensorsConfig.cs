@@ -83,8 +83,21 @@ public sealed record CompressedTensorsConfig(int GroupSize, bool Symmetric, IRea
         if (groupSize <= 0 || groupSize % 8 != 0) throw Bad($"weights.group_size {groupSize} is not supported (a positive multiple of 8)");
         string? actorder = w["actorder"] is JsonValue av && av.GetValueKind() == JsonValueKind.String ? av.GetValue<string>() : null;
         if (actorder == "group") throw Bad("weights.actorder 'group' (g_idx) is not supported; static groups only");
-        var targets = (g["targets"] as JsonArray)?.Select(n => n!.GetValue<string>()).ToList() ?? throw Bad("group has no targets");
-        var ignore = (q["ignore"] as JsonArray)?.Select(n => n!.GetValue<string>()).ToList() ?? [];
+        List<string> Strings(JsonArray a, string key)
+        {
+            var r = new List<string>(a.Count);
+            foreach (var n in a)
+                r.Add(n is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>() : throw Bad($"'{key}' holds {n?.ToJsonString() ?? "null"}, not a string"));
+            return r;
+        }
+        var targets = g["targets"] is JsonArray ta ? Strings(ta, "targets") : throw Bad("group has no targets");
+        var ignore = q["ignore"] is JsonArray ia ? Strings(ia, "ignore") : [];
+        foreach (var i in ignore)
+        {
+            if (!i.StartsWith("re:", StringComparison.Ordinal)) continue;
+            try { _ = new Regex("^(?:" + i[3..] + ")"); }
+            catch (ArgumentException e) { throw Bad($"ignore pattern '{i}' is not a valid regular expression ({e.Message})"); }
+        }
         return new CompressedTensorsConfig(groupSize, Bool("symmetric", true), targets, ignore, Str(w, "observer", "minmax"), actorder);
     }
 

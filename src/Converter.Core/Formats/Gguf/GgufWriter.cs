@@ -16,7 +16,7 @@ namespace Converter.Formats.Gguf;
 /// path is already private (<see cref="StagingArea.Output"/>): the file is written there, each finished tensor is recorded
 /// in <see cref="Journal"/> with the XXH3 of its bytes, and <see cref="Resume"/> keeps the tensors an interrupted run finished.
 /// </summary>
-public sealed class GgufWriter : IDisposable
+public sealed class GgufWriter : IGgufWriter
 {
     private static readonly UTF8Encoding StrictUtf8 = new(false, true);
 
@@ -204,6 +204,20 @@ public sealed class GgufWriter : IDisposable
         WriteTensorData(dst);
     }
 
+    /// <summary>As <see cref="WriteTensorValues(ReadOnlySpan{float})"/>, quantized with per-column importance weights
+    /// (one per value of a row, llama-quantize's imatrix slice for these rows; ggml types without an importance-weighted
+    /// quantizer ignore them).</summary>
+    public void WriteTensorValues(ReadOnlySpan<float> values, ReadOnlySpan<float> importance)
+    {
+        var t = CurrentTensor();
+        long bytes = GgmlTypeInfo.ByteSize(t.Type, values.Length);
+        if (bytes > int.MaxValue) throw new ArgumentException("write at most 2 GiB of encoded data per call", nameof(values));
+        if (_quantBuffer == null || _quantBuffer.Length < bytes) _quantBuffer = new byte[Math.Max(bytes, 1 << 20)];
+        var dst = _quantBuffer.AsSpan(0, (int)bytes);
+        GgmlQuantizer.Quantize(t.Type, values, dst, importance, -1);
+        WriteTensorData(dst);
+    }
+
     /// <summary>Finishes the current tensor: checks its byte count and pads to the alignment.</summary>
     public void EndTensor()
     {
@@ -239,6 +253,14 @@ public sealed class GgufWriter : IDisposable
     /// <summary>Checks every declared tensor was written, flushes to disk and renames the file into place.</summary>
     public void Commit()
     {
+        Complete();
+        Publish();
+    }
+
+    /// <summary>The first half of <see cref="Commit"/>: checks every declared tensor was written and flushes the
+    /// temporary file to disk (a split file's parts are all completed before any is renamed).</summary>
+    internal void Complete()
+    {
         if (_committed || _file == null) throw new InvalidOperationException("writer is closed");
         if (!_headerWritten) WriteHeader();
         if (_current >= 0) throw new InvalidOperationException($"tensor '{_tensors[_current].Name}' is not finished");
@@ -247,6 +269,12 @@ public sealed class GgufWriter : IDisposable
         _file.Flush(flushToDisk: true);
         _file.Dispose();
         _file = null;
+    }
+
+    /// <summary>The second half of <see cref="Commit"/>: renames the completed file into place (in place: nothing to rename).</summary>
+    internal void Publish()
+    {
+        if (_committed || _file != null) throw new InvalidOperationException("writer is not completed");
         if (!_inPlace) File.Move(_tempPath, _path, overwrite: true);
         _committed = true;
     }

@@ -36,6 +36,9 @@ public static class SafetensorsHeader
         out Dictionary<string, string> metadata)
     {
         metadata = new Dictionary<string, string>();
+        // JsonDocument accepts invalid UTF-8 inside strings and only fails when a name is read (not as a JsonException)
+        if (!System.Text.Unicode.Utf8.IsValid(json))
+            throw Bad(path, "header is not valid UTF-8");
         JsonDocument doc;
         try
         {
@@ -51,7 +54,23 @@ public static class SafetensorsHeader
 
         var tensors = new List<TensorInfo>();
         var seen = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var prop in doc.RootElement.EnumerateObject())
+        try
+        {
+            ParseEntries(path, doc.RootElement, dataStart, tensors, seen, metadata);
+        }
+        catch (InvalidOperationException)
+        {
+            // an escape such as "\ud800" (a lone surrogate) is valid JSON but no text
+            throw Bad(path, "header has a string that is not valid text (a lone surrogate escape)");
+        }
+        ValidateLayout(path, tensors, dataStart, dataLength);
+        return tensors;
+    }
+
+    private static void ParseEntries(string path, JsonElement root, long dataStart, List<TensorInfo> tensors, HashSet<string> seen,
+        Dictionary<string, string> metadata)
+    {
+        foreach (var prop in root.EnumerateObject())
         {
             if (!seen.Add(prop.Name))
                 throw Bad(path, $"tensor '{prop.Name}' appears twice in the header");
@@ -65,8 +84,6 @@ public static class SafetensorsHeader
             }
             tensors.Add(ParseEntry(path, prop.Name, prop.Value, dataStart));
         }
-        ValidateLayout(path, tensors, dataStart, dataLength);
-        return tensors;
     }
 
     private static TensorInfo ParseEntry(string path, string name, JsonElement e, long dataStart)

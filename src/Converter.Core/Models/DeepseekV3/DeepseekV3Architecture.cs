@@ -45,6 +45,10 @@ public sealed partial class DeepseekV3Architecture : ModelArchitecture
 
     private static string ProjName(FfnProjection p) => p switch { FfnProjection.Gate => "gate_proj", FfnProjection.Up => "up_proj", _ => "down_proj" };
 
+    public override Calibration.IImatrixLayer ImatrixLayer(ModelCheckpoint checkpoint, int layer) => new DeepseekV3ImatrixLayer(Cfg, checkpoint, layer);
+
+    public override Calibration.ImatrixMoeNames ImatrixMoe(int layer) => Calibration.ImatrixMoeNames.Llama(layer, Cfg.NSharedExperts > 0);
+
     public override IOnnxDecoderFamily Onnx => new DeepseekV3OnnxAttention(Cfg);
 
     public override GgufModelPlan Gguf(string directory, string modelName) =>

@@ -76,6 +76,8 @@ public static class HfBpeTokenizer
         };
         if (configPath is not null && File.Exists(configPath))
             AddConfig(meta, configPath, tokens!, tokenizerPath);
+        // the Jinja chat template(s), as llama.cpp's converter carries them (what `generate --chat` renders for a GGUF file)
+        meta.AddRange(ChatTemplateKeys.Read(Path.GetDirectoryName(Path.GetFullPath(configPath ?? tokenizerPath))!));
         return meta;
     }
 
@@ -159,9 +161,6 @@ public static class HfBpeTokenizer
                 throw Bad(configPath, $"{field} '{content}' is not a token of {Path.GetFileName(tokenizerPath)}");
             meta.Add(new($"tokenizer.ggml.{key}_token_id", GgufValue.UInt32((uint)id)));
         }
-        // the Jinja chat template, as llama.cpp's converter carries it (what `generate --chat` renders for a GGUF file)
-        if (root.TryGetProperty("chat_template", out var template) && template.ValueKind == JsonValueKind.String)
-            meta.Add(new("tokenizer.chat_template", GgufValue.String(template.GetString()!)));
         foreach (var field in new[] { "add_bos_token", "add_eos_token" })
             if (root.TryGetProperty(field, out var v))
             {

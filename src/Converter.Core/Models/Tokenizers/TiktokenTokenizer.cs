@@ -219,17 +219,15 @@ public static class TiktokenTokenizer
             }
         }
         string tokConfig = Path.Combine(directory, ConfigFile);
-        if (!File.Exists(tokConfig)) return;
-        using var tdoc = Parse(tokConfig);
-        var t = tdoc.RootElement;
-        foreach (var typ in new[] { "bos", "eos", "sep" })
-            if (t.TryGetProperty($"add_{typ}_token", out var v) && v.ValueKind is JsonValueKind.True or JsonValueKind.False)
-                meta.Add(new($"tokenizer.ggml.add_{typ}_token", GgufValue.Bool(v.GetBoolean())));
-        // tokenizer_config's chat_template wins; chat_template.jinja only where that key is absent
-        string? template;
-        if (t.TryGetProperty("chat_template", out var ct)) template = ct.ValueKind == JsonValueKind.String ? ct.GetString() : null;
-        else template = File.Exists(Path.Combine(directory, "chat_template.jinja")) ? File.ReadAllText(Path.Combine(directory, "chat_template.jinja")) : null;
-        if (template is not null) meta.Add(new("tokenizer.chat_template", GgufValue.String(template)));
+        if (File.Exists(tokConfig))
+        {
+            using var tdoc = Parse(tokConfig);
+            var t = tdoc.RootElement;
+            foreach (var typ in new[] { "bos", "eos", "sep" })
+                if (t.TryGetProperty($"add_{typ}_token", out var v) && v.ValueKind is JsonValueKind.True or JsonValueKind.False)
+                    meta.Add(new($"tokenizer.ggml.add_{typ}_token", GgufValue.Bool(v.GetBoolean())));
+        }
+        meta.AddRange(ChatTemplateKeys.Read(directory)); // tokenizer_config's chat_template wins, then chat_template.jinja
     }
 
     private static JsonDocument Parse(string path)

@@ -5,7 +5,9 @@ namespace Converter.Numerics.Ggml;
 /// <summary>
 /// Straightforward scalar versions of ggml's reference quantizers (quantize_row_*_ref, the path llama-quantize
 /// takes without an importance matrix), operation for operation in the same float order so the bytes match.
-/// Slow; <see cref="GgmlQuantizer"/> is the fast path and is tested against this.
+/// IQ4_NL and IQ4_XS have no separate reference: this is what ggml_quantize_chunk (llama-quantize) runs for them
+/// without weights (quantize_iq4_nl / _xs with 7 trial scales; quantize_row_iq4_nl_ref, ggml's on-the-fly
+/// conversion, tries none and differs). Slow; <see cref="GgmlQuantizer"/> is the fast path and is tested against this.
 /// </summary>
 public static class GgmlReferenceQuantizer
 {
@@ -13,7 +15,7 @@ public static class GgmlReferenceQuantizer
     private const int QK_K = GgmlTypeInfo.QK_K;
     private const float GroupMaxEps = 1e-15f;
 
-    /// <summary>Quantizes whole blocks of <paramref name="x"/> into <paramref name="y"/> (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K).</summary>
+    /// <summary>Quantizes whole blocks of <paramref name="x"/> into <paramref name="y"/> (every block type <see cref="GgmlTypeInfo.CanQuantize"/> accepts).</summary>
     public static void Quantize(GgmlType type, ReadOnlySpan<float> x, Span<byte> y)
     {
         int block = GgmlTypeInfo.BlockSize(type), bytes = GgmlTypeInfo.BytesPerBlock(type);
@@ -30,6 +32,13 @@ public static class GgmlReferenceQuantizer
                 case GgmlType.Q4_K: Q4K(xb, yb); break;
                 case GgmlType.Q5_K: Q5K(xb, yb); break;
                 case GgmlType.Q6_K: Q6K(xb, yb); break;
+                case GgmlType.Q2_K: KQuantLowBits.Q2K(xb, yb, vector: false); break;
+                case GgmlType.Q3_K: KQuantLowBits.Q3K(xb, yb); break;
+                case GgmlType.Q4_1: LegacyQuants.Q4_1(xb, yb); break;
+                case GgmlType.Q5_0: LegacyQuants.Q5_0(xb, yb); break;
+                case GgmlType.Q5_1: LegacyQuants.Q5_1(xb, yb); break;
+                case GgmlType.IQ4_NL: Iq4Quants.Block(xb, yb, default, nl: true); break;
+                case GgmlType.IQ4_XS: Iq4Quants.Block(xb, yb, default, nl: false); break;
                 case GgmlType.MXFP4:
                     unsafe
                     {
@@ -73,132 +82,6 @@ public static class GgmlReferenceQuantizer
         }
     }
 
-    /// <summary>ggml's make_qkx2_quants with use_mad = false: weighted least-squares scale and min search.</summary>
-    internal static float MakeQkx2(int nmax, ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<byte> L,
-        out float theMin, float rmin, float rdelta, int nstep)
-    {
-        int n = x.Length;
-        Span<byte> laux = stackalloc byte[n];
-        float min = x[0], max = x[0];
-        float sumW = w[0];
-        float sumX = sumW * x[0];
-        for (int i = 1; i < n; i++)
-        {
-            if (x[i] < min) min = x[i];
-            if (x[i] > max) max = x[i];
-            sumW += w[i];
-            sumX += w[i] * x[i];
-        }
-        if (min > 0) min = 0;
-        if (max == min)
-        {
-            L.Slice(0, n).Clear();
-            theMin = -min;
-            return 0;
-        }
-        float iscale = nmax / (max - min);
-        float scale = 1 / iscale;
-        float bestError = 0;
-        for (int i = 0; i < n; i++)
-        {
-            int l = NearestInt(iscale * (x[i] - min));
-            L[i] = (byte)Math.Max(0, Math.Min(nmax, l));
-            float diff = scale * L[i] + min - x[i];
-            diff = diff * diff;
-            bestError += w[i] * diff;
-        }
-        for (int step = 0; step <= nstep; step++)
-        {
-            iscale = (rmin + rdelta * step + nmax) / (max - min);
-            float sumL = 0, sumL2 = 0, sumXL = 0;
-            for (int i = 0; i < n; i++)
-            {
-                int l = Math.Max(0, Math.Min(nmax, NearestInt(iscale * (x[i] - min))));
-                laux[i] = (byte)l;
-                sumL += w[i] * l;
-                sumL2 += w[i] * l * l;
-                sumXL += w[i] * l * x[i];
-            }
-            float D = sumW * sumL2 - sumL * sumL;
-            if (D > 0)
-            {
-                float thisScale = (sumW * sumXL - sumX * sumL) / D;
-                float thisMin = (sumL2 * sumX - sumL * sumXL) / D;
-                if (thisMin > 0)
-                {
-                    thisMin = 0;
-                    thisScale = sumXL / sumL2;
-                }
-                float curError = 0;
-                for (int i = 0; i < n; i++)
-                {
-                    float diff = thisScale * laux[i] + thisMin - x[i];
-                    diff = diff * diff;
-                    curError += w[i] * diff;
-                }
-                if (curError < bestError)
-                {
-                    laux.CopyTo(L);
-                    bestError = curError;
-                    scale = thisScale;
-                    min = thisMin;
-                }
-            }
-        }
-        theMin = -min;
-        return scale;
-    }
-
-    /// <summary>ggml's make_qx_quants with rmse_type 1 and no importance weights (w = x^2); L is biased by nmax.</summary>
-    internal static float MakeQx(int nmax, ReadOnlySpan<float> x, Span<sbyte> L)
-    {
-        int n = x.Length;
-        float max = 0, amax = 0;
-        for (int i = 0; i < n; i++)
-        {
-            float ax = MathF.Abs(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
-        if (amax < GroupMaxEps)
-        {
-            L.Slice(0, n).Clear();
-            return 0;
-        }
-        float iscale = -nmax / max;
-        float sumlx = 0, suml2 = 0;
-        for (int i = 0; i < n; i++)
-        {
-            int l = Math.Max(-nmax, Math.Min(nmax - 1, NearestInt(iscale * x[i])));
-            L[i] = (sbyte)(l + nmax);
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
-        float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
-        float best = scale * sumlx;
-        for (int step = -9; step <= 9; step++)
-        {
-            if (step == 0) continue;
-            iscale = -(nmax + 0.1f * step) / max;
-            sumlx = suml2 = 0;
-            for (int i = 0; i < n; i++)
-            {
-                int l = Math.Max(-nmax, Math.Min(nmax - 1, NearestInt(iscale * x[i])));
-                float w = x[i] * x[i];
-                sumlx += w * x[i] * l;
-                suml2 += w * l * l;
-            }
-            if (suml2 > 0 && sumlx * sumlx > best * suml2)
-            {
-                for (int i = 0; i < n; i++)
-                    L[i] = (sbyte)(nmax + Math.Max(-nmax, Math.Min(nmax - 1, NearestInt(iscale * x[i]))));
-                scale = sumlx / suml2;
-                best = scale * sumlx;
-            }
-        }
-        return scale;
-    }
-
     /// <summary>Q4_K and Q5_K share everything but the code width and the search grid.</summary>
     private static void KQuantScalesMins(ReadOnlySpan<float> x, int nmax, float rmin, float rdelta, int nstep,
         Span<byte> L, Span<byte> y)
@@ -214,7 +97,7 @@ public static class GgmlReferenceQuantizer
             for (int l = 0; l < 32; l++) sumX2 += xs[l] * xs[l];
             float avX = MathF.Sqrt(sumX2 / 32);
             for (int l = 0; l < 32; l++) weights[l] = avX + MathF.Abs(xs[l]);
-            scales[j] = MakeQkx2(nmax, xs, weights, L.Slice(32 * j, 32), out mins[j], rmin, rdelta, nstep);
+            scales[j] = GgmlSearch.MakeQkx(nmax, xs, weights, L.Slice(32 * j, 32), out mins[j], rmin, rdelta, nstep, useMad: false);
             if (scales[j] > maxScale) maxScale = scales[j];
             if (mins[j] > maxMin) maxMin = mins[j];
         }
@@ -250,6 +133,11 @@ public static class GgmlReferenceQuantizer
     {
         Span<byte> L = stackalloc byte[QK_K];
         KQuantScalesMins(x, 15, -1.0f, 0.1f, 20, L, y);
+        PackQ4K(L, y);
+    }
+
+    internal static void PackQ4K(ReadOnlySpan<byte> L, Span<byte> y)
+    {
         var qs = y.Slice(16, 128);
         for (int j = 0, o = 0; j < QK_K; j += 64, o += 32)
             for (int l = 0; l < 32; l++)
@@ -260,6 +148,11 @@ public static class GgmlReferenceQuantizer
     {
         Span<byte> L = stackalloc byte[QK_K];
         KQuantScalesMins(x, 31, -0.5f, 0.1f, 15, L, y);
+        PackQ5K(L, y);
+    }
+
+    internal static void PackQ5K(ReadOnlySpan<byte> L, Span<byte> y)
+    {
         var qh = y.Slice(16, 32);
         var ql = y.Slice(48, 128);
         qh.Clear();
@@ -286,11 +179,18 @@ public static class GgmlReferenceQuantizer
         float maxScale = 0, maxAbsScale = 0;
         for (int ib = 0; ib < 16; ib++)
         {
-            float scale = MakeQx(32, x.Slice(16 * ib, 16), L.Slice(16 * ib, 16));
+            float scale = GgmlSearch.MakeQx(32, x.Slice(16 * ib, 16), L.Slice(16 * ib, 16), default);
             scales[ib] = scale;
             float abs = MathF.Abs(scale);
             if (abs > maxAbsScale) { maxAbsScale = abs; maxScale = scale; }
         }
+        Q6KFinish(x, y, L, scales, maxScale, maxAbsScale);
+    }
+
+    /// <summary>Rounds the 16 sub-block scales to int8 against the largest, requantizes and packs (both Q6_K paths).</summary>
+    internal static void Q6KFinish(ReadOnlySpan<float> x, Span<byte> y, Span<sbyte> L, ReadOnlySpan<float> scales,
+        float maxScale, float maxAbsScale)
+    {
         if (maxAbsScale < GroupMaxEps)
         {
             y.Slice(0, 210).Clear();

@@ -2,7 +2,8 @@ namespace Converter.Numerics.Ggml;
 
 /// <summary>ggml tensor types (the numeric values are the on-disk GGUF type ids).</summary>
 /// <remarks>
-/// <see cref="GgmlQuantizer"/> converts to and from F32, F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K and MXFP4; the other
+/// <see cref="GgmlQuantizer"/> converts to and from F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K,
+/// Q5_K, Q6_K, IQ4_NL, IQ4_XS and MXFP4; the other
 /// members exist so that a GGUF reader can size and skip tensors of those types.
 /// </remarks>
 public enum GgmlType : uint
@@ -43,7 +44,9 @@ public static class GgmlTypeInfo
 
     /// <summary>True when <see cref="GgmlQuantizer"/> can produce and decode the type.</summary>
     public static bool CanQuantize(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
-        or GgmlType.Q4_0 or GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K or GgmlType.MXFP4;
+        or GgmlType.Q4_0 or GgmlType.Q4_1 or GgmlType.Q5_0 or GgmlType.Q5_1 or GgmlType.Q8_0
+        or GgmlType.Q2_K or GgmlType.Q3_K or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K
+        or GgmlType.IQ4_NL or GgmlType.IQ4_XS or GgmlType.MXFP4;
 
     /// <summary>Number of values in one block (1 for plain types).</summary>
     public static int BlockSize(GgmlType type) =>
