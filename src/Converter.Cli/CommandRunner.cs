@@ -1,5 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Help;
+using System.Runtime.InteropServices;
+using Converter.Staging;
 using Microsoft.Extensions.Logging;
 
 namespace Converter.Cli;
@@ -30,6 +32,39 @@ public static class CommandRunner
     public const string ExitCodesHelp =
         "Exit codes: 0 success, 1 a failed check, 2 bad input (usage, missing/corrupt/unsupported files, another model's golden), " +
         "3 internal error (stack trace with -v), 130 cancelled.";
+
+    /// <summary>The unit fault of <see cref="FaultInjectionVariable"/> (<c>after:N</c>, <c>kill-after:N</c>, <c>enospc-after:N</c>,
+    /// <c>cancel-after:N</c>; see <see cref="TestFault"/>), or null.</summary>
+    public static TestFault? UnitFault => TestFault.Parse(Environment.GetEnvironmentVariable(FaultInjectionVariable));
+
+    /// <summary>
+    /// Runs a command that writes an artifact: Ctrl-C (SIGINT) and SIGTERM cancel the token it is given, so its pipeline
+    /// stops at the next tensor, removes what it staged and the command exits 130; a second signal ends the process at
+    /// once (the next run to the same output removes what it left).
+    /// </summary>
+    public static int Run(ParseResult parse, Func<ILoggerFactory, CancellationToken, int> body, bool logToStandardError = false)
+    {
+        var error = parse.InvocationConfiguration.Error;
+        using var cancel = new CancellationTokenSource();
+        int signals = 0;
+        PosixSignalRegistration? Register(PosixSignal signal)
+        {
+            try
+            {
+                return PosixSignalRegistration.Create(signal, context =>
+                {
+                    if (Interlocked.Increment(ref signals) > 1) return; // the default action: terminate now
+                    context.Cancel = true;
+                    error.WriteLine($"{(signal == PosixSignal.SIGINT ? "interrupted" : "terminated")}: stopping after the current tensor and removing what was staged (again to stop at once)");
+                    cancel.Cancel();
+                });
+            }
+            catch (PlatformNotSupportedException) { return null; }
+        }
+        using var sigint = Register(PosixSignal.SIGINT);
+        using var sigterm = Register(PosixSignal.SIGTERM);
+        return Run(parse, loggers => body(loggers, cancel.Token), logToStandardError);
+    }
 
     /// <param name="logToStandardError">Log to stderr: for commands whose stdout is their result (golden prints the file written).</param>
     public static int Run(ParseResult parse, Func<ILoggerFactory, int> body, bool logToStandardError = false)

@@ -25,6 +25,7 @@ public static class ConverterApp
         root.Subcommands.Add(VerifyCommand.Create(factory));
         root.Subcommands.Add(ShardCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(CheckCommand.Create());
         AddExitCodes(root);
         return root;
     }

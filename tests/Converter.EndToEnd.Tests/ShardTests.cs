@@ -174,7 +174,7 @@ public class ShardTests : IDisposable
         Directory.GetDirectories(outDir, "rank-*").Should().HaveCount(2);
         Cli.Run("shard", TestData.Model("tiny-dsv3"), "-o", outDir, "--ranks", "4", "--overwrite", "-q").ExitCode.Should().Be(0);
         Directory.GetDirectories(outDir, "rank-*").Should().HaveCount(4);
-        Directory.GetDirectories(_tmp.Path, ".out.tmp-*").Should().BeEmpty("no staging folder is left behind");
+        Directory.GetFileSystemEntries(_tmp.Path, ".out*").Should().BeEmpty("no staging folder is left behind");
     }
 
     [Fact]

@@ -17,6 +17,7 @@ var benches = new Dictionary<string, (string Help, Func<string[], int> Run)>
     ["fp8-codec"] = ("FP8 block quantize (bf16->fp8) and dequantize (fp8->bf16) of a 7168x2048 weight, 1 and 2 threads, against Span copy", Fp8CodecBench.Run),
     ["decode"] = ("decode tokens/s at context 0/512/2k of a synthetic mid-size DeepSeek-V3, fp32 and int4: onnxruntime-genai with the KV cache, the full-sequence graph per token, llama.cpp", DecodeBench.Run),
     ["v4-prefill"] = ("DeepSeek-V4 prefill (512, 2k, 8k tokens) on ONNX Runtime: the sparse V4 attention against full attention, time and peak RSS", V4PrefillBench.Run),
+    ["hash"] = ("SHA-256, XXH64 and XXH3-64 throughput: the manifest and resume journal hash", HashBench.Run),
     ["fp4-codec"] = ("DeepSeek-V4 FP4 (1x32 E8M0) and FP8 (128x128 E8M0) quantize/dequantize of a 2048x4096 weight, 1 and 2 threads, against Span copy", Fp4CodecBench.Run),
 };
 if (args.Length == 0 || !benches.TryGetValue(args[0], out var bench))

@@ -36,7 +36,7 @@ public static class CalibrateCommand
         {
             dir, tokens, output, imatrix, batch, threads, hessians, noHessians, noComm, target, onnx, minTokens, budget, routingWeighted, overwrite,
         };
-        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var log = loggers.CreateLogger("calibrate");
             string? outDir = parse.GetValue(output), imatrixPath = parse.GetValue(imatrix);
@@ -44,8 +44,9 @@ public static class CalibrateCommand
             bool folder = outDir != null; // without a folder, only what the imatrix needs is computed
             var o = new CalibrateOptions(parse.GetValue(batch), parse.GetValue(threads), folder && parse.GetValue(hessians) && !parse.GetValue(noHessians),
                 folder && !parse.GetValue(noComm), parse.GetValue(overwrite), parse.GetValue(onnx), parse.GetValue(target), parse.GetValue(minTokens),
-                SizeParser.Parse(parse.GetValue(budget)!)) { RoutingWeighted = parse.GetValue(routingWeighted), ImatrixPath = imatrixPath };
-            var r = CalibratePipeline.Run(parse.GetValue(dir)!, parse.GetValue(tokens)!, outDir, o, log, GlobalOptions.CreateProgress(parse));
+                SizeParser.Parse(parse.GetValue(budget)!))
+            { RoutingWeighted = parse.GetValue(routingWeighted), ImatrixPath = imatrixPath, Fault = CommandRunner.UnitFault };
+            var r = CalibratePipeline.Run(parse.GetValue(dir)!, parse.GetValue(tokens)!, outDir, o, log, GlobalOptions.CreateProgress(parse), cancellation);
             log.LogInformation("{Tokens} tokens, {Layers} MoE layers, {Passes} pass(es), {Secs:F1} s, peak RSS {Rss}",
                 r.Data.Tokens, r.Data.TopK.Count, r.Passes, r.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture), ProcessStats.PeakRssText());
             if (r.OutputDirectory != null) Console.WriteLine(Path.Combine(r.OutputDirectory, CalibratePipeline.SummaryName));

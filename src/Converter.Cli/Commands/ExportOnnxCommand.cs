@@ -46,6 +46,7 @@ public static class ExportOnnxCommand
         };
         accuracy.AcceptOnlyFromAmong("0", "1", "2", "3", "4");
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output folder" };
+        var resume = new Option<bool>("--resume") { Description = ResumeHelp.Text };
         var diagnostics = new Option<bool>("--diagnostic-outputs")
         {
             Description = "Also expose every hidden state and each MoE layer's top-k expert ids as graph outputs",
@@ -58,9 +59,9 @@ public static class ExportOnnxCommand
         var combine = new Option<string?>("--combine") { Description = "Format of the combine traffic only (overrides --simulate-comm for combine)" };
         var cmd = new Command("onnx", "Export a checkpoint to ONNX (model-local attention/MoE functions, stock ONNX Runtime)")
         {
-            dir, output, weights, groupSize, asymmetric, targets, kvCache, accuracy, overwrite, diagnostics, simulate, dispatch, combine,
+            dir, output, weights, groupSize, asymmetric, targets, kvCache, accuracy, overwrite, resume, diagnostics, simulate, dispatch, combine,
         };
-        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var format = Enum.Parse<OnnxWeightFormat>(parse.GetValue(weights)!, ignoreCase: true);
             var both = parse.GetValue(simulate);
@@ -70,8 +71,11 @@ public static class ExportOnnxCommand
                 new OnnxExportOptions(format, parse.GetValue(overwrite), parse.GetValue(diagnostics),
                     Int4GroupSize: parse.GetValue(groupSize), Int4Symmetric: parse.GetValue(asymmetric) ? false : null,
                     Int4Targets: parse.GetValue(targets) == "all-linear" ? Int4Targets.AllLinear : Int4Targets.RoutedExperts,
-                    Comm: comm.Any ? comm : null) { KvCache = parse.GetValue(kvCache), Int4AccuracyLevel = int.Parse(parse.GetValue(accuracy)!) },
-                loggers.CreateLogger("export-onnx"), GlobalOptions.CreateProgress(parse));
+                    Comm: comm.Any ? comm : null) {
+                    KvCache = parse.GetValue(kvCache), Int4AccuracyLevel = int.Parse(parse.GetValue(accuracy)!),
+                    Resume = parse.GetValue(resume), Fault = CommandRunner.UnitFault,
+                },
+                loggers.CreateLogger("export-onnx"), GlobalOptions.CreateProgress(parse), cancellation);
             Console.WriteLine(result.ModelPath);
             return CommandRunner.Ok;
         }));

@@ -58,12 +58,13 @@ public static class GgufCommand
                           "quantized with its weights (per expert for 3-D expert tensors), as llama-quantize --imatrix; tensors without one are quantized without",
         };
         var force = new Option<bool>("--force") { Description = "Export even where llama.cpp cannot represent the checkpoint exactly" };
+        var resume = new Option<bool>("--resume") { Description = ResumeHelp.Text + " (not with --split-max-size/--split-max-tensors)" };
         var cmd = new Command("gguf", "Export a checkpoint to GGUF for llama.cpp (the family's llama.cpp architecture: deepseek2, qwen3moe, deepseek4; " +
                                       "llama-quantize's type mixes; ggml-exact quantizers; streaming, atomic)")
         {
-            dir, output, type, tensorType, outputType, embeddingType, pure, splitSize, splitTensors, dryRun, name, overwrite, force, imatrix,
+            dir, output, type, tensorType, outputType, embeddingType, pure, splitSize, splitTensors, dryRun, name, overwrite, force, imatrix, resume,
         };
-        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var log = loggers.CreateLogger("gguf");
             var q = GgufQuantization.Parse(parse.GetValue(type)!);
@@ -82,14 +83,17 @@ public static class GgufCommand
                 SplitMaxBytes = parse.GetValue(splitSize) is { } s ? SizeParser.Parse(s) : 0,
                 SplitMaxTensors = maxTensors ?? 0,
                 Imatrix = parse.GetValue(imatrix) is { } im ? (ImatrixFile.Read(im), im) : null,
+                Resume = parse.GetValue(resume),
+                Fault = CommandRunner.UnitFault,
             };
+            if (options.Resume && options.Split) throw new ArgumentException(GgufExportPipeline.ResumeWithSplitError);
             using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);
             if (parse.GetValue(dryRun))
             {
                 PrintTypes(src, options, parse.InvocationConfiguration.Output);
                 return CommandRunner.Ok;
             }
-            var result = GgufExportPipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse));
+            var result = GgufExportPipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse), cancellation);
             log.LogInformation("done: {Tensors} tensors in {Files} file(s), {GB:F3} GB, {Secs:F2} s, peak RSS {Rss}",
                 result.Tensors, result.Files.Count, result.BytesWritten / 1e9, result.Elapsed.TotalSeconds, ProcessStats.PeakRssText());
             return CommandRunner.Ok;

@@ -60,15 +60,15 @@ public static class GoldenCommand
                                         "layer slice by layer slice in ONNX Runtime) in the golden format verify reads");
         cmd.Arguments.Add(dir);
         foreach (var o in inputs.All.Concat([output, threads, overwrite])) cmd.Options.Add(o);
-        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var log = loggers.CreateLogger("golden");
             string modelDir = parse.GetValue(dir)!;
             var arch = ArchitectureRegistry.Load(modelDir);
             var tokens = inputs.Read(parse, arch.VocabSize, modelDir);
             var r = GoldenPipeline.Run(modelDir, tokens.Tokens, tokens.Sequences, tokens.Length, parse.GetValue(output)!,
-                new GoldenOptions(parse.GetValue(inputs.Batch), parse.GetValue(threads), inputs.Form(parse, arch.VocabSize), parse.GetValue(overwrite), tokens.Source),
-                log, GlobalOptions.CreateProgress(parse));
+                new GoldenOptions(parse.GetValue(inputs.Batch), parse.GetValue(threads), inputs.Form(parse, arch.VocabSize), parse.GetValue(overwrite), tokens.Source) { Fault = CommandRunner.UnitFault },
+                log, GlobalOptions.CreateProgress(parse), cancellation);
             log.LogInformation("{Seq} x {Len} tokens, {Slices} slices, {Bytes:N0} bytes ({Form}), {Secs:F1} s, peak RSS {Rss}",
                 r.Sequences, r.SequenceLength, r.Slices, r.FileBytes, r.Form, r.Elapsed.TotalSeconds, ProcessStats.PeakRssText());
             parse.InvocationConfiguration.Output.WriteLine(r.Path);

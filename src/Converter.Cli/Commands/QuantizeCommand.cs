@@ -37,11 +37,12 @@ public static class QuantizeCommand
         var minTokens = new Option<long>("--min-expert-tokens") { Description = "int4 gptq: experts with fewer calibration tokens fall back (gate/up: pooled Hessian, down: rtn)", DefaultValueFactory = _ => 128 };
         var maxShard = new Option<string>("--max-shard-size") { Description = "Largest shard, e.g. 5GB, 500MB", DefaultValueFactory = _ => "5GB" };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace the output folder if it exists" };
+        var resume = new Option<bool>("--resume") { Description = ResumeHelp.Text };
         var cmd = new Command("quantize", "Re-encode a checkpoint's weights (streaming, sharded, atomic)")
         {
-            dir, output, scheme, groupSize, method, calibration, symmetric, asymmetric, targets, include, exclude, damp, actOrder, gptqClip, minTokens, maxShard, overwrite,
+            dir, output, scheme, groupSize, method, calibration, symmetric, asymmetric, targets, include, exclude, damp, actOrder, gptqClip, minTokens, maxShard, overwrite, resume,
         };
-        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var log = loggers.CreateLogger("quantize");
             if (parse.GetValue(symmetric) && parse.GetValue(asymmetric))
@@ -60,9 +61,11 @@ public static class QuantizeCommand
                         ClipObjective = parse.GetValue(gptqClip) switch { "mse" => GptqClipObjective.Mse, "energy" => GptqClipObjective.InputEnergy, _ => GptqClipObjective.Saliency },
                     },
                 },
+                Resume = parse.GetValue(resume),
+                Fault = CommandRunner.UnitFault,
             };
             using var src = ModelCheckpoint.Open(parse.GetValue(dir)!);
-            var result = QuantizePipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse));
+            var result = QuantizePipeline.Run(src, options, log, GlobalOptions.CreateProgress(parse), cancellation);
             log.LogInformation("done: {Tensors} tensors, {Shards} shard(s), {GB:F3} GB, {Secs:F2} s, peak RSS {Rss}",
                 result.Tensors, result.Shards, result.BytesWritten / 1e9, result.Elapsed.TotalSeconds, ProcessStats.PeakRssText());
             return CommandRunner.Ok;

@@ -34,11 +34,12 @@ public static class ShardCommand
         onnxWeights.AcceptOnlyFromAmong("fp32", "fp8", "int4");
         var check = new Option<string?>("--check") { Description = "Instead of sharding: check a sharded output folder against --source byte for byte" };
         var source = new Option<string?>("--source") { Description = "With --check: the source model folder" };
+        var resume = new Option<bool>("--resume") { Description = ResumeHelp.Text };
         var cmd = new Command("shard", "Split routed experts across expert-parallel ranks (placement.json, one checkpoint per rank, load report)")
         {
-            dir, output, ranks, perNode, placement, calibration, redundant, heldOut, heldOutSeqs, maxShard, overwrite, onnx, onnxWeights, check, source,
+            dir, output, ranks, perNode, placement, calibration, redundant, heldOut, heldOutSeqs, maxShard, overwrite, onnx, onnxWeights, check, source, resume,
         };
-        cmd.SetAction(parse => CommandRunner.Run(parse, loggers =>
+        cmd.SetAction(parse => CommandRunner.Run(parse, (loggers, cancellation) =>
         {
             var log = loggers.CreateLogger("shard");
             if (parse.GetValue(check) is { } checkDir)
@@ -73,8 +74,9 @@ public static class ShardCommand
             }
             var result = ShardPipeline.Run(ckpt, plan, new ShardOptions(outDir, SizeParser.Parse(parse.GetValue(maxShard)!), parse.GetValue(overwrite),
                 report == null ? null : staging => report.Write(staging),
-                parse.GetValue(onnx) ? Enum.Parse<OnnxWeightFormat>(parse.GetValue(onnxWeights)!, ignoreCase: true) : null),
-                log, GlobalOptions.CreateProgress(parse));
+                parse.GetValue(onnx) ? Enum.Parse<OnnxWeightFormat>(parse.GetValue(onnxWeights)!, ignoreCase: true) : null)
+                { Resume = parse.GetValue(resume), Fault = CommandRunner.UnitFault },
+                log, GlobalOptions.CreateProgress(parse), cancellation);
             if (report != null)
             {
                 Console.WriteLine(report.ToMarkdown());

@@ -218,6 +218,7 @@ public static class VerifyCommand
             finally
             {
                 if (File.Exists(tmp)) File.Delete(tmp);
+                File.Delete(tmp + Converter.Staging.ArtifactManifest.SideSuffix);
             }
         }
         var kind = ArtifactRunnerFactory.Detect(reference);

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Converter.Formats.Gguf;
 using Converter.Models;
 using Converter.Numerics.Ggml;
+using Converter.Staging;
 using Microsoft.Extensions.Logging;
 
 namespace Converter.Pipelines;
@@ -23,6 +24,12 @@ public sealed record GgufExportOptions(string Output, GgufQuantization? Types = 
 
     /// <summary>Values read per slab of a large 2-D tensor (whole 128-row blocks, at least one).</summary>
     public long SlabValues { get; init; } = 1L << 24;
+
+    /// <summary>Continue an interrupted export to the same file from its last finished tensor (see <see cref="StagingArea"/>;
+    /// not with split output).</summary>
+    public bool Resume { get; init; }
+
+    public TestFault? Fault { get; init; }
 
     /// <summary>Write llama.cpp's split files with at most this many tensor bytes each (0: one file).</summary>
     public long SplitMaxBytes { get; init; }
@@ -81,10 +88,35 @@ public static class GgufExportPipeline
         return result;
     }
 
-    public static GgufExportResult Run(ModelCheckpoint src, GgufExportOptions options, ILogger log, IProgress<PipelineProgress>? progress = null)
+    /// <summary>Why <c>--resume</c> is refused with split output.</summary>
+    public const string ResumeWithSplitError =
+        "--resume cannot be combined with --split-max-size/--split-max-tensors: split output is not journaled; run again without --resume to start over";
+
+    public static GgufExportResult Run(ModelCheckpoint src, GgufExportOptions options, ILogger log, IProgress<PipelineProgress>? progress = null,
+        CancellationToken cancellation = default)
+    {
+        if (options.Split)
+        {
+            // The split writer stages its parts beside the destination and renames them together; it keeps no journal.
+            if (options.Resume) throw new ArgumentException(ResumeWithSplitError);
+            return Export(src, options, null, log, progress, cancellation);
+        }
+        using var staging = StagingArea.Begin(options.Output, new StagingOptions("export gguf", IsFile: true, Overwrite: options.Overwrite)
+        {
+            Resume = options.Resume, Fault = options.Fault,
+            Fingerprint = RunFingerprint.Of("export gguf", (options with { Output = "", Overwrite = false, Resume = false, Fault = null, Imatrix = null }).ToString() +
+                string.Concat(options.Quantization.Overrides.Select(o => $" --tensor-type {o.Pattern}={o.Type}")) +
+                (options.Imatrix is { } im ? " --imatrix " + Path.GetFullPath(im.Path) : ""), src.Directory),
+        }, log);
+        try { return Export(src, options, staging, log, progress, cancellation); }
+        catch (Exception e) when (staging.Explain(e) is var better && better != e) { throw better; }
+    }
+
+    private static GgufExportResult Export(ModelCheckpoint src, GgufExportOptions options, StagingArea? staging, ILogger log, IProgress<PipelineProgress>? progress,
+        CancellationToken cancellation)
     {
         var clock = Stopwatch.StartNew();
-        if (!options.Split && File.Exists(options.Output) && !options.Overwrite)
+        if (options.Split && File.Exists(options.Output) && !options.Overwrite)
             throw new IOException($"{options.Output}: already exists (use overwrite)");
         var plan = Plan(src, options.ModelName);
         if (plan.Inexact.Count > 0)
@@ -107,16 +139,30 @@ public static class GgufExportPipeline
 
         var importance = options.Imatrix is { } im ? new GgufImatrix(im.File, im.Path, plan.Tensors, types, log) : null;
 
-        using IGgufWriter writer = options.Split
+        // One file: written in place in the staging area (journal for --resume, manifest, removed on cancel or error).
+        // Split: the split writer's own temporary parts beside the destination, renamed together on commit, deleted otherwise.
+        using IGgufWriter writer = staging == null
             ? new GgufSplitWriter(GgufSplitWriter.PrefixOf(options.Output), options.SplitMaxBytes, options.SplitMaxTensors)
-            : new GgufWriter(options.Output);
+            : new GgufWriter(staging.Output, inPlace: true) { Journal = staging.Journal, Cancellation = cancellation };
         foreach (var (key, value) in plan.Metadata) writer.Add(key, value);
         writer.Add("general.quantization_version", GgufValue.UInt32(2));
         writer.Add("general.file_type", GgufValue.UInt32((uint)options.Quantization.FileType));
         importance?.AddKeys(writer);
         var sizes = new long[types.Length];
-        for (int i = 0; i < types.Length; i++) sizes[i] = writer.AddTensor(plan.Tensors[i].Name, plan.Tensors[i].Dimensions, types[i]).ByteSize;
-        writer.WriteHeader();
+        GgufTensorInfo? last = null;
+        for (int i = 0; i < types.Length; i++)
+        {
+            last = writer.AddTensor(plan.Tensors[i].Name, plan.Tensors[i].Dimensions, types[i]);
+            sizes[i] = last.ByteSize;
+        }
+        int first = 0;
+        if (staging != null && staging.Resumed)
+        {
+            first = ((GgufWriter)writer).Resume();
+            log.LogInformation("resume: {Kept} of {Count} tensors kept", first, types.Length);
+        }
+        else writer.WriteHeader();
+        staging?.Plan(last == null ? 0 : last.Offset + last.ByteSize);
         var files = writer is GgufSplitWriter split ? split.Paths : [Path.GetFullPath(options.Output)];
         if (options.Split)
         {
@@ -127,8 +173,11 @@ public static class GgufExportPipeline
 
         var source = new CheckpointSource(src, options.SlabValues);
         long bytes = 0;
-        for (int i = 0; i < types.Length; i++)
+        for (int i = 0; i < first; i++) bytes += sizes[i];
+        for (int i = first; i < types.Length; i++)
         {
+            if (staging != null) staging.Step(cancellation);
+            else cancellation.ThrowIfCancellationRequested();
             var t = plan.Tensors[i];
             writer.BeginTensor(t.Name);
             if (t.FixedType != null)
@@ -153,6 +202,7 @@ public static class GgufExportPipeline
                 long sliceRows = t.Dimensions.Length > 1 ? t.Dimensions[1] : 1, row = 0;
                 t.Produce(source, chunk =>
                 {
+                    cancellation.ThrowIfCancellationRequested();
                     if (chunk.Length % rowLength != 0)
                         throw new InvalidOperationException($"tensor '{t.Name}': a chunk of {chunk.Length} values is not whole rows of {rowLength}");
                     for (int at = 0; at < chunk.Length;)
@@ -178,6 +228,7 @@ public static class GgufExportPipeline
             progress?.Report(new PipelineProgress(i + 1, types.Length, bytes, t.Name));
         }
         writer.Commit();
+        staging?.Commit(cancellation);
         log.LogInformation("wrote {Bytes:F3} GB in {Secs:F1} s", bytes / 1e9, clock.Elapsed.TotalSeconds);
         return new GgufExportResult(options.Output, types.Length, bytes, clock.Elapsed, counts, files);
     }

@@ -3,6 +3,7 @@ using Converter.Formats.Onnx;
 using Converter.Models;
 using Converter.Decoder.Onnx;
 using Converter.Numerics.Int4;
+using Converter.Staging;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -49,6 +50,15 @@ public sealed record OnnxExportOptions(
 
     /// <summary>Benchmark baseline: sparse or compressed attention replaced by full causal attention (<see cref="OnnxDecoderOptions.FullAttentionBaseline"/>).</summary>
     public bool FullAttentionBaseline { get; init; }
+
+    /// <summary>Continue an interrupted export to the same folder from its last finished initializer (see <see cref="StagingArea"/>).</summary>
+    public bool Resume { get; init; }
+
+    public TestFault? Fault { get; init; }
+
+    /// <summary>The output is scratch inside a caller's own staging folder (layer slices, rank models): written in a
+    /// temporary folder renamed into place as before, without a staging folder, journal or manifest of its own.</summary>
+    public bool Scratch { get; init; }
 }
 
 public sealed record OnnxExportResult(string OutputDirectory, string ModelPath, long DataBytes, int Initializers,
@@ -73,6 +83,19 @@ public static class OnnxExportPipeline
         ILogger? logger = null, IProgress<PipelineProgress>? progress = null, CancellationToken cancellation = default)
     {
         logger ??= NullLogger.Instance;
+        if (options.Scratch) return Export(ckpt, outputDir, options, null, logger, progress, cancellation);
+        using var staging = StagingArea.Begin(outputDir, new StagingOptions("export onnx", Overwrite: options.Overwrite)
+        {
+            AcceptEmptyFolder = true, Resume = options.Resume, Fault = options.Fault,
+            Fingerprint = RunFingerprint.Of("export onnx", (options with { Overwrite = false, Resume = false, Fault = null }).ToString(), ckpt.Directory, options.ReuseFrom ?? ""),
+        }, logger);
+        try { return Export(ckpt, outputDir, options, staging, logger, progress, cancellation); }
+        catch (Exception e) when (staging.Explain(e) is var better && better != e) { throw better; }
+    }
+
+    private static OnnxExportResult Export(ModelCheckpoint ckpt, string outputDir, OnnxExportOptions options, StagingArea? staging,
+        ILogger logger, IProgress<PipelineProgress>? progress, CancellationToken cancellation)
+    {
         var clock = Stopwatch.StartNew();
         string modelDir = ckpt.Directory;
         var arch = ckpt.Architecture;
@@ -98,13 +121,26 @@ public static class OnnxExportPipeline
             logger.LogInformation("MatMulNBits accuracy_level {Level} on {Count} node(s)", options.Int4AccuracyLevel, n);
         }
         if (options.Comm is { Any: true }) logger.LogInformation("Simulating expert traffic: {Comm}", options.Comm);
-        using var writer = new OnnxExternalDataWriter(outputDir, options.Overwrite);
-        var weights = new OnnxWeightWriter(ckpt, scheme, options.SlabElements);
+        using var writer = staging == null ? new OnnxExternalDataWriter(outputDir, options.Overwrite)
+            : new OnnxExternalDataWriter(staging.Output, overwrite: true, inPlace: true) { Journal = staging.Journal, Cancellation = cancellation };
         int done = 0, reused = 0;
-        using var donor = options.ReuseFrom == null ? null : new OnnxExternalInitializers(options.ReuseFrom);
-        foreach (var p in export.Initializers)
+        if (staging != null)
         {
-            cancellation.ThrowIfCancellationRequested();
+            staging.Plan(export.Initializers.Sum(p => OnnxTensors.ByteLength(p.Type, p.Dims) + 64));
+            if (staging.Resumed)
+            {
+                done = writer.Resume(export.Initializers.Select(p => (p.Name, p.Type, p.Dims)).ToList());
+                foreach (var f in Directory.EnumerateFiles(staging.Output))
+                    if (Path.GetFileName(f) != OnnxExternalDataWriter.DataFileName) File.Delete(f); // side files are written again
+                logger.LogInformation("resume: {Kept} of {Count} initializers kept", done, export.Initializers.Count);
+            }
+        }
+        var weights = new OnnxWeightWriter(ckpt, scheme, options.SlabElements);
+        using var donor = options.ReuseFrom == null ? null : new OnnxExternalInitializers(options.ReuseFrom);
+        foreach (var p in export.Initializers.Skip(done))
+        {
+            if (staging != null) staging.Step(cancellation);
+            else cancellation.ThrowIfCancellationRequested();
             using (var sink = writer.Begin(p.Name, p.Type, p.Dims))
             {
                 if (donor != null && !Array.Exists(p.Tensors, arch.IsRoutedExpert)
@@ -132,10 +168,12 @@ public static class OnnxExportPipeline
         }
         long dataBytes = writer.DataBytes;
         writer.Commit(export.Model);
-        var modelPath = Path.Combine(writer.Destination, OnnxExternalDataWriter.ModelFileName);
+        staging?.Commit(cancellation);
+        var destination = staging?.Destination ?? writer.Destination;
+        var modelPath = Path.Combine(destination, OnnxExternalDataWriter.ModelFileName);
         logger.LogInformation("Wrote {Path}: {Count} initializers, {Bytes:N0} bytes of external data in {Secs:F1} s",
             modelPath, export.Initializers.Count, dataBytes, clock.Elapsed.TotalSeconds);
-        return new OnnxExportResult(writer.Destination, modelPath, dataBytes, export.Initializers.Count,
+        return new OnnxExportResult(destination, modelPath, dataBytes, export.Initializers.Count,
             export.HiddenStateOutputs, export.RoutingOutputs, clock.Elapsed);
     }
 

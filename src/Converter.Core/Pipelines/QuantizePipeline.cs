@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using Converter.Formats.Safetensors;
 using Converter.Models;
 using Converter.Numerics;
+using Converter.Staging;
 using Converter.Tensors;
 using Microsoft.Extensions.Logging;
 
@@ -16,6 +17,16 @@ public sealed record QuantizeOptions(QuantizeScheme Scheme, string Output, long 
 {
     /// <summary>Settings of <see cref="QuantizeScheme.Int4"/> (defaults when null).</summary>
     public Int4Options? Int4 { get; init; }
+
+    /// <summary>Continue an interrupted run to the same output (its finished shards are kept; see <see cref="StagingArea"/>).</summary>
+    public bool Resume { get; init; }
+
+    public TestFault? Fault { get; init; }
+
+    /// <summary>What a resume must find unchanged (the output, overwrite and resume themselves excluded).</summary>
+    internal string Fingerprint(string source) =>
+        RunFingerprint.Of("quantize", (this with { Output = "", Overwrite = false, Resume = false, Fault = null }).ToString(),
+            source, Int4?.Calibration ?? "");
 }
 
 public sealed record QuantizeResult(string Output, int Tensors, int Shards, long BytesWritten, TimeSpan Elapsed);
@@ -39,9 +50,22 @@ public static partial class QuantizePipeline
         public bool WritesAll { get; init; }
     }
 
-    public static QuantizeResult Run(ModelCheckpoint src, QuantizeOptions options, ILogger log, IProgress<PipelineProgress>? progress = null)
+    public static QuantizeResult Run(ModelCheckpoint src, QuantizeOptions options, ILogger log, IProgress<PipelineProgress>? progress = null,
+        CancellationToken cancellation = default)
     {
         var clock = Stopwatch.StartNew();
+        using var staging = StagingArea.Begin(options.Output, new StagingOptions("quantize", Overwrite: options.Overwrite)
+            { Resume = options.Resume, Fingerprint = options.Fingerprint(src.Directory), Fault = options.Fault }, log);
+        try
+        {
+            return Run(src, options, staging, log, progress, clock, cancellation);
+        }
+        catch (Exception e) when (staging.Explain(e) is var better && better != e) { throw better; }
+    }
+
+    private static QuantizeResult Run(ModelCheckpoint src, QuantizeOptions options, StagingArea staging, ILogger log, IProgress<PipelineProgress>? progress,
+        Stopwatch clock, CancellationToken cancellation)
+    {
         Int4Context? int4 = options.Scheme == QuantizeScheme.Int4 ? Int4Context.Create(src, options.Int4 ?? new Int4Options(), log) : null;
         using var int4Scope = int4;
         var jobs = int4 != null ? PlanInt4(src, int4) : Plan(src, options.Scheme);
@@ -55,12 +79,23 @@ public static partial class QuantizePipeline
         log.LogInformation("{Scheme}: {Jobs} tensors from {Dir} ({Bytes:F2} GB) to {Out}",
             options.Scheme, plan.Count, src.Directory, src.Tensors.TotalBytes / 1e9, options.Output);
 
-        using var writer = new SafetensorsWriter(options.Output, plan, options.MaxShardBytes, options.Overwrite);
+        using var writer = new SafetensorsWriter(staging.Output, plan, options.MaxShardBytes, overwrite: true, inPlace: true) { Journal = staging.Journal };
+        staging.Plan(plan.Sum(t => t.ByteLength));
+        int first = 0;
         long bytes = 0;
+        if (staging.Resumed)
+        {
+            int kept = writer.Resume();
+            // restart at the first job with a tensor outside the kept shards; the kept tensors it writes are discarded
+            while (first < jobs.Count && Tensors(jobs[first]).All(t => writer.IsKept(t.Name)))
+                bytes += Tensors(jobs[first++]).Sum(t => t.ByteLength);
+            log.LogInformation("resume: {Kept} of {Shards} shard(s) kept, restarting at tensor {First} of {Jobs}", kept, writer.ShardNames.Count, first + 1, jobs.Count);
+        }
         using (var queue = new WriteBehindQueue())
         {
-            for (int i = 0; i < jobs.Count; i++)
+            for (int i = first; i < jobs.Count; i++)
             {
+                staging.Step(cancellation);
                 var job = jobs[i];
                 if (job.WritesAll) queue.Drain(); // it writes through the writer itself, so everything before it must be out
                 else queue.BeginTensor(writer, job.Output.Name);
@@ -73,9 +108,12 @@ public static partial class QuantizePipeline
         WriteSideFiles(src, writer.StagingDirectory, options.Scheme, int4?.Config);
         int4?.LogSummary();
         writer.Commit();
+        staging.Commit(cancellation);
         log.LogInformation("wrote {Shards} shard(s), {Bytes:F2} GB in {Secs:F1} s", writer.ShardNames.Count, bytes / 1e9, clock.Elapsed.TotalSeconds);
         return new QuantizeResult(options.Output, plan.Count, writer.ShardNames.Count, bytes, clock.Elapsed);
     }
+
+    private static IEnumerable<TensorSpec> Tensors(Job j) => j.Scale == null ? [j.Output, .. j.Parts] : [j.Output, j.Scale, .. j.Parts];
 
     private static List<Job> Plan(ModelCheckpoint src, QuantizeScheme scheme)
     {
@@ -168,6 +206,7 @@ public static partial class QuantizePipeline
         var info = src.Tensors.Info(job.Source);
         output.Post(stream =>
         {
+            if (stream is not FileStream) return; // a tensor a resumed run already has
             using var handle = File.OpenHandle(info.File, FileMode.Open, FileAccess.Read, FileShare.Read);
             FileRangeCopy.Copy(handle, info.File, info.FileOffset, (FileStream)stream, info.ByteLength, new byte[1 << 20]);
         });
@@ -371,7 +410,7 @@ public static partial class QuantizePipeline
             var name = Path.GetFileName(file);
             if (name == "config.json" || name == SafetensorsCheckpoint.IndexFileName || name.EndsWith(".safetensors", StringComparison.Ordinal))
                 continue;
-            File.Copy(file, Path.Combine(staging, name));
+            File.Copy(file, Path.Combine(staging, name), overwrite: true); // a resumed run may have copied it already
         }
     }
 }

@@ -39,10 +39,10 @@ public static class ShardOnnxExport
     /// <param name="reuseFrom">An earlier rank's folder written by this method: the replicated weights (everything but the
     /// routed experts) are copied from its model.onnx.data instead of being converted again.</param>
     public static OnnxExportResult Write(ModelCheckpoint src, ExpertPlacement placement, int rank, string rankDir, OnnxWeightFormat weights, ILogger log,
-        string? reuseFrom = null)
+        string? reuseFrom = null, CancellationToken cancellation = default)
     {
         var tmp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(rankDir))!, "." + Path.GetFileName(rankDir) + ".onnx");
-        var result = OnnxExportPipeline.Run(src, tmp, new OnnxExportOptions(weights, Rank: LocalExperts(placement, rank, src.Architecture.NumLayers)) { ReuseFrom = reuseFrom }, log);
+        var result = OnnxExportPipeline.Run(src, tmp, new OnnxExportOptions(weights, Rank: LocalExperts(placement, rank, src.Architecture.NumLayers)) { ReuseFrom = reuseFrom, Scratch = true }, log, null, cancellation);
         try
         {
             foreach (var name in new[] { OnnxExternalDataWriter.ModelFileName, OnnxExternalDataWriter.DataFileName })

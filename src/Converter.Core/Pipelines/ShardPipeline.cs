@@ -5,6 +5,7 @@ using Converter.Formats.Safetensors;
 using Converter.Models;
 using Converter.Decoder.Onnx;
 using Converter.Sharding;
+using Converter.Staging;
 using Converter.Tensors;
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
@@ -14,7 +15,13 @@ namespace Converter.Pipelines;
 /// <param name="WriteExtras">Called with the staging folder before it is renamed, to add files beside placement.json (a load report).</param>
 /// <param name="Onnx">Also write each rank's ONNX model (<c>rank-XXXXX/model.onnx</c> + data) with these weights (fp32 or fp8); null: none.</param>
 public sealed record ShardOptions(string Output, long MaxShardBytes = 5_000_000_000, bool Overwrite = false, Action<string>? WriteExtras = null,
-    OnnxWeightFormat? Onnx = null);
+    OnnxWeightFormat? Onnx = null)
+{
+    /// <summary>Continue an interrupted run to the same output (each rank's finished shards are kept; see <see cref="StagingArea"/>).</summary>
+    public bool Resume { get; init; }
+
+    public TestFault? Fault { get; init; }
+}
 
 public sealed record ShardResult(string Output, int Ranks, int SourceTensors, long BytesRead, long BytesWritten, TimeSpan Elapsed);
 
@@ -44,14 +51,36 @@ public static class ShardPipeline
         return layer.Replicas[role.Expert].Select(r => r.Rank).ToArray();
     }
 
-    public static ShardResult Run(ModelCheckpoint src, ExpertPlacement placement, ShardOptions o, ILogger log, IProgress<PipelineProgress>? progress = null)
+    public static ShardResult Run(ModelCheckpoint src, ExpertPlacement placement, ShardOptions o, ILogger log, IProgress<PipelineProgress>? progress = null,
+        CancellationToken cancellation = default)
     {
-        var clock = Stopwatch.StartNew();
         PlacementJson.CheckMatches(placement, src.Architecture, "placement");
         if (o.Onnx != null) ShardOnnxExport.Check(src);
-        var dest = Path.GetFullPath(o.Output);
-        if (File.Exists(dest)) throw new IOException($"{dest}: a file is in the way of the output folder");
-        if (Directory.Exists(dest) && !o.Overwrite) throw new IOException($"{dest}: output folder already exists (use --overwrite to replace it)");
+        using var staging = StagingArea.Begin(o.Output, new StagingOptions("shard", Overwrite: o.Overwrite)
+        {
+            Resume = o.Resume, Fault = o.Fault,
+            Fingerprint = RunFingerprint.Of("shard", $"{placement.Label} {PlacementFingerprint(placement)} {o.MaxShardBytes} {o.Onnx}", src.Directory),
+        }, log);
+        try { return Run(src, placement, o, staging, log, progress, cancellation); }
+        catch (Exception e) when (staging.Explain(e) is var better && better != e) { throw better; }
+    }
+
+    private static string PlacementFingerprint(ExpertPlacement p)
+    {
+        var path = Path.GetTempFileName();
+        try
+        {
+            PlacementJson.Write(p, path);
+            return Convert.ToHexStringLower(System.IO.Hashing.XxHash3.Hash(File.ReadAllBytes(path)));
+        }
+        finally { File.Delete(path); }
+    }
+
+    private static ShardResult Run(ModelCheckpoint src, ExpertPlacement placement, ShardOptions o, StagingArea stagingArea, ILogger log,
+        IProgress<PipelineProgress>? progress, CancellationToken cancellation)
+    {
+        var clock = Stopwatch.StartNew();
+        var dest = stagingArea.Destination;
 
         var names = src.Tensors.Names;
         var targets = new int[names.Count][];
@@ -66,11 +95,9 @@ public static class ShardPipeline
         log.LogInformation("{Label}: {Tensors} tensors from {Dir} ({GB:F2} GB) to {Ranks} ranks in {Out}",
             placement.Label, names.Count, src.Directory, src.Tensors.TotalBytes / 1e9, placement.Ranks, dest);
 
-        var parent = Path.GetDirectoryName(dest)!;
-        Directory.CreateDirectory(parent);
-        var staging = Path.Combine(parent, "." + Path.GetFileName(dest) + ".tmp-" + Environment.ProcessId);
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
+        var staging = stagingArea.Output;
         Directory.CreateDirectory(staging);
+        stagingArea.Plan(plans.Sum(p => p.Sum(t => t.ByteLength)));
         var writers = new SafetensorsWriter?[placement.Ranks];
         var handles = new Dictionary<string, SafeFileHandle>(StringComparer.Ordinal);
         // Tensor bytes go file to file in the kernel (copy_file_range) where it can; otherwise through this one buffer.
@@ -79,10 +106,21 @@ public static class ShardPipeline
         try
         {
             for (int r = 0; r < placement.Ranks; r++)
-                writers[r] = new SafetensorsWriter(Path.Combine(staging, RankFolderName(r)), plans[r], o.MaxShardBytes, overwrite: false);
-            var streams = new Stream[placement.Ranks];
-            for (int i = 0; i < names.Count; i++)
+                writers[r] = new SafetensorsWriter(Path.Combine(staging, RankFolderName(r)), plans[r], o.MaxShardBytes, overwrite: true, inPlace: true)
+                    { Journal = stagingArea.Journal, JournalPrefix = RankFolderName(r) + "/" };
+            int first = 0;
+            if (stagingArea.Resumed)
             {
+                int kept = writers.Sum(w => w!.Resume());
+                // restart at the first source tensor some rank still needs; ranks that kept it discard its bytes
+                while (first < names.Count && targets[first].All(r => writers[r]!.IsKept(names[first]))) first++;
+                log.LogInformation("resume: {Kept} shard(s) kept, restarting at source tensor {First} of {Count}", kept, first + 1, names.Count);
+                foreach (var f in Directory.EnumerateFiles(staging)) File.Delete(f);
+            }
+            var streams = new Stream[placement.Ranks];
+            for (int i = first; i < names.Count; i++)
+            {
+                stagingArea.Step(cancellation);
                 var ranks = targets[i];
                 for (int k = 0; k < ranks.Length; k++) streams[k] = writers[ranks[k]]!.BeginTensor(names[i], out _);
                 var info = src.Tensors.Info(names[i]);
@@ -90,7 +128,7 @@ public static class ShardPipeline
                     handles[info.File] = handle = File.OpenHandle(info.File, FileMode.Open, FileAccess.Read, FileShare.Read);
                 long length = info.ByteLength;
                 for (int k = 0; k < ranks.Length; k++)
-                    FileRangeCopy.Copy(handle, info.File, info.FileOffset, (FileStream)streams[k], length, slab);
+                    if (streams[k] is FileStream file) FileRangeCopy.Copy(handle, info.File, info.FileOffset, file, length, slab); // else kept by a resume
                 read += length;
                 written += length * ranks.Length;
                 progress?.Report(new PipelineProgress(i + 1, names.Count, written, names[i]));
@@ -103,26 +141,20 @@ public static class ShardPipeline
             if (o.Onnx is { } weights)
                 for (int r = 0; r < placement.Ranks; r++)
                 {
+                    stagingArea.Step(cancellation);
                     var onnx = ShardOnnxExport.Write(src, placement, r, Path.Combine(staging, RankFolderName(r)), weights, log,
-                        reuseFrom: r == 0 ? null : Path.Combine(staging, RankFolderName(0))); // replicated weights converted once
+                        reuseFrom: r == 0 ? null : Path.Combine(staging, RankFolderName(0)), cancellation); // replicated weights converted once
                     written += onnx.DataBytes;
                     log.LogInformation("rank {Rank}: model.onnx ({MB:F1} MB of {Weights} weights)", r, onnx.DataBytes / 1e6, weights.ToString().ToLowerInvariant());
                 }
             PlacementJson.Write(placement, Path.Combine(staging, PlacementJson.FileName));
             o.WriteExtras?.Invoke(staging);
-            if (Directory.Exists(dest))
-            {
-                if (!o.Overwrite) throw new IOException($"{dest}: output folder appeared while writing");
-                Directory.Delete(dest, true);
-            }
-            Directory.Move(staging, dest);
+            stagingArea.Commit(cancellation);
         }
         finally
         {
             foreach (var w in writers) w?.Dispose();
             foreach (var h in handles.Values) h.Dispose();
-            if (Directory.Exists(staging))
-                try { Directory.Delete(staging, true); } catch (IOException) { }
         }
         log.LogInformation("wrote {Ranks} ranks, {GB:F2} GB in {Secs:F1} s", placement.Ranks, written / 1e9, clock.Elapsed.TotalSeconds);
         return new ShardResult(dest, placement.Ranks, names.Count, read, written, clock.Elapsed);
@@ -135,7 +167,7 @@ public static class ShardPipeline
         {
             var name = Path.GetFileName(file);
             if (name == SafetensorsCheckpoint.IndexFileName || name.EndsWith(".safetensors", StringComparison.Ordinal)) continue;
-            File.Copy(file, Path.Combine(staging, name));
+            File.Copy(file, Path.Combine(staging, name), overwrite: true); // a resumed run may have copied it already
         }
         var layers = new JsonObject();
         foreach (var l in p.Layers)

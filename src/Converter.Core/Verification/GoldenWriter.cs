@@ -112,7 +112,7 @@ public sealed class GoldenWriter : IDisposable
         var headerBytes = SafetensorsHeader.Build(header, meta);
         var dir = System.IO.Path.GetDirectoryName(_path)!;
         Directory.CreateDirectory(dir);
-        _temp = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(_path)}.tmp-{Environment.ProcessId}");
+        _temp = System.IO.Path.Combine(dir, Staging.StagingNames.For(_path));
         _file = File.OpenHandle(_temp, FileMode.Create, FileAccess.ReadWrite, FileShare.None, FileOptions.None, 8 + headerBytes.Length + offset);
         var len = new byte[8];
         System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(len, headerBytes.Length);

@@ -10,6 +10,7 @@ using Converter.Models;
 using Converter.Decoder.Onnx;
 using Converter.Pipelines;
 using Converter.Tensors;
+using Converter.Staging;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.ML.OnnxRuntime;
@@ -30,6 +31,8 @@ public sealed record CalibrateOptions(int Batch = 8, int Threads = 0, bool Hessi
     bool Overwrite = false, string? OnnxDir = null, double TargetSnrDb = 40, long MinExpertTokens = 128,
     long MemoryBudgetBytes = 4L << 30)
 {
+    public Converter.Staging.TestFault? Fault { get; init; }
+
     /// <summary>Weight each token's row in a routed expert's Hessians by its squared routing weight g_t^2 (the expert's
     /// output enters the layer output as g_t * y): GPTQ then minimises the error of the expert's contribution. Off by default:
     /// on tiny-dsv3's validation split it did not lower GPTQ's kl_mean (README, "INT4 accuracy").</summary>
@@ -100,12 +103,12 @@ public static class CalibratePipeline
         if (Directory.Exists(dest) && !o.Overwrite && outputDir != null) throw new IOException($"{dest} exists (use --overwrite)");
         var imatrix = imatrixPath != null ? new ImatrixAccumulator() : null;
 
-        string staging = dest + $".partial-{Environment.ProcessId}";
-        string work = dest + $".work-{Environment.ProcessId}"; // layer slices and hidden states, beside the output: they can be large
+        using var area = StagingArea.Begin(dest, new StagingOptions("calibrate", Overwrite: o.Overwrite) { Fault = o.Fault }, logger);
+        string staging = area.Output;
+        string work = Path.Combine(area.Root, "work"); // layer slices and hidden states, beside the output: they can be large
         try
         {
             if (o.OnnxDir != null) CheckOnnxConfig(o.OnnxDir, arch);
-            if (Directory.Exists(staging)) Directory.Delete(staging, true);
             Directory.CreateDirectory(staging);
 
             int k = block0.TopK, e = block0.Experts, h = arch.HiddenSize, mi = checked((int)block0.ExpertIntermediate);
@@ -184,7 +187,7 @@ public static class CalibratePipeline
                         Begin(ranges);
                         for (int b0 = 0; b0 < sequences; b0 += o.Batch)
                         {
-                            cancellation.ThrowIfCancellationRequested();
+                            area.Step(cancellation);
                             int nb = Math.Min(o.Batch, sequences - b0);
                             var (outs, _) = runner.Run(tokens.AsSpan(b0 * seqLen, nb * seqLen), null, nb, seqLen, layers);
                             foreach (var r in ranges)
@@ -215,7 +218,6 @@ public static class CalibratePipeline
             // the larger of the two, not their sum.
             int RunLayerByLayer()
             {
-                if (Directory.Exists(work)) Directory.Delete(work, true); // left by a killed run of the same pid
                 Directory.CreateDirectory(work);
                 HiddenStateFile? hin = null, hout = null;
                 int prevEnd = 0, count = 0;
@@ -227,7 +229,7 @@ public static class CalibratePipeline
                         var slice = new OnnxLayerSlice(prevEnd, layer + 1);
                         string sliceDir = Path.Combine(work, $"slice-{slice.First}-{layer}");
                         logger.LogInformation("Exporting {Slice} to ONNX (fp32) in {Dir}", slice, sliceDir);
-                        OnnxExportPipeline.Run(ckpt, sliceDir, new OnnxExportOptions(Slice: slice), NullLogger.Instance, null, cancellation);
+                        OnnxExportPipeline.Run(ckpt, sliceDir, new OnnxExportOptions(Slice: slice) { Scratch = true }, NullLogger.Instance, null, cancellation);
                         hout = layer == moeLayers[^1] ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{layer}.f32"), tokenCount, h);
                         using var moeIn = new HiddenStateFile(Path.Combine(work, $"moe-input.layer{layer}.f32"), tokenCount, h);
                         // the imatrix's attention (and dense MLP) inputs, recomputed from each layer's input hidden state
@@ -246,7 +248,7 @@ public static class CalibratePipeline
                         {
                             for (int b0 = 0; b0 < sequences; b0 += o.Batch)
                             {
-                                cancellation.ThrowIfCancellationRequested();
+                                area.Step(cancellation);
                                 int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
                                 var hb = hin?.Read((long)b0 * seqLen, rows);
                                 var (outs, next) = tap.Run(tokens.AsSpan(b0 * seqLen, rows), hb, nb, seqLen, [layer],
@@ -273,7 +275,7 @@ public static class CalibratePipeline
                             Begin([r]);
                             for (int b0 = 0; b0 < sequences; b0 += o.Batch)
                             {
-                                cancellation.ThrowIfCancellationRequested();
+                                area.Step(cancellation);
                                 int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
                                 var route = Array.ConvertAll(topk[layer][(b0 * seqLen * k)..((b0 * seqLen + rows) * k)], v => (long)v);
                                 Feed(r, (moeIn.Read((long)b0 * seqLen, rows), route), b0, nb);
@@ -315,16 +317,12 @@ public static class CalibratePipeline
             }
             File.WriteAllText(Path.Combine(staging, SummaryName), Summary(data, moeLayers, modelName, o, plan, runs, comm));
 
-            if (Directory.Exists(dest)) Directory.Delete(dest, true);
-            Directory.Move(staging, dest);
+            if (Directory.Exists(work)) Directory.Delete(work, true); // freed before the manifest reads the output
+            area.Commit(cancellation);
             logger.LogInformation("Wrote {Dir} in {Secs:F1} s", dest, clock.Elapsed.TotalSeconds);
             return new CalibrateResult(dest, data, runs, comm, clock.Elapsed) { Imatrix = imatrixPath };
         }
-        finally
-        {
-            if (Directory.Exists(staging)) Directory.Delete(staging, true);
-            if (Directory.Exists(work)) Directory.Delete(work, true);
-        }
+        catch (Exception e) when (area.Explain(e) is var better && better != e) { throw better; }
     }
 
     /// <summary>

@@ -6,6 +6,7 @@ using Converter.Models;
 using Converter.Pipelines;
 using Converter.Runtime.Calibration;
 using Converter.Verification;
+using Converter.Staging;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.ML.OnnxRuntime;
@@ -18,7 +19,10 @@ namespace Converter.Runtime.Golden;
 /// <param name="Threads">ONNX Runtime intra-op threads (0: its choice).</param>
 /// <param name="Form">Full or compact logits; null: full for vocabularies up to <see cref="GoldenLogitsForm.FullByDefaultUpTo"/>.</param>
 /// <param name="TokensSource">What the tokens are (a file, text), for the golden's metadata.</param>
-public sealed record GoldenOptions(int Batch = 8, int Threads = 0, GoldenLogitsForm? Form = null, bool Overwrite = false, string? TokensSource = null);
+public sealed record GoldenOptions(int Batch = 8, int Threads = 0, GoldenLogitsForm? Form = null, bool Overwrite = false, string? TokensSource = null)
+{
+    public Converter.Staging.TestFault? Fault { get; init; }
+}
 
 public sealed record GoldenResult(string Path, int Sequences, int SequenceLength, int Vocab, GoldenLogitsForm Form, long FileBytes,
     int Slices, int RoutingDisagreements, TimeSpan Elapsed);
@@ -76,17 +80,16 @@ public static class GoldenPipeline
             identity.Model, arch.ModelType, layers, v, sequences, seqLen, slices.Count, form);
 
         string dest = Path.GetFullPath(outputPath);
-        if (File.Exists(dest) && !o.Overwrite) throw new IOException($"{dest} exists (use --overwrite)");
-        string work = dest + $".work-{Environment.ProcessId}";
+        using var area = StagingArea.Begin(dest, new StagingOptions("golden", IsFile: true, Overwrite: o.Overwrite) { Fault = o.Fault }, logger);
+        string work = Path.Combine(area.Root, "work");
         var topk = new int[moeLayers.Length * sequences * seqLen * k];
         var margin = new float[moeLayers.Length * sequences * seqLen];
         var hidden0 = new Dictionary<string, float[]>(StringComparer.Ordinal);
         int disagreements = 0, batches = (sequences + o.Batch - 1) / o.Batch, step = 0;
         try
         {
-            if (Directory.Exists(work)) Directory.Delete(work, true);
             Directory.CreateDirectory(work);
-            using var writer = new GoldenWriter(dest, tokens, sequences, seqLen, v, form, identity, layers + 1, h, moeLayers.Length, k, o.Overwrite, residual);
+            using var writer = new GoldenWriter(area.Output, tokens, sequences, seqLen, v, form, identity, layers + 1, h, moeLayers.Length, k, o.Overwrite, residual);
             HiddenStateFile? hin = null, hout = null;
             long rowsTotal = (long)sequences * seqLen;
             try
@@ -95,7 +98,7 @@ public static class GoldenPipeline
                 {
                     string sliceDir = Path.Combine(work, $"slice-{slice.First}-{slice.End - 1}");
                     logger.LogInformation("Exporting {Slice}{Head} to ONNX (fp32)", slice, slice.Head ? " with the head" : "");
-                    OnnxExportPipeline.Run(ckpt, sliceDir, new OnnxExportOptions(Slice: slice), NullLogger.Instance, null, cancellation);
+                    OnnxExportPipeline.Run(ckpt, sliceDir, new OnnxExportOptions(Slice: slice) { Scratch = true }, NullLogger.Instance, null, cancellation);
                     hout = slice.Head ? null : new HiddenStateFile(Path.Combine(work, $"hidden.layer{slice.End - 1}.f32"), rowsTotal, width);
                     var routers = new Dictionary<int, (float[] W, float[]? Bias, RoutingRule Rule)>();
                     using (var run = new SliceSession(sliceDir, o.Threads, streamDims, h))
@@ -107,7 +110,7 @@ public static class GoldenPipeline
                         }
                         for (int b0 = 0; b0 < sequences; b0 += o.Batch)
                         {
-                            cancellation.ThrowIfCancellationRequested();
+                            area.Step(cancellation);
                             int nb = Math.Min(o.Batch, sequences - b0), rows = nb * seqLen;
                             var outs = run.Run(tokens.AsSpan(b0 * seqLen, rows), hin?.Read((long)b0 * seqLen, rows), nb, seqLen, wantHidden: b0 == 0);
                             if (hout != null) hout.Write((long)b0 * seqLen, outs.Output);
@@ -158,11 +161,10 @@ public static class GoldenPipeline
             }
             if (moeLayers.Length > 0) writer.SetRouting(topk, margin);
             writer.Commit();
+            Directory.Delete(work, true);
+            area.Commit(cancellation);
         }
-        finally
-        {
-            if (Directory.Exists(work)) Directory.Delete(work, true);
-        }
+        catch (Exception e) when (area.Explain(e) is var better && better != e) { throw better; }
         if (disagreements > 0)
             logger.LogInformation("{Count} (layer, position) routing choices of ONNX Runtime (float32) differ from the float64 selection: near-ties, " +
                                   "their margins are below 1e-4 or close to it", disagreements);

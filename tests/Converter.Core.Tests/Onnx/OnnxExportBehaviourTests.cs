@@ -83,9 +83,9 @@ public class OnnxExportBehaviourTests(ITestOutputHelper log)
         LogitStats.Compare(outs.Logits, golden.Logits.AsSpan(0, 2 * 128 * 256).ToArray(), 256).MaxAbs.Should().BeLessThan(1e-3);
         outs.HiddenStates!.Length.Should().Be(5);
         outs.RoutingTopK!.Length.Should().Be(3);
-        // No diagnostic copy of the model is left beside the export: only the model and its serving files.
+        // No diagnostic copy of the model is left beside the export: only the model, its serving files and the manifest.
         Directory.GetFiles(export.OutputDirectory).Select(Path.GetFileName).Should().BeEquivalentTo(
-            ["model.onnx", "model.onnx.data", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]);
+            ["manifest.json", "model.onnx", "model.onnx.data", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]);
     }
 
     [Fact]

@@ -1,7 +1,9 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
+using System.IO.Hashing;
 using Converter.Numerics.Ggml;
+using Converter.Staging;
 using Converter.Tensors;
 
 namespace Converter.Formats.Gguf;
@@ -10,7 +12,9 @@ namespace Converter.Formats.Gguf;
 /// Streaming GGUF v3 writer. Metadata and every tensor's name, shape and type are declared first (so the header,
 /// with all offsets, can be written before any data); then tensor data is written tensor by tensor in declaration
 /// order, each checked for its exact byte count. Output goes to a temporary file in the target directory that
-/// <see cref="Commit"/> renames into place; disposing without committing deletes it.
+/// <see cref="Commit"/> renames into place; disposing without committing deletes it. In place (<c>inPlace</c>), the
+/// path is already private (<see cref="StagingArea.Output"/>): the file is written there, each finished tensor is recorded
+/// in <see cref="Journal"/> with the XXH3 of its bytes, and <see cref="Resume"/> keeps the tensors an interrupted run finished.
 /// </summary>
 public sealed class GgufWriter : IGgufWriter
 {
@@ -32,16 +36,57 @@ public sealed class GgufWriter : IGgufWriter
     private int _nextTensor;        // next tensor expected by BeginTensor
     private long _currentWritten;
     private byte[]? _quantBuffer;
+    private readonly bool _inPlace;
+    private long _dataStart;
+    private readonly XxHash3 _tensorHash = new();
 
-    public GgufWriter(string path, uint alignment = GgufFormat.DefaultAlignment)
+    /// <summary>Records each finished tensor (in place only).</summary>
+    public ResumeJournal? Journal { get; init; }
+
+    /// <summary>Checked at every piece written: a stack of expert tensors stops within a piece of Ctrl-C.</summary>
+    public CancellationToken Cancellation { get; init; }
+
+    public GgufWriter(string path, uint alignment = GgufFormat.DefaultAlignment, bool inPlace = false)
     {
         if (!GgufFormat.IsValidAlignment(alignment)) throw new ArgumentException($"alignment {alignment} is not a power of two", nameof(alignment));
         _path = System.IO.Path.GetFullPath(path);
         _alignment = alignment;
+        _inPlace = inPlace;
         string dir = System.IO.Path.GetDirectoryName(_path)!;
         Directory.CreateDirectory(dir);
-        _tempPath = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(_path)}.{Guid.NewGuid():N}.tmp");
-        _file = new FileStream(_tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+        _tempPath = inPlace ? _path : System.IO.Path.Combine(dir, StagingNames.For(_path));
+        _file = new FileStream(_tempPath, inPlace ? FileMode.OpenOrCreate : FileMode.CreateNew, FileAccess.Write, FileShare.Read, 1 << 20);
+    }
+
+    /// <summary>
+    /// In place, after every tensor is declared: writes the header, keeps the leading tensors that <see cref="Journal"/>
+    /// lists whose bytes on disk still hash the same, cuts the file after them and returns how many were kept; the
+    /// caller writes from that tensor on.
+    /// </summary>
+    public int Resume()
+    {
+        if (!_inPlace || Journal == null) throw new InvalidOperationException("resume needs an in-place writer with a journal");
+        long onDisk = _file!.Length;
+        WriteHeader(keepData: true);
+        string file = System.IO.Path.GetFileName(_path);
+        int kept = 0;
+        var units = Journal.Units;
+        _file.Flush();
+        while (kept < _tensors.Count && kept < units.Count)
+        {
+            var t = _tensors[kept];
+            var u = units[kept];
+            long at = _dataStart + t.Offset;
+            if (u.Name != t.Name || u.File != file || u.Offset != at || u.Length != t.ByteSize || at + t.ByteSize > onDisk
+                || ContentHash.OfRange(_tempPath, at, t.ByteSize) != u.Hash) break;
+            kept++;
+        }
+        Journal.TruncateTo(kept);
+        long end = kept == 0 ? _dataStart : _dataStart + GgufFormat.AlignUp(_tensors[kept - 1].Offset + _tensors[kept - 1].ByteSize, _alignment);
+        _file.SetLength(end);
+        _file.Seek(end, SeekOrigin.Begin);
+        _nextTensor = kept;
+        return kept;
     }
 
 
@@ -84,7 +129,9 @@ public sealed class GgufWriter : IGgufWriter
     }
 
     /// <summary>Writes magic, counts, metadata and tensor infos; called implicitly by the first data write.</summary>
-    public void WriteHeader()
+    public void WriteHeader() => WriteHeader(keepData: false);
+
+    private void WriteHeader(bool keepData)
     {
         EnsureDeclaring();
         var metadata = new List<KeyValuePair<string, GgufValue>>(_metadata);
@@ -111,8 +158,11 @@ public sealed class GgufWriter : IGgufWriter
             PutU64(buf, (ulong)t.Offset);
         }
         var file = _file!;
+        file.Seek(0, SeekOrigin.Begin);
         file.Write(buf.WrittenSpan);
         WritePadding(file, file.Position);
+        _dataStart = file.Position;
+        if (!keepData) file.SetLength(_dataStart);
         _headerWritten = true;
     }
 
@@ -127,15 +177,18 @@ public sealed class GgufWriter : IGgufWriter
             throw new InvalidOperationException($"tensor '{name}' written out of order: expected '{_tensors[_nextTensor].Name}'");
         _current = _nextTensor++;
         _currentWritten = 0;
+        _tensorHash.Reset();
     }
 
     /// <summary>Appends raw ggml bytes to the current tensor.</summary>
     public void WriteTensorData(ReadOnlySpan<byte> data)
     {
+        Cancellation.ThrowIfCancellationRequested();
         var t = CurrentTensor();
         if (_currentWritten + data.Length > t.ByteSize)
             throw new InvalidOperationException($"tensor '{t.Name}': {_currentWritten + data.Length} bytes written, declared {t.ByteSize}");
         _splice.Write(_file!, data);
+        if (Journal != null) _tensorHash.Append(data);
         _currentWritten += data.Length;
     }
 
@@ -172,6 +225,12 @@ public sealed class GgufWriter : IGgufWriter
         if (_currentWritten != t.ByteSize)
             throw new InvalidOperationException($"tensor '{t.Name}': {_currentWritten} bytes written, declared {t.ByteSize}");
         WritePadding(_file!, _currentWritten);
+        if (Journal != null)
+        {
+            _file!.Flush(); // to the kernel: what a kill -9 leaves is on disk before the journal says it is done
+            Journal.Completed(new JournalUnit(t.Name, System.IO.Path.GetFileName(_path), _dataStart + t.Offset, t.ByteSize,
+                Convert.ToHexStringLower(_tensorHash.GetCurrentHash())));
+        }
         _current = -1;
     }
 
@@ -212,11 +271,11 @@ public sealed class GgufWriter : IGgufWriter
         _file = null;
     }
 
-    /// <summary>The second half of <see cref="Commit"/>: renames the completed file into place.</summary>
+    /// <summary>The second half of <see cref="Commit"/>: renames the completed file into place (in place: nothing to rename).</summary>
     internal void Publish()
     {
         if (_committed || _file != null) throw new InvalidOperationException("writer is not completed");
-        File.Move(_tempPath, _path, overwrite: true);
+        if (!_inPlace) File.Move(_tempPath, _path, overwrite: true);
         _committed = true;
     }
 
@@ -228,7 +287,7 @@ public sealed class GgufWriter : IGgufWriter
             _file.Dispose();
             _file = null;
         }
-        if (!_committed)
+        if (!_committed && !_inPlace)
         {
             try { File.Delete(_tempPath); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Runtime.InteropServices;
 using Converter.Formats.Onnx.Proto;
+using Converter.Staging;
 using Converter.Tensors;
 using Google.Protobuf;
 using DataType = Converter.Formats.Onnx.Proto.TensorProto.Types.DataType;
@@ -13,6 +14,9 @@ namespace Converter.Formats.Onnx;
 /// Everything goes to a hidden temporary folder beside the destination and is renamed into place by
 /// <see cref="Commit"/>; disposing without committing deletes it, so a failed export leaves nothing behind.
 /// Memory use is whatever the caller holds for the tensor being written; the writer only buffers the stream.
+/// In place (<c>inPlace</c>), the destination is already private (<see cref="StagingArea.Output"/>): files are written there,
+/// each finished initializer is recorded in <see cref="Journal"/> with the XXH3 of its bytes, and <see cref="Resume"/>
+/// keeps the initializers an interrupted run finished.
 /// </summary>
 public sealed class OnnxExternalDataWriter : IDisposable
 {
@@ -30,6 +34,13 @@ public sealed class OnnxExternalDataWriter : IDisposable
     private readonly HashSet<string> _names = new(StringComparer.Ordinal);
     private TensorSink? _open;
     private bool _committed, _disposed;
+    private readonly bool _inPlace;
+
+    /// <summary>Records each finished initializer (in place only).</summary>
+    public ResumeJournal? Journal { get; init; }
+
+    /// <summary>Checked at every piece written: a multi-GB initializer (stacked experts) stops within a slab of Ctrl-C.</summary>
+    public CancellationToken Cancellation { get; init; }
 
     public string Destination => _destination;
     /// <summary>The folder being written; side files (config copies, notes) may be put here before commit.</summary>
@@ -37,20 +48,51 @@ public sealed class OnnxExternalDataWriter : IDisposable
     public IReadOnlyList<TensorProto> Initializers => _initializers;
     public long DataBytes => _data.Length;
 
-    public OnnxExternalDataWriter(string destination, bool overwrite, int alignment = 64)
+    public OnnxExternalDataWriter(string destination, bool overwrite, int alignment = 64, bool inPlace = false)
     {
+        _inPlace = inPlace;
         if (alignment <= 0 || (alignment & (alignment - 1)) != 0) throw new ArgumentException("alignment must be a power of two", nameof(alignment));
         _destination = Path.GetFullPath(destination);
         _overwrite = overwrite;
         _alignment = alignment;
         if (File.Exists(_destination)) throw new IOException($"{_destination}: a file is in the way of the output folder");
-        if (Directory.Exists(_destination) && !overwrite && Directory.EnumerateFileSystemEntries(_destination).Any())
+        if (!inPlace && Directory.Exists(_destination) && !overwrite && Directory.EnumerateFileSystemEntries(_destination).Any())
             throw new IOException($"{_destination}: output folder already exists and is not empty (use --overwrite to replace it)");
         var parent = Path.GetDirectoryName(_destination)!;
         Directory.CreateDirectory(parent);
-        _tempDir = Path.Combine(parent, $".{Path.GetFileName(_destination)}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        _tempDir = inPlace ? _destination : Path.Combine(parent, StagingNames.For(_destination));
         Directory.CreateDirectory(_tempDir);
-        _data = new FileStream(Path.Combine(_tempDir, DataFileName), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+        _data = new FileStream(Path.Combine(_tempDir, DataFileName), inPlace ? FileMode.OpenOrCreate : FileMode.CreateNew, FileAccess.Write, FileShare.Read, 1 << 20);
+    }
+
+    /// <summary>
+    /// In place, before any initializer is written: keeps the leading initializers of <paramref name="plan"/> that
+    /// <see cref="Journal"/> lists and whose bytes on disk still hash the same, cuts the data file after them and returns
+    /// how many were kept; the caller writes from that one on.
+    /// </summary>
+    public int Resume(IReadOnlyList<(string Name, DataType Type, long[] Dims)> plan)
+    {
+        if (!_inPlace || Journal == null) throw new InvalidOperationException("resume needs an in-place writer with a journal");
+        if (_initializers.Count > 0 || _open != null) throw new InvalidOperationException("resume before writing any initializer");
+        long onDisk = _data.Length, at = 0;
+        var units = Journal.Units;
+        int kept = 0;
+        while (kept < plan.Count && kept < units.Count)
+        {
+            var (name, type, dims) = plan[kept];
+            long offset = at + (_alignment - at % _alignment) % _alignment, length = OnnxTensors.ByteLength(type, dims);
+            var u = units[kept];
+            if (u.Name != name || u.File != DataFileName || u.Offset != offset || u.Length != length || offset + length > onDisk
+                || ContentHash.OfRange(Path.Combine(_tempDir, DataFileName), offset, length) != u.Hash) break;
+            _names.Add(name);
+            _initializers.Add(Proto(name, type, dims, offset, length));
+            at = offset + length;
+            kept++;
+        }
+        Journal.TruncateTo(kept);
+        _data.SetLength(at);
+        _data.Seek(at, SeekOrigin.Begin);
+        return kept;
     }
 
     /// <summary>Writes a whole initializer at once.</summary>
@@ -82,13 +124,25 @@ public sealed class OnnxExternalDataWriter : IDisposable
         long written = _data.Position - s.Offset;
         if (written != s.ByteLength)
             throw new InvalidOperationException($"initializer '{s.Name}': {written} bytes written, {s.ByteLength} expected for its shape");
-        var t = new TensorProto { Name = s.Name, DataType = (int)s.Type, DataLocation = TensorProto.Types.DataLocation.External };
-        t.Dims.AddRange(s.Dims);
-        t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = DataFileName });
-        t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = s.Offset.ToString(CultureInfo.InvariantCulture) });
-        t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = s.ByteLength.ToString(CultureInfo.InvariantCulture) });
+        var t = Proto(s.Name, s.Type, s.Dims, s.Offset, s.ByteLength);
         _initializers.Add(t);
         _open = null;
+        if (Journal != null)
+        {
+            _data.Flush(); // to the kernel first: the journal never lists bytes a kill could lose
+            Journal.Completed(new JournalUnit(s.Name, DataFileName, s.Offset, s.ByteLength,
+                ContentHash.OfRange(Path.Combine(_tempDir, DataFileName), s.Offset, s.ByteLength)));
+        }
+        return t;
+    }
+
+    private static TensorProto Proto(string name, DataType type, long[] dims, long offset, long length)
+    {
+        var t = new TensorProto { Name = name, DataType = (int)type, DataLocation = TensorProto.Types.DataLocation.External };
+        t.Dims.AddRange(dims);
+        t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = DataFileName });
+        t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(CultureInfo.InvariantCulture) });
+        t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(CultureInfo.InvariantCulture) });
         return t;
     }
 
@@ -104,10 +158,15 @@ public sealed class OnnxExternalDataWriter : IDisposable
         _data.Flush(true);
         _data.Dispose();
         var modelPath = Path.Combine(_tempDir, ModelFileName);
-        using (var fs = new FileStream(modelPath, FileMode.CreateNew, FileAccess.Write))
+        using (var fs = new FileStream(modelPath, _inPlace ? FileMode.Create : FileMode.CreateNew, FileAccess.Write))
         {
             model.WriteTo(fs);
             fs.Flush(true);
+        }
+        if (_inPlace)
+        {
+            _committed = true;
+            return;
         }
         string? backup = null;
         if (Directory.Exists(_destination))
@@ -128,7 +187,7 @@ public sealed class OnnxExternalDataWriter : IDisposable
         _disposed = true;
         _splice.Dispose();
         _data.Dispose();
-        if (!_committed && Directory.Exists(_tempDir))
+        if (!_committed && !_inPlace && Directory.Exists(_tempDir))
         {
             try { Directory.Delete(_tempDir, true); } catch (IOException) { }
         }
@@ -165,6 +224,7 @@ public sealed class OnnxExternalDataWriter : IDisposable
 
         private void CheckAppend(long length)
         {
+            _owner.Cancellation.ThrowIfCancellationRequested();
             if (_done != null) throw new InvalidOperationException($"initializer '{Name}' already completed");
             if (Written + length > ByteLength)
                 throw new InvalidOperationException($"initializer '{Name}': more than {ByteLength} bytes written");
