@@ -61,7 +61,7 @@ public sealed record ArtifactModelInfo(string Preset, string PresetReason, int? 
     {
         0 => "gguf-f32", 1 => "f16", 32 => "bf16", 7 => "q8_0", 2 => "q4_0", 3 => "q4_1", 8 => "q5_0", 9 => "q5_1",
         14 => "q4_k", 15 => "q4_k_m", 16 or 17 => "q5_k", 18 => "q6_k",
-        10 or 11 or 12 or 13 => "report", // Q2_K, Q3_K_S/M/L: not written or measured here
+        10 or 11 or 12 or 13 or 25 or 30 => "report", // Q2_K, Q3_K_S/M/L, IQ4_NL, IQ4_XS: no measured limits (README table)
         _ => null,
     };
 

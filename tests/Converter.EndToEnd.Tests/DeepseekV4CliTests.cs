@@ -270,7 +270,8 @@ public sealed class DeepseekV4CliTests : IDisposable
         r.ExitCode.Should().Be(0, r.ToString());
         using var k = GgufReader.Open(km);
         k.GetTensor("output.weight").Type.Should().Be(GgmlType.Q6_K);
-        k.GetTensor("blk.0.ffn_down_exps.weight").Type.Should().Be(GgmlType.Q8_0); // Q6_K asked (first eighth), 128-wide rows fall back
+        k.GetTensor("blk.0.ffn_down_exps.weight").Type.Should().Be(GgmlType.Q5_0); // Q4_K asked, 128-wide rows fall back (llama-quantize's choice)
+        k.GetTensor("blk.2.ffn_down_exps.weight").Type.Should().Be(GgmlType.Q8_0); // Q6_K asked (use_more_bits), 128-wide rows fall back
         k.GetTensor("blk.1.ffn_gate_exps.weight").Type.Should().Be(GgmlType.Q4_K);
         k.GetTensor("blk.1.attn_q_a.weight").Type.Should().Be(GgmlType.Q4_K);
         k.GetTensor("blk.1.attn_q_b.weight").Type.Should().Be(GgmlType.Q5_0); // 128-wide rows are not whole 256-blocks: llama.cpp's fallback

@@ -28,6 +28,12 @@ public static class GgufCommand
                           "biases stay f32",
             DefaultValueFactory = _ => "f16",
         };
+        // a usage error (with the pointer to --help), as AcceptOnlyFromAmong gives, but in any case
+        type.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<string>() is { } v && GgufFileTypes.Find(v) == null)
+                r.AddError($"unknown GGUF type '{v}' (one of {GgufFileTypes.Names})");
+        });
         var tensorType = new Option<string[]>("--tensor-type")
         {
             Description = "REGEX=TYPE, repeatable: tensors whose GGUF name the regex matches anywhere get TYPE instead of the file type's rules " +
