@@ -31,7 +31,7 @@ public sealed class GgufSplitAndTypeOptionsTests : IDisposable
         var r = Converter.Tests.Cli.Run("export", "gguf", TestData.Model("tiny-dsv3"), "-o", split, "--type", "q8_0", "--split-max-size", "2.5M", "-q");
         r.ExitCode.Should().Be(0, r.ToString());
         string[] parts = [_tmp["split-00001-of-00003.gguf"], _tmp["split-00002-of-00003.gguf"], _tmp["split-00003-of-00003.gguf"]];
-        Directory.GetFiles(_tmp.Path).Order().Should().Equal(new[] { single }.Concat(parts).Order(), "three parts and no temporary file");
+        Directory.GetFiles(_tmp.Path).Order().Should().Equal(new[] { single, single + ".manifest.json" }.Concat(parts).Order(), "three parts (split output writes no manifest yet) and no temporary file");
 
         // every tensor of the single file, in the same order and bytes, spread over the parts; keys only in the first
         using var one = GgufReader.Open(single);
